@@ -1,0 +1,83 @@
+"""Orbax checkpoints holding everything a run needs to continue.
+
+Each checkpoint has two items: ``state`` (step, params, optimizer state, the run's base PRNG key)
+and ``data`` (JSON: the data position and the batch layout it assumes). Saves are asynchronous;
+the manager keeps the latest ``keep`` checkpoints plus the one with the best validation top-1.
+The training loop decides when to save.
+"""
+
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from alexnet_jax.errors import UserError
+
+BEST_METRIC = "val_top1"
+
+
+class CheckpointError(UserError):
+    """A checkpoint does not fit the run asking for it; the message says what to do."""
+
+
+def _best_metric(metrics) -> float:
+    return metrics[BEST_METRIC]
+
+
+class Checkpoints:
+    """Saves and restores train states under ``directory``."""
+
+    def __init__(self, directory: str | pathlib.Path, keep: int, async_save: bool = True):
+        policy = preservation_policy.AnyPreservationPolicy(
+            [
+                preservation_policy.LatestN(n=keep),
+                preservation_policy.BestN(
+                    get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False
+                ),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            best_fn=_best_metric,
+            best_mode="max",
+            enable_async_checkpointing=async_save,
+        )
+        self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def save(self, state, rng, data_position: dict, metrics: dict | None = None, force: bool = False) -> bool:
+        """Starts saving ``state`` at its step (in the background); returns whether it saves."""
+        items = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "rng": jax.random.key_data(rng)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(items), data=ocp.args.JsonSave(data_position))
+        return self.manager.save(int(state.step), args=args, metrics=metrics, force=force)
+
+    def restore(self, step: int, state, rng):
+        """Restores checkpoint ``step`` into the structure of ``state``; returns (state, rng, data)."""
+        target = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "rng": jax.random.key_data(rng)}
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())
+            )
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"checkpoint {step} in {self.manager.directory} does not fit this model/optimizer "
+                f"({str(e).splitlines()[0][:160]}); use the config it was trained with, or a new workdir"
+            ) from None
+        items = restored["state"]
+        state = state.replace(params=items["params"], opt_state=items["opt_state"], step=items["step"])
+        rng = jax.random.wrap_key_data(np.asarray(items["rng"]))
+        return state, rng, dict(restored["data"])
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()

@@ -1,0 +1,54 @@
+"""Checks a config before any work starts; each problem is one line saying what to change."""
+
+from alexnet_jax import augment, models, optim, parallel
+from alexnet_jax.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config value is invalid; the message names the key and what to use instead."""
+
+
+def _require(condition: bool, message: str):
+    if not condition:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value, choices):
+    _require(value in choices, f"--config.{key}={value!r} is not one of {tuple(choices)}")
+
+
+def validate(config, num_devices: int):
+    """Raises ``ConfigError`` for the first invalid value in ``config``."""
+    _one_of("model.name", config.model.name, models.MODELS)
+    _one_of("model.dtype", config.model.get("dtype", "float32"), models.DTYPES)
+    _one_of("schedule.name", config.schedule.name, optim.SCHEDULES)
+    _one_of("parallel", config.parallel, parallel.MODES)
+    _one_of("dataset.normalization", config.dataset.normalization, augment.CHANNEL_STATS)
+    for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs"):
+        value = config[key]
+        _require(isinstance(value, int) and value >= 1, f"--config.{key}={value!r} must be a whole number >= 1")
+    for key in ("batch_size", "eval_batch_size"):
+        value = config[key]
+        _require(
+            value % num_devices == 0,
+            f"--config.{key}={value} is not divisible by the {num_devices} devices; "
+            f"use a multiple of {num_devices}, e.g. {value + (-value % num_devices)}",
+        )
+    opt = config.optimizer
+    _require(opt.learning_rate > 0, f"--config.optimizer.learning_rate={opt.learning_rate} must be > 0")
+    _require(0 <= opt.momentum < 1, f"--config.optimizer.momentum={opt.momentum} must be in [0, 1)")
+    _require(opt.weight_decay >= 0, f"--config.optimizer.weight_decay={opt.weight_decay} must be >= 0")
+    _require(0 <= opt.label_smoothing < 1, f"--config.optimizer.label_smoothing={opt.label_smoothing} must be in [0, 1)")
+    _require(config.augment.crop_padding >= 0, f"--config.augment.crop_padding={config.augment.crop_padding} must be >= 0")
+    if config.schedule.name == "step":
+        epochs = list(config.schedule.step_epochs)
+        _require(
+            epochs == sorted(epochs) and all(0 < e < config.num_epochs for e in epochs),
+            f"--config.schedule.step_epochs={epochs} must increase and lie inside (0, num_epochs={config.num_epochs})",
+        )
+    if config.schedule.name == "onecycle":
+        pct = config.schedule.pct_start
+        _require(0 < pct < 1, f"--config.schedule.pct_start={pct} must be in (0, 1)")
+    fields = set(models.MODELS[config.model.name].__dataclass_fields__) - {"parent", "name", "num_classes"}
+    unknown = sorted(set(config.model.keys()) - fields - {"name"})
+    _require(not unknown, f"model {config.model.name!r} has no field(s) {unknown}; its fields are {sorted(fields)}")

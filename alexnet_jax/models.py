@@ -1,0 +1,205 @@
+"""AlexNet variants in Flax linen, NHWC, float32 parameters, configurable compute dtype.
+
+* ``alexnet2012``: Krizhevsky, Sutskever & Hinton (2012), layer by layer, including the two-GPU
+  grouping and the paper's initialisation. 60,965,224 parameters for 1000 classes.
+* ``alexnet_owt``: torchvision's "one weird trick" layout (no LRN, no groups). 61,100,840 parameters.
+* ``alexnet_cifar``: AlexNet's structure (5 conv + 3 FC, ReLU, overlapping max-pool, dropout,
+  optional LRN) for 32x32 inputs, with a width multiplier.
+
+The 224/227 question: the paper feeds 224x224 crops yet states a 55x55 conv1 output, which an
+11x11 stride-4 unpadded convolution only gives for 227x227 inputs. ``alexnet2012`` accepts either:
+inputs smaller than 227 are zero-padded up to 227 inside conv1 (224 -> 1 pixel top/left, 2 pixels
+bottom/right), so 224 crops (the paper's text) and 227 crops (Caffe's choice) both give 55x55.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PAPER_INPUT_SIZE = 227
+
+
+class LocalResponseNorm(nn.Module):
+    """Local response normalisation as written in the paper (section 3.3).
+
+    b[c] = a[c] / (k + alpha * sum_{j=max(0, c-n/2)}^{min(N-1, c+n/2)} a[j]^2) ** beta
+
+    alpha multiplies the plain sum (not the sum divided by n, as in Caffe and PyTorch). With
+    ``groups`` > 1 the channels are normalised within each group, as each GPU did in the paper.
+    """
+
+    size: int = 5
+    k: float = 2.0
+    alpha: float = 1e-4
+    beta: float = 0.75
+    groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        *spatial, channels = x.shape
+        grouped = x.reshape(*spatial, self.groups, channels // self.groups)
+        half = self.size // 2
+        window_sums = jax.lax.reduce_window(
+            jnp.square(grouped),
+            0.0,
+            jax.lax.add,
+            window_dimensions=(1,) * (grouped.ndim - 1) + (self.size,),
+            window_strides=(1,) * grouped.ndim,
+            padding=((0, 0),) * (grouped.ndim - 1) + ((half, half),),
+        )
+        out = grouped / (self.k + self.alpha * window_sums) ** self.beta
+        return out.reshape(x.shape).astype(dtype)
+
+
+def _max_pool(x: jax.Array, padding: str = "VALID") -> jax.Array:
+    """The paper's overlapping pooling: 3x3 windows, stride 2."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)
+
+
+class AlexNet2012(nn.Module):
+    """The 2012 paper's network (Figure 2), on one device: the two GPU halves become groups."""
+
+    num_classes: int = 1000
+    dropout_rate: float = 0.5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        weights = nn.initializers.normal(stddev=0.01)
+        zeros, ones = nn.initializers.zeros, nn.initializers.ones
+
+        def conv(features, kernel, bias_init, groups=1, strides=1, padding=1, name=None):
+            return nn.Conv(
+                features,
+                (kernel, kernel),
+                strides=strides,
+                padding=padding,
+                feature_group_count=groups,
+                kernel_init=weights,
+                bias_init=bias_init,
+                dtype=self.dtype,
+                name=name,
+            )
+
+        def dense(features, bias_init, name):
+            return nn.Dense(
+                features, kernel_init=weights, bias_init=bias_init, dtype=self.dtype, name=name
+            )
+
+        pad = max(0, PAPER_INPUT_SIZE - x.shape[1])
+        conv1_padding = ((pad // 2, pad - pad // 2),) * 2
+        x = x.astype(self.dtype)
+        x = nn.relu(conv(96, 11, zeros, strides=4, padding=conv1_padding, name="conv1")(x))
+        x = _max_pool(LocalResponseNorm(groups=2, name="lrn1")(x))
+        x = nn.relu(conv(256, 5, ones, groups=2, padding=2, name="conv2")(x))
+        x = _max_pool(LocalResponseNorm(groups=2, name="lrn2")(x))
+        x = nn.relu(conv(384, 3, zeros, name="conv3")(x))
+        x = nn.relu(conv(384, 3, ones, groups=2, name="conv4")(x))
+        x = _max_pool(nn.relu(conv(256, 3, ones, groups=2, name="conv5")(x)))
+        x = x.reshape(x.shape[0], -1)
+        # The paper drops out the outputs of the first two fully connected layers.
+        x = nn.relu(dense(4096, ones, "fc6")(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.relu(dense(4096, ones, "fc7")(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return dense(self.num_classes, zeros, "fc8")(x).astype(jnp.float32)
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
+    """torchvision's AdaptiveAvgPool2d for NHWC inputs: bins [floor(i*H/o), ceil((i+1)*H/o))."""
+    height, width = x.shape[1:3]
+    if (height, width) == (output_size, output_size):
+        return x
+
+    def bins(length):
+        return [(i * length // output_size, -(-(i + 1) * length // output_size)) for i in range(output_size)]
+
+    rows = [
+        jnp.stack([x[:, h0:h1, w0:w1].mean(axis=(1, 2)) for w0, w1 in bins(width)], axis=1)
+        for h0, h1 in bins(height)
+    ]
+    return jnp.stack(rows, axis=1)
+
+
+class AlexNetOWT(nn.Module):
+    """torchvision.models.alexnet: Krizhevsky's 2014 "one weird trick" single-tower layout."""
+
+    num_classes: int = 1000
+    dropout_rate: float = 0.5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        def conv(features, kernel, strides=1, padding=1):
+            return nn.Conv(features, (kernel, kernel), strides, padding=padding, dtype=self.dtype)
+
+        x = x.astype(self.dtype)
+        x = _max_pool(nn.relu(conv(64, 11, strides=4, padding=2)(x)))
+        x = _max_pool(nn.relu(conv(192, 5, padding=2)(x)))
+        x = nn.relu(conv(384, 3)(x))
+        x = nn.relu(conv(256, 3)(x))
+        x = _max_pool(nn.relu(conv(256, 3)(x)))
+        x = adaptive_avg_pool(x, 6).reshape(x.shape[0], -1)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class AlexNetCIFAR(nn.Module):
+    """AlexNet's structure for 32x32 images: 5 conv (3x3) + 3 FC, ReLU, 3x3/2 max-pools, dropout.
+
+    ``width`` scales every layer of the full-width net (64, 192, 384, 256, 256 conv channels;
+    ``fc_features`` hidden units). He-normal initialisation, since without normalisation layers
+    the paper's N(0, 0.01^2) makes a slim net start too slowly for a 30-minute CPU budget.
+    """
+
+    num_classes: int = 10
+    width: float = 1.0
+    fc_features: int = 2048
+    channels: Sequence[int] = (64, 192, 384, 256, 256)
+    lrn: bool = False
+    dropout_rate: float = 0.5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        he = nn.initializers.he_normal()
+        c1, c2, c3, c4, c5 = (max(1, round(c * self.width)) for c in self.channels)
+        hidden = max(1, round(self.fc_features * self.width))
+
+        def conv(features):
+            return nn.Conv(features, (3, 3), padding=1, kernel_init=he, dtype=self.dtype)
+
+        def maybe_lrn(x):
+            return LocalResponseNorm()(x) if self.lrn else x
+
+        x = x.astype(self.dtype)
+        x = _max_pool(maybe_lrn(nn.relu(conv(c1)(x))), padding="SAME")
+        x = _max_pool(maybe_lrn(nn.relu(conv(c2)(x))), padding="SAME")
+        x = nn.relu(conv(c3)(x))
+        x = nn.relu(conv(c4)(x))
+        x = _max_pool(nn.relu(conv(c5)(x)), padding="SAME")
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype)(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype)(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+MODELS = {"alexnet2012": AlexNet2012, "alexnet_owt": AlexNetOWT, "alexnet_cifar": AlexNetCIFAR}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create_model(model_config, num_classes: int) -> nn.Module:
+    """Builds the model named by ``model_config.name``; other fields become module attributes."""
+    fields = dict(model_config.items())
+    name = fields.pop("name")
+    fields["dtype"] = DTYPES[fields.pop("dtype", "float32")]
+    return MODELS[name](num_classes=num_classes, **fields)

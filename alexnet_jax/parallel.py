@@ -1,0 +1,84 @@
+"""Data parallelism over all devices: one per-device function, wrapped by pmap or jit(shard_map).
+
+Arguments are either *replicated* (the same value on every device: train state, resident dataset,
+keys) or *sharded* (split along the leading axis: a batch). ``DataParallel`` places arguments in
+the layout its wrapper expects and turns results back into plain global values, so the training
+loop does not depend on which wrapper runs.
+"""
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from alexnet_jax.train_step import AXIS
+
+MODES = ("pmap", "shard_map")
+REPLICATED, SHARDED = "replicated", "sharded"
+
+
+class DataParallel:
+    """Places data on, and runs per-device functions over, a 1-D ``'batch'`` mesh of ``devices``."""
+
+    def __init__(self, mode: str, devices: Sequence[jax.Device] | None = None):
+        if mode not in MODES:
+            raise ValueError(f"unknown parallel mode {mode!r}; choose one of {MODES}")
+        self.mode = mode
+        self.devices = list(devices if devices is not None else jax.devices())
+        self.mesh = Mesh(np.array(self.devices), (AXIS,))
+        self._split = NamedSharding(self.mesh, P(AXIS))
+        self._whole = NamedSharding(self.mesh, P())
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    def replicate(self, tree):
+        """Puts the same value on every device (pmap: with a leading device axis)."""
+        if self.mode == "pmap":
+            stack = lambda x: jnp.broadcast_to(x, (self.num_devices, *jnp.shape(x)))  # noqa: E731
+            return jax.device_put(jax.tree.map(stack, tree), self._split)
+        return jax.device_put(tree, self._whole)
+
+    def shard(self, tree):
+        """Splits the leading (batch) axis across devices (pmap: reshaped to [devices, local, ...])."""
+        if self.mode == "pmap":
+            split = lambda x: x.reshape(self.num_devices, -1, *x.shape[1:])  # noqa: E731
+            tree = jax.tree.map(split, tree)
+        return jax.device_put(tree, self._split)
+
+    def unreplicate(self, tree):
+        """One copy of a replicated value."""
+        return jax.tree.map(lambda x: x[0], tree) if self.mode == "pmap" else tree
+
+    def unshard(self, tree):
+        """A sharded value as one global batch."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+        return tree
+
+    def wrap(
+        self,
+        per_device_fn: Callable,
+        in_kinds: Sequence[str],
+        out_kinds: Sequence[str] | str,
+        donate_argnums: Sequence[int] = (),
+    ) -> Callable:
+        """Compiles ``per_device_fn`` for all devices; kinds say which args/outputs are split.
+
+        ``out_kinds`` is a sequence for a function returning a tuple, a single kind otherwise.
+        """
+        donate = tuple(donate_argnums)
+        if self.mode == "pmap":
+            return jax.pmap(per_device_fn, axis_name=AXIS, donate_argnums=donate)
+        spec = {REPLICATED: P(), SHARDED: P(AXIS)}
+        mapped = jax.shard_map(
+            per_device_fn,
+            mesh=self.mesh,
+            in_specs=tuple(spec[k] for k in in_kinds),
+            out_specs=spec[out_kinds] if isinstance(out_kinds, str) else tuple(spec[k] for k in out_kinds),
+        )
+        return jax.jit(mapped, donate_argnums=donate)

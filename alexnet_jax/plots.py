@@ -1,0 +1,76 @@
+"""PNG figures: training curves, confusion matrix, per-class accuracy, prediction grid."""
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: pathlib.Path) -> pathlib.Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(records: list[dict], path: pathlib.Path) -> pathlib.Path:
+    """Loss and accuracy against epoch, train and validation, from metrics.jsonl records."""
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_ax.plot([r["epoch"] for r in train], [r["loss"] for r in train], label="train")
+    loss_ax.plot([r["epoch"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
+    acc_ax.plot([r["epoch"] for r in train], [r["accuracy"] for r in train], label="train (augmented)")
+    acc_ax.plot([r["epoch"] for r in evals], [r["val_top1"] for r in evals], "o-", label="validation top-1")
+    acc_ax.plot([r["epoch"] for r in evals], [r["val_top5"] for r in evals], "s--", label="validation top-5")
+    for ax, name in ((loss_ax, "cross-entropy loss"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path) -> pathlib.Path:
+    """Row-normalised confusion matrix (rows: true class) with counts in the cells."""
+    rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    size = max(5, 0.6 * len(class_names))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(class_names) <= 20:
+        for (i, j), count in np.ndenumerate(confusion):
+            ax.text(j, i, int(count), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_per_class(confusion: np.ndarray, class_names, path: pathlib.Path) -> pathlib.Path:
+    accuracy = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(class_names)), 4))
+    ax.bar(range(len(class_names)), accuracy)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.axhline(np.trace(confusion) / max(confusion.sum(), 1), color="k", ls="--", lw=1, label="overall")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_predictions(images, labels, predictions, class_names, path: pathlib.Path, columns: int = 8) -> pathlib.Path:
+    """A grid of images titled 'predicted / true', wrong predictions in red."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label, prediction in zip(axes.flat, images, labels, predictions):
+        ax.imshow(image)
+        ax.set_title(f"{class_names[prediction]}\n/ {class_names[label]}", fontsize=7, color="green" if prediction == label else "red")
+    return _save(fig, path)

@@ -1,0 +1,124 @@
+"""The pure train and eval steps, written once for a named ``'batch'`` device axis.
+
+Each function sees one device's share of the global batch; ``jax.lax.pmean``/``psum`` over
+``'batch'`` make gradients and metrics global. They run unchanged under ``jax.pmap`` or
+``jax.jit(jax.shard_map(...))`` (see ``parallel.py``), on one device or many, on one host or many.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+
+from alexnet_jax import augment
+
+AXIS = "batch"
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState (step, params, opt_state, apply_fn, tx)."""
+
+
+@struct.dataclass
+class StepOptions:
+    """Static choices the steps are compiled with."""
+
+    num_classes: int
+    label_smoothing: float = 0.0
+    crop_padding: int = 0
+    flip: bool = False
+    normalization: str = "cifar10"
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, rng) -> TrainState:
+    """Initialises float32 parameters and optimizer state for ``image_shape`` = (H, W, C)."""
+    variables = jax.jit(model.init, static_argnames="train")(
+        rng, jnp.zeros((1, *image_shape), jnp.float32), train=False
+    )
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
+
+
+def _global_positions(local_batch: int) -> jax.Array:
+    """Each local example's position in the global batch (device-count independent)."""
+    return jax.lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
+
+
+def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    k = min(k, logits.shape[-1])
+    return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+
+
+def train_step(
+    state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, options: StepOptions
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step on the global batch. ``batch['image']`` is uint8 NHWC, ``batch['label']`` int.
+
+    ``rng`` is the run's base key; the step folds in ``state.step``, so the same key is passed
+    every step. Returns the new state and global-mean ``loss``/``accuracy``.
+    """
+    images, labels = batch["image"], batch["label"]
+    local_batch = images.shape[0]
+    step_key = jax.random.fold_in(rng, state.step)
+    augment_key, dropout_key = jax.random.split(step_key)
+    example_keys = jax.vmap(jax.random.fold_in, (None, 0))(augment_key, _global_positions(local_batch))
+    images = augment.augment_batch(images, example_keys, options.crop_padding, options.flip)
+    inputs = augment.normalize(images, options.normalization)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, options.num_classes), options.label_smoothing)
+    dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(AXIS))
+
+    def loss_fn(params):
+        logits = state.apply_fn({"params": params}, inputs, train=True, rngs={"dropout": dropout_key})
+        return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    metrics = jax.lax.pmean(metrics, AXIS)
+    return state.apply_gradients(grads=grads), metrics
+
+
+def eval_step(
+    params: Any, batch: dict[str, jax.Array], apply_fn, options: StepOptions
+) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Scores a batch; ``batch['mask']`` marks real examples (padding scores nothing).
+
+    Returns global sums (``loss``, ``top1``, ``top5``, ``count``) and this device's predictions.
+    """
+    inputs = augment.normalize(batch["image"], options.normalization)
+    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    logits = apply_fn({"params": params}, inputs, train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    sums = {
+        "loss": jnp.sum(loss * mask),
+        "top1": jnp.sum(_topk_correct(logits, labels, 1) * mask),
+        "top5": jnp.sum(_topk_correct(logits, labels, 5) * mask),
+        "count": jnp.sum(mask),
+    }
+    return jax.lax.psum(sums, AXIS), jnp.argmax(logits, -1)
+
+
+def resident_batch(data: dict[str, jax.Array], order: jax.Array, start: jax.Array, local_batch: int):
+    """This device's share of a global batch gathered from a device-resident dataset.
+
+    ``order`` lists example indices (an epoch's permutation, or 0..N-1 for evaluation); the
+    global batch is ``order[start : start + global batch]`` and device i takes its i-th block.
+    """
+    offset = start + jax.lax.axis_index(AXIS) * local_batch
+    indices = jax.lax.dynamic_slice_in_dim(order, offset, local_batch)
+    return jax.tree.map(lambda column: column[indices], data)
+
+
+def resident_train_step(state, data, order, rng, *, local_batch, steps_per_epoch, options):
+    """``train_step`` on the batch at ``state.step`` of the epoch ordered by ``order``."""
+    start = (state.step % steps_per_epoch) * local_batch * jax.lax.axis_size(AXIS)
+    batch = resident_batch(data, order, start, local_batch)
+    return train_step(state, batch, rng, options)
+
+
+def resident_eval_step(params, data, order, start, *, apply_fn, local_batch, options):
+    """``eval_step`` on ``order[start : start + global batch]`` of a padded resident dataset."""
+    return eval_step(params, resident_batch(data, order, start, local_batch), apply_fn, options)

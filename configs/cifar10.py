@@ -1,0 +1,66 @@
+"""AlexNet (alexnet_cifar, full width) on CIFAR-10, for GPUs. The default config.
+
+Command:
+  python main.py --config=configs/cifar10.py --workdir=runs/cifar10
+
+Validation: the last 10% of the TFDS training split (``train[90%:]``); the test split stays held out.
+Expected result: not yet measured (the session that wrote this config had no GPU); the target
+is >= 91% validation accuracy within 30 s wall-clock including compilation on one H100.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "cifar10"  # a TFDS name, or "synthetic"
+    config.dataset.data_dir = config_dict.placeholder(str)  # None: TFDS's default (~/tensorflow_datasets)
+    config.dataset.train_split = "train[:90%]"
+    config.dataset.eval_split = "train[90%:]"
+    config.dataset.download = True  # let TFDS download and prepare a registered dataset if missing
+    config.dataset.normalization = "cifar10"  # channel statistics: cifar10 | imagenet
+    config.dataset.synthetic_examples = 2048  # only for name="synthetic"
+    config.dataset.synthetic_classes = 10
+    config.dataset.synthetic_image_size = 32
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "alexnet_cifar"  # alexnet_cifar | alexnet2012 | alexnet_owt
+    config.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
+    config.model.width = 1.0
+    config.model.channels = (64, 192, 384, 256, 256)
+    config.model.fc_features = 2048
+    config.model.lrn = False
+    config.model.dropout_rate = 0.5
+
+    config.augment = ml_collections.ConfigDict()
+    config.augment.crop_padding = 4
+    config.augment.flip = True
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = 0.05
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = True
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.label_smoothing = 0.1
+
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.name = "onecycle"  # constant | step | warmup_cosine | onecycle
+    config.schedule.pct_start = 0.25  # onecycle: fraction of steps spent warming up
+    config.schedule.warmup_epochs = 1.0  # warmup_cosine
+    config.schedule.step_epochs = (30, 60)  # step: divide the rate by 1/step_factor at these epochs
+    config.schedule.step_factor = 0.1
+
+    config.num_epochs = 30
+    config.batch_size = 512  # global, over all devices
+    config.eval_batch_size = 1000
+    config.parallel = "shard_map"  # shard_map | pmap
+    config.log_every_steps = 50
+    config.eval_every_epochs = 1
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 2  # latest kept, besides the best by validation top-1
+    config.async_checkpointing = True
+    return config
