@@ -7,6 +7,7 @@
 Any config field can be overridden with --config.<key>=<value>.
 """
 
+import json
 import sys
 
 from absl import app, flags, logging
@@ -39,7 +40,7 @@ def _run(mode: str):
     if mode == "train":
         from alexnet_jax.train import train_and_evaluate
 
-        print(train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+        print(json.dumps(train_and_evaluate(_CONFIG.value, _WORKDIR.value)))
     else:
         from alexnet_jax.evaluate import evaluate_checkpoint
 

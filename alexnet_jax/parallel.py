@@ -80,5 +80,9 @@ class DataParallel:
             mesh=self.mesh,
             in_specs=tuple(spec[k] for k in in_kinds),
             out_specs=spec[out_kinds] if isinstance(out_kinds, str) else tuple(spec[k] for k in out_kinds),
+            # Without this, JAX's replication tracking would already sum the gradients of
+            # replicated parameters over devices, and the step's explicit pmean would be wrong by
+            # a factor of the device count: the step must mean the same under pmap and shard_map.
+            check_vma=False,
         )
         return jax.jit(mapped, donate_argnums=donate)

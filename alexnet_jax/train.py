@@ -1,7 +1,6 @@
 """The training loop: device-resident data, data-parallel steps, evaluation, checkpoints, logs."""
 
 import functools
-import json
 import pathlib
 import time
 
@@ -103,9 +102,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step = int(state.step)
     if step >= total_steps:
         checkpoints.close()
-        summary = _summary(workdir, total_steps)
-        print(f"{workdir} is finished: {json.dumps(summary)}")
-        return summary
+        print(f"{workdir} has finished all {total_steps} steps; nothing to train (use --mode=evaluate to score it)")
+        return _summary(workdir, total_steps)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
     if step:
         print(f"resuming from step {step} of {total_steps} (epoch {step // steps_per_epoch})")
