@@ -81,7 +81,7 @@ def read_all(source, description: str) -> ArraySplit:
     images, labels = [], []
     with tqdm.tqdm(total=total, desc=f"reading {description}", unit="img", disable=None) as bar:
         for start in range(0, total, _READ_CHUNK):
-            examples = source.__getitems__(list(range(start, min(start + _READ_CHUNK, total))))
+            examples = [source[i] for i in range(start, min(start + _READ_CHUNK, total))]
             images += [np.asarray(e["image"]) for e in examples]
             labels += [int(e["label"]) for e in examples]
             bar.update(len(examples))

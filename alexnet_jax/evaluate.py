@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 
 import jax
 
@@ -37,7 +38,7 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     checkpoints.close()
     evaluator = Evaluator(parallel, state.apply_fn, step_options(config, len(split.class_names)), split, config.eval_batch_size)
     metrics, predictions = evaluator(parallel.replicate(state.params))
-    name = "eval_" + "".join(c if c.isalnum() else "_" for c in f"{config.dataset.name}_{config.dataset.eval_split}").strip("_")
+    name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{config.dataset.name}_{config.dataset.eval_split}").strip("_")
     report = write_report(workdir, name, split, predictions, {"checkpoint_step": step, **metrics})
     print(json.dumps({k: report[k] for k in ("checkpoint_step", "val_loss", "val_top1", "val_top5", "examples")}))
     return report

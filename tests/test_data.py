@@ -1,0 +1,150 @@
+"""Image folder -> TFDS -> training and evaluation; TFDS cifar10 through mock_data; data errors."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from alexnet_jax import datasets
+from alexnet_jax.prepare import prepare_image_folder
+
+ROOT = pathlib.Path(__file__).parent.parent
+CLASSES = ("cat", "dog", "ship")
+
+
+def write_image_folder(root: pathlib.Path, per_class=8, size=16) -> pathlib.Path:
+    """train/ and val/ splits, 3 classes, one colour per class plus noise, PNG and JPEG mixed."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", per_class // 2)):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(80 * c + 40, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+                suffix = ".jpg" if i % 2 else ".png"
+                Image.fromarray(pixels).save(folder / f"{i}{suffix}")
+            Image.fromarray(pixels[..., 0]).save(folder / "gray.png")  # greyscale becomes RGB
+    return root
+
+
+def run_main(*args, timeout=240):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = write_image_folder(tmp_path_factory.mktemp("images"))
+    data_dir = tmp_path_factory.mktemp("tfds")
+    assert prepare_image_folder(str(folder), "tiny_folder", str(data_dir)) == []
+    return data_dir
+
+
+def test_prepared_folder_reads_back_with_labels_and_slicing(prepared):
+    config = datasets_config("tiny_folder", prepared)
+    train = datasets.load_split(config, "train")
+    assert train.images.shape == (27, 16, 16, 3) and train.images.dtype == np.uint8
+    assert train.class_names == CLASSES
+    assert np.bincount(train.labels).tolist() == [9, 9, 9]
+    # Each class has its own brightness, so labels must line up with pixels.
+    for label in range(3):
+        assert abs(train.images[train.labels == label][..., 1].mean() - (80 * label + 40)) < 25
+    assert len(datasets.load_split(config, "train[:50%]")) + len(datasets.load_split(config, "train[50%:]")) == 27
+
+
+def test_reading_does_not_import_tensorflow(prepared):
+    code = (
+        "import sys; from alexnet_jax import datasets; import ml_collections as m;"
+        f"c = m.ConfigDict(dict(name='tiny_folder', data_dir={str(prepared)!r}, download=False));"
+        "s = datasets.load_split(c, 'val'); assert len(s) == 15, len(s);"
+        "print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
+def test_prepare_train_evaluate_from_the_command_line(prepared, tmp_path):
+    data = [
+        "--config=configs/smoke.py",
+        f"--workdir={tmp_path}",
+        "--config.dataset.name=tiny_folder",
+        f"--config.dataset.data_dir={prepared}",
+        "--config.dataset.train_split=train",
+        "--config.dataset.eval_split=val",
+        "--config.batch_size=8",
+        "--config.eval_batch_size=4",
+        "--config.num_epochs=2",
+    ]
+    trained = run_main(*data)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.loads(trained.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 6 and summary["total_steps"] == 6  # 27 // 8 = 3 steps per epoch
+    evaluated = run_main(*data, "--mode=evaluate", "--checkpoint=latest", "--config.dataset.eval_split=train[:10]")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert result["checkpoint_step"] == 6 and result["examples"] == 10
+    for name in ("confusion", "per_class", "predictions"):
+        assert (tmp_path / f"eval_tiny_folder_train_10_{name}.png").stat().st_size > 1000
+    report = json.loads((tmp_path / "eval_tiny_folder_train_10_report.json").read_text())
+    assert sum(map(sum, report["confusion_matrix"])) == 10
+
+
+def test_bad_image_is_reported_with_its_path(tmp_path):
+    folder = write_image_folder(tmp_path / "images", per_class=2)
+    bad = folder / "train" / "dog" / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(datasets.DatasetError, match=f"cannot decode image {bad}.*--skip_bad_images"):
+        prepare_image_folder(str(folder), "bad_folder", str(tmp_path / "tfds"))
+    skipped = prepare_image_folder(str(folder), "bad_folder_skip", str(tmp_path / "tfds"), skip_bad_images=True)
+    assert skipped == [bad]
+
+
+def test_empty_or_missing_image_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(datasets.DatasetError, match="does not exist"):
+        prepare_image_folder(str(tmp_path / "nope"), "x", str(tmp_path))
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(datasets.DatasetError, match="no images under"):
+        prepare_image_folder(str(tmp_path / "empty"), "x", str(tmp_path))
+
+
+def datasets_config(name, data_dir, download=False):
+    import ml_collections
+
+    return ml_collections.ConfigDict({"name": name, "data_dir": str(data_dir), "download": download})
+
+
+def test_tfds_cifar10_path_with_mock_data(tmp_path):
+    with tfds.testing.mock_data(num_examples=40):
+        split = datasets.load_split(datasets_config("cifar10", tmp_path, download=True), "train[:90%]")
+    assert split.images.shape == (40, 32, 32, 3) and split.images.dtype == np.uint8
+    assert len(split.class_names) == 10 and split.labels.max() < 10  # the mock has no label names
+
+
+def test_missing_dataset_errors_say_how_to_prepare_offline(tmp_path):
+    with pytest.raises(datasets.DatasetError, match="not prepared.*--mode=prepare --image_folder=DIR --dataset_name=cifar10"):
+        datasets.load_split(datasets_config("cifar10", tmp_path, download=False), "train")
+    with pytest.raises(datasets.DatasetError, match="no TFDS dataset 'my_photos'.*--mode=prepare"):
+        datasets.load_split(datasets_config("my_photos", tmp_path), "train")
+
+
+def test_failed_download_says_how_to_prepare_offline(tmp_path, monkeypatch):
+    def no_network(self, **kwargs):
+        raise ConnectionError("Failed to connect to www.cs.toronto.edu\nretrying")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+    with pytest.raises(datasets.DatasetError, match=r"could not download TFDS dataset 'cifar10' \(Failed to connect to www.cs.toronto.edu\); to work offline"):
+        datasets.load_split(datasets_config("cifar10", tmp_path, download=True), "train")
+
+
+def test_bad_split_is_a_clear_error(prepared):
+    with pytest.raises(datasets.DatasetError, match="bad split 'test'.*splits: .*train"):
+        datasets.load_split(datasets_config("tiny_folder", prepared), "test")

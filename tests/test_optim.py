@@ -1,0 +1,48 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from alexnet_jax import optim
+
+
+def test_step_schedule_divides_by_ten_at_the_given_epochs(config):
+    config.schedule.name, config.schedule.step_epochs, config.num_epochs = "step", (2, 3), 4
+    schedule = optim.create_schedule(config, steps_per_epoch=10)
+    lr = config.optimizer.learning_rate
+    np.testing.assert_allclose([schedule(s) for s in (0, 19, 20, 29, 30, 39)], [lr, lr, lr / 10, lr / 10, lr / 100, lr / 100], rtol=1e-6)
+
+
+def test_warmup_cosine_and_onecycle_shapes(config):
+    config.num_epochs, config.schedule.warmup_epochs = 10, 1
+    config.schedule.name = "warmup_cosine"
+    cosine = optim.create_schedule(config, steps_per_epoch=10)
+    assert float(cosine(0)) == 0.0
+    assert float(cosine(10)) == pytest.approx(config.optimizer.learning_rate)
+    assert float(cosine(100)) == pytest.approx(0.0, abs=1e-8)
+    config.schedule.name, config.schedule.pct_start = "onecycle", 0.3
+    onecycle = optim.create_schedule(config, steps_per_epoch=10)
+    values = np.array([onecycle(s) for s in range(101)])
+    assert values.argmax() == 30 and values.max() == pytest.approx(config.optimizer.learning_rate)
+    assert values[0] < values.max() / 10 and values[-1] < values.max() / 1000
+
+
+def test_sgd_follows_the_papers_update_rule(config):
+    """v <- m v - lr (g + wd w); w <- w + v, with the rate changing between steps; biases not decayed."""
+    config.optimizer.momentum, config.optimizer.weight_decay, config.optimizer.nesterov = 0.9, 0.01, False
+    rates = [0.1, 0.05, 0.025]
+    tx = optim.create_optimizer(config, lambda step: jnp.asarray(rates)[step])
+    params = {"kernel": jnp.array([[1.0, -2.0]]), "bias": jnp.array([0.5])}
+    grads = [{"kernel": jnp.array([[0.3, 0.1]]) * (i + 1), "bias": jnp.array([0.2]) * (i + 1)} for i in range(3)]
+    state = tx.init(params)
+    want = jax.tree.map(np.asarray, params)
+    velocity = jax.tree.map(np.zeros_like, want)
+    for lr, g in zip(rates, grads):
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        decay = {"kernel": 0.01, "bias": 0.0}
+        velocity = {k: 0.9 * velocity[k] - lr * (np.asarray(g[k]) + decay[k] * want[k]) for k in want}
+        want = {k: want[k] + velocity[k] for k in want}
+    for k in want:
+        np.testing.assert_allclose(params[k], want[k], rtol=1e-6)
