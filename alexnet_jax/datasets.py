@@ -96,17 +96,18 @@ def read_all(source, description: str) -> ArraySplit:
 
 
 def synthetic_split(dataset_config, split: str) -> ArraySplit:
-    """A learnable stand-in: each class is a fixed random pattern, each image a noisy copy.
+    """A learnable stand-in: each class is a fixed random colour, each image a noisy patch of it.
+
+    Colour survives cropping and flipping, so augmentation does not hide the class.
 
     ``train`` has ``synthetic_examples`` images; any other split a quarter as many, drawn with a
     different seed. The class patterns are the same for every split.
     """
     classes, size = dataset_config.synthetic_classes, dataset_config.synthetic_image_size
     count = dataset_config.synthetic_examples if split == "train" else dataset_config.synthetic_examples // 4
-    patterns = np.random.default_rng(0).uniform(0, 255, (classes, size // 4, size // 4, 3))
-    patterns = patterns.repeat(4, axis=1).repeat(4, axis=2)
+    colours = np.random.default_rng(0).uniform(32, 224, (classes, 1, 1, 3))
     rng = np.random.default_rng(zlib.crc32(split.encode()))
     labels = rng.integers(0, classes, count).astype(np.int32)
-    noise = rng.normal(0, 64, (count, size, size, 3))
-    images = np.clip(0.5 * patterns[labels] + 64 + noise, 0, 255).astype(np.uint8)
+    noise = rng.normal(0, 48, (count, size, size, 3))
+    images = np.clip(colours[labels] + noise, 0, 255).astype(np.uint8)
     return ArraySplit(images, labels, tuple(f"class_{i}" for i in range(classes)))

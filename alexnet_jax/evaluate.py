@@ -28,8 +28,8 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     if which not in ("latest", "best") and not which.isdigit():
         raise config_checks.ConfigError(f"--checkpoint={which!r} must be 'latest', 'best' or a step number")
     workdir = pathlib.Path(workdir)
+    config_checks.validate(config, jax.device_count())
     parallel = DataParallel(config.parallel)
-    config_checks.validate(config, parallel.num_devices)
     split = datasets.load_split(config.dataset, config.dataset.eval_split)
     checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints, async_save=False)
     step = _resolve(checkpoints, which, workdir / "checkpoints")

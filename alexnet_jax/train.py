@@ -79,8 +79,8 @@ def _summary(workdir: pathlib.Path, total_steps: int) -> dict:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (or resumes) in ``workdir`` and returns a summary of the validation results."""
     workdir = pathlib.Path(workdir)
+    config_checks.validate(config, jax.device_count())
     parallel = DataParallel(config.parallel)
-    config_checks.validate(config, parallel.num_devices)
     train_split = datasets.load_split(config.dataset, config.dataset.train_split)
     val_split = datasets.load_split(config.dataset, config.dataset.eval_split)
     if config.batch_size > len(train_split):

@@ -20,7 +20,7 @@ def get_config():
     config.model.width = 0.25
     config.model.fc_features = 512
     config.model.dropout_rate = 0.0
-    config.optimizer.learning_rate = 0.02
+    config.optimizer.learning_rate = 0.005
     config.num_epochs = 2
     config.batch_size = 128
     config.eval_batch_size = 256
