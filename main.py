@@ -33,7 +33,10 @@ def _run(mode: str):
             if not flag.value:
                 raise UserError(f"--mode=prepare needs --{flag.name}")
         skipped = prepare_image_folder(_IMAGE_FOLDER.value, _DATASET_NAME.value, _DATA_DIR.value, _SKIP_BAD.value)
-        print(f"prepared {_DATASET_NAME.value} in {_DATA_DIR.value}" + (f"; skipped {len(skipped)} bad images" if skipped else ""))
+        print(
+            f"prepared {_DATASET_NAME.value} in {_DATA_DIR.value}"
+            + (f"; skipped {len(skipped)} bad images" if skipped else "")
+        )
         return
     if _CONFIG.value is None or not _WORKDIR.value:
         raise UserError(f"--mode={mode} needs --config=configs/<name>.py and --workdir=DIR")

@@ -33,9 +33,7 @@ class Checkpoints:
         policy = preservation_policy.AnyPreservationPolicy(
             [
                 preservation_policy.LatestN(n=keep),
-                preservation_policy.BestN(
-                    get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False
-                ),
+                preservation_policy.BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False),
             ]
         )
         options = ocp.CheckpointManagerOptions(
@@ -54,13 +52,23 @@ class Checkpoints:
 
     def save(self, state, rng, data_position: dict, metrics: dict | None = None, force: bool = False) -> bool:
         """Starts saving ``state`` at its step (in the background); returns whether it saves."""
-        items = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "rng": jax.random.key_data(rng)}
+        items = {
+            "params": state.params,
+            "opt_state": state.opt_state,
+            "step": state.step,
+            "rng": jax.random.key_data(rng),
+        }
         args = ocp.args.Composite(state=ocp.args.StandardSave(items), data=ocp.args.JsonSave(data_position))
         return self.manager.save(int(state.step), args=args, metrics=metrics, force=force)
 
     def restore(self, step: int, state, rng):
         """Restores checkpoint ``step`` into the structure of ``state``; returns (state, rng, data)."""
-        target = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "rng": jax.random.key_data(rng)}
+        target = {
+            "params": state.params,
+            "opt_state": state.opt_state,
+            "step": state.step,
+            "rng": jax.random.key_data(rng),
+        }
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         try:
             restored = self.manager.restore(

@@ -24,7 +24,15 @@ def validate(config, num_devices: int):
     _one_of("schedule.name", config.schedule.name, optim.SCHEDULES)
     _one_of("parallel", config.parallel, parallel.MODES)
     _one_of("dataset.normalization", config.dataset.normalization, augment.CHANNEL_STATS)
-    for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs"):
+    for key in (
+        "batch_size",
+        "eval_batch_size",
+        "num_epochs",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "eval_every_epochs",
+    ):
         value = config[key]
         _require(isinstance(value, int) and value >= 1, f"--config.{key}={value!r} must be a whole number >= 1")
     for key in ("batch_size", "eval_batch_size"):
@@ -38,8 +46,12 @@ def validate(config, num_devices: int):
     _require(opt.learning_rate > 0, f"--config.optimizer.learning_rate={opt.learning_rate} must be > 0")
     _require(0 <= opt.momentum < 1, f"--config.optimizer.momentum={opt.momentum} must be in [0, 1)")
     _require(opt.weight_decay >= 0, f"--config.optimizer.weight_decay={opt.weight_decay} must be >= 0")
-    _require(0 <= opt.label_smoothing < 1, f"--config.optimizer.label_smoothing={opt.label_smoothing} must be in [0, 1)")
-    _require(config.augment.crop_padding >= 0, f"--config.augment.crop_padding={config.augment.crop_padding} must be >= 0")
+    _require(
+        0 <= opt.label_smoothing < 1, f"--config.optimizer.label_smoothing={opt.label_smoothing} must be in [0, 1)"
+    )
+    _require(
+        config.augment.crop_padding >= 0, f"--config.augment.crop_padding={config.augment.crop_padding} must be >= 0"
+    )
     if config.schedule.name == "step":
         epochs = list(config.schedule.step_epochs)
         _require(

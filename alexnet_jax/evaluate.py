@@ -36,7 +36,9 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch=1)
     state, _, _ = checkpoints.restore(step, state, jax.random.key(0))
     checkpoints.close()
-    evaluator = Evaluator(parallel, state.apply_fn, step_options(config, len(split.class_names)), split, config.eval_batch_size)
+    evaluator = Evaluator(
+        parallel, state.apply_fn, step_options(config, len(split.class_names)), split, config.eval_batch_size
+    )
     metrics, predictions = evaluator(parallel.replicate(state.params))
     name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{config.dataset.name}_{config.dataset.eval_split}").strip("_")
     report = write_report(workdir, name, split, predictions, {"checkpoint_step": step, **metrics})

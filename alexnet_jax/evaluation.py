@@ -55,7 +55,9 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return confusion
 
 
-def write_report(out_dir: pathlib.Path, name: str, split: ArraySplit, predictions: np.ndarray, metrics: dict, grid: int = 32):
+def write_report(
+    out_dir: pathlib.Path, name: str, split: ArraySplit, predictions: np.ndarray, metrics: dict, grid: int = 32
+):
     """Writes ``<name>_confusion.png``, ``<name>_per_class.png``, ``<name>_predictions.png`` and
     ``<name>_report.json`` (metrics, per-class accuracy, confusion matrix)."""
     names = split.class_names
@@ -63,11 +65,13 @@ def write_report(out_dir: pathlib.Path, name: str, split: ArraySplit, prediction
     per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
     plots.plot_confusion(confusion, names, out_dir / f"{name}_confusion.png")
     plots.plot_per_class(confusion, names, out_dir / f"{name}_per_class.png")
-    plots.plot_predictions(split.images[:grid], split.labels[:grid], predictions[:grid], names, out_dir / f"{name}_predictions.png")
+    plots.plot_predictions(
+        split.images[:grid], split.labels[:grid], predictions[:grid], names, out_dir / f"{name}_predictions.png"
+    )
     report = {
         **metrics,
         "examples": len(split),
-        "per_class_accuracy": dict(zip(names, per_class.round(4).tolist())),
+        "per_class_accuracy": dict(zip(names, per_class.round(4).tolist(), strict=True)),
         "confusion_matrix": confusion.tolist(),
     }
     (out_dir / f"{name}_report.json").write_text(json.dumps(report, indent=1))

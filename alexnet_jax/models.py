@@ -86,9 +86,7 @@ class AlexNet2012(nn.Module):
             )
 
         def dense(features, bias_init, name):
-            return nn.Dense(
-                features, kernel_init=weights, bias_init=bias_init, dtype=self.dtype, name=name
-            )
+            return nn.Dense(features, kernel_init=weights, bias_init=bias_init, dtype=self.dtype, name=name)
 
         pad = max(0, PAPER_INPUT_SIZE - x.shape[1])
         conv1_padding = ((pad // 2, pad - pad // 2),) * 2
@@ -119,8 +117,7 @@ def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
         return [(i * length // output_size, -(-(i + 1) * length // output_size)) for i in range(output_size)]
 
     rows = [
-        jnp.stack([x[:, h0:h1, w0:w1].mean(axis=(1, 2)) for w0, w1 in bins(width)], axis=1)
-        for h0, h1 in bins(height)
+        jnp.stack([x[:, h0:h1, w0:w1].mean(axis=(1, 2)) for w0, w1 in bins(width)], axis=1) for h0, h1 in bins(height)
     ]
     return jnp.stack(rows, axis=1)
 

@@ -47,7 +47,9 @@ def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path) -> pa
     ax.set_ylabel("true")
     if len(class_names) <= 20:
         for (i, j), count in np.ndenumerate(confusion):
-            ax.text(j, i, int(count), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
+            ax.text(
+                j, i, int(count), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black"
+            )
     fig.colorbar(image, ax=ax, fraction=0.046)
     return _save(fig, path)
 
@@ -70,7 +72,11 @@ def plot_predictions(images, labels, predictions, class_names, path: pathlib.Pat
     fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, label, prediction in zip(axes.flat, images, labels, predictions):
+    for ax, image, label, prediction in zip(axes.flat, images, labels, predictions, strict=False):
         ax.imshow(image)
-        ax.set_title(f"{class_names[prediction]}\n/ {class_names[label]}", fontsize=7, color="green" if prediction == label else "red")
+        ax.set_title(
+            f"{class_names[prediction]}\n/ {class_names[label]}",
+            fontsize=7,
+            color="green" if prediction == label else "red",
+        )
     return _save(fig, path)

@@ -33,7 +33,9 @@ def scan_image_folder(root: pathlib.Path) -> tuple[dict[str, list[tuple[pathlib.
         ]
     splits = {name: files for name, files in splits.items() if files}
     if not splits:
-        raise DatasetError(f"no images under {root}; expected <split>/<class>/<image> with {'/'.join(IMAGE_SUFFIXES)} files")
+        raise DatasetError(
+            f"no images under {root}; expected <split>/<class>/<image> with {'/'.join(IMAGE_SUFFIXES)} files"
+        )
     class_names = sorted({label for files in splits.values() for _, label in files})
     return splits, class_names
 

@@ -9,7 +9,7 @@ import numpy as np
 import tqdm
 
 from alexnet_jax import config_checks, datasets, metrics_log, models, optim, plots
-from alexnet_jax.checkpointing import Checkpoints, CheckpointError
+from alexnet_jax.checkpointing import CheckpointError, Checkpoints
 from alexnet_jax.evaluation import Evaluator, write_report
 from alexnet_jax.parallel import REPLICATED, DataParallel
 from alexnet_jax.train_step import StepOptions, create_train_state, resident_train_step
@@ -33,6 +33,26 @@ def create_state(config, num_classes: int, image_shape, steps_per_epoch: int):
     return create_train_state(model, tx, image_shape, jax.random.key(config.seed)), schedule
 
 
+def compile_train_step(parallel: DataParallel, config, steps_per_epoch: int, options: StepOptions):
+    """The resident train step for all devices: (state, data, epoch order, rng) -> (state, metrics)."""
+    step = functools.partial(
+        resident_train_step,
+        local_batch=config.batch_size // parallel.num_devices,
+        steps_per_epoch=steps_per_epoch,
+        options=options,
+    )
+    return parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, REPLICATED), donate_argnums=(0,))
+
+
+def epoch_order_fn(parallel: DataParallel, num_examples: int):
+    """Compiled (rng, epoch) -> that epoch's permutation, computed on every device."""
+
+    def order(rng, epoch):
+        return jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
+
+    return parallel.wrap(order, (REPLICATED, REPLICATED), REPLICATED)
+
+
 def _data_position(step: int, steps_per_epoch: int, config, num_examples: int) -> dict:
     return {
         "epoch": step // steps_per_epoch,
@@ -50,15 +70,6 @@ def _check_resumable(saved: dict, expected: dict, workdir):
                 f"{workdir} was trained with {key}={saved.get(key)}, this run has {expected[key]}; "
                 "resume with the original settings or use a new --workdir"
             )
-
-
-def _epoch_order_fn(parallel: DataParallel, num_examples: int):
-    """Compiled (rng, epoch) -> that epoch's permutation, computed on every device."""
-
-    def order(rng, epoch):
-        return jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
-
-    return parallel.wrap(order, (REPLICATED, REPLICATED), REPLICATED)
 
 
 def _summary(workdir: pathlib.Path, total_steps: int) -> dict:
@@ -110,18 +121,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     log = metrics_log.MetricsLog(workdir, resume_step=step)
     options = step_options(config, num_classes)
-    train_fn = parallel.wrap(
-        functools.partial(
-            resident_train_step,
-            local_batch=config.batch_size // parallel.num_devices,
-            steps_per_epoch=steps_per_epoch,
-            options=options,
-        ),
-        (REPLICATED,) * 4,
-        (REPLICATED, REPLICATED),
-        donate_argnums=(0,),
-    )
-    epoch_order = _epoch_order_fn(parallel, len(train_split))
+    train_fn = compile_train_step(parallel, config, steps_per_epoch, options)
+    epoch_order = epoch_order_fn(parallel, len(train_split))
     evaluator = Evaluator(parallel, state.apply_fn, options, val_split, config.eval_batch_size)
     device_state = parallel.replicate(state)
     device_rng = parallel.replicate(rng)
@@ -131,7 +132,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     def save(metrics=None):
         nonlocal last_saved
         host_state = parallel.unreplicate(device_state)
-        checkpoints.save(host_state, rng, _data_position(step, steps_per_epoch, config, len(train_split)), metrics, force=True)
+        checkpoints.save(
+            host_state, rng, _data_position(step, steps_per_epoch, config, len(train_split)), metrics, force=True
+        )
         last_saved = step
 
     window_sums, window_steps, window_start = None, 0, time.perf_counter()
@@ -160,7 +163,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                             "images_per_s": window_steps * config.batch_size / elapsed,
                         },
                     )
-                    bar.set_postfix(epoch=f"{record['epoch']:.2f}", loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
+                    bar.set_postfix(
+                        epoch=f"{record['epoch']:.2f}",
+                        loss=f"{record['loss']:.3f}",
+                        img_s=f"{record['images_per_s']:.0f}",
+                    )
                     window_sums, window_steps, window_start = None, 0, time.perf_counter()
                 if step % config.checkpoint_every_steps == 0 and step % steps_per_epoch:
                     save()  # epoch ends save below, with validation metrics when there are some
@@ -168,8 +175,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 val_metrics, _ = evaluator(device_state.params)
                 log.write("eval", step, {"epoch": step / steps_per_epoch, **val_metrics})
                 tqdm.tqdm.write(
-                    f"epoch {epoch + 1}/{config.num_epochs} step {step}: validation top-1 {val_metrics['val_top1']:.4f} "
-                    f"top-5 {val_metrics['val_top5']:.4f} loss {val_metrics['val_loss']:.4f}"
+                    f"epoch {epoch + 1}/{config.num_epochs} step {step}: "
+                    f"validation top-1 {val_metrics['val_top1']:.4f} top-5 {val_metrics['val_top5']:.4f} "
+                    f"loss {val_metrics['val_loss']:.4f}"
                 )
                 save({"val_top1": val_metrics["val_top1"]})
                 window_start = time.perf_counter()  # evaluation time is not training throughput

@@ -36,7 +36,12 @@ def write_image_folder(root: pathlib.Path, per_class=8, size=16) -> pathlib.Path
 def run_main(*args, timeout=240):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     return subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout
+        [sys.executable, str(ROOT / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
     )
 
 
@@ -130,7 +135,9 @@ def test_tfds_cifar10_path_with_mock_data(tmp_path):
 
 
 def test_missing_dataset_errors_say_how_to_prepare_offline(tmp_path):
-    with pytest.raises(datasets.DatasetError, match="not prepared.*--mode=prepare --image_folder=DIR --dataset_name=cifar10"):
+    with pytest.raises(
+        datasets.DatasetError, match="not prepared.*--mode=prepare --image_folder=DIR --dataset_name=cifar10"
+    ):
         datasets.load_split(datasets_config("cifar10", tmp_path, download=False), "train")
     with pytest.raises(datasets.DatasetError, match="no TFDS dataset 'my_photos'.*--mode=prepare"):
         datasets.load_split(datasets_config("my_photos", tmp_path), "train")
@@ -141,7 +148,10 @@ def test_failed_download_says_how_to_prepare_offline(tmp_path, monkeypatch):
         raise ConnectionError("Failed to connect to www.cs.toronto.edu\nretrying")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
-    with pytest.raises(datasets.DatasetError, match=r"could not download TFDS dataset 'cifar10' \(Failed to connect to www.cs.toronto.edu\); to work offline"):
+    with pytest.raises(
+        datasets.DatasetError,
+        match=r"could not download TFDS dataset 'cifar10' \(Failed to connect to www.cs.toronto.edu\); to work offline",
+    ):
         datasets.load_split(datasets_config("cifar10", tmp_path, download=True), "train")
 
 

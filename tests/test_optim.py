@@ -11,7 +11,9 @@ def test_step_schedule_divides_by_ten_at_the_given_epochs(config):
     config.schedule.name, config.schedule.step_epochs, config.num_epochs = "step", (2, 3), 4
     schedule = optim.create_schedule(config, steps_per_epoch=10)
     lr = config.optimizer.learning_rate
-    np.testing.assert_allclose([schedule(s) for s in (0, 19, 20, 29, 30, 39)], [lr, lr, lr / 10, lr / 10, lr / 100, lr / 100], rtol=1e-6)
+    np.testing.assert_allclose(
+        [schedule(s) for s in (0, 19, 20, 29, 30, 39)], [lr, lr, lr / 10, lr / 10, lr / 100, lr / 100], rtol=1e-6
+    )
 
 
 def test_warmup_cosine_and_onecycle_shapes(config):
@@ -38,7 +40,7 @@ def test_sgd_follows_the_papers_update_rule(config):
     state = tx.init(params)
     want = jax.tree.map(np.asarray, params)
     velocity = jax.tree.map(np.zeros_like, want)
-    for lr, g in zip(rates, grads):
+    for lr, g in zip(rates, grads, strict=True):
         updates, state = tx.update(g, state, params)
         params = optax.apply_updates(params, updates)
         decay = {"kernel": 0.01, "bias": 0.0}

@@ -101,7 +101,9 @@ def test_running_a_finished_run_again_only_reports(straight_run):
 
 
 def test_kill_and_resume_gives_the_same_final_state(straight_run, tmp_path):
-    process = subprocess.Popen(command(tmp_path), cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(tmp_path), cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while not saved_steps(tmp_path) and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
@@ -114,7 +116,9 @@ def test_kill_and_resume_gives_the_same_final_state(straight_run, tmp_path):
     resumed = run(command(tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from step {killed_at} of {TOTAL_STEPS}" in resumed.stdout
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in line
+    ]
     assert steps == list(range(2, TOTAL_STEPS + 1, 2))  # nothing logged twice, nothing missing
 
     want, got = final_arrays(straight_run[0]), final_arrays(tmp_path)
@@ -126,8 +130,14 @@ def test_kill_and_resume_gives_the_same_final_state(straight_run, tmp_path):
 @pytest.mark.parametrize(
     "flag, message",
     [
-        ("--config.batch_size=100", "--config.batch_size=100 is not divisible by the 8 devices; use a multiple of 8, e.g. 104"),
-        ("--config.model.name=resnet50", "--config.model.name='resnet50' is not one of ('alexnet2012', 'alexnet_owt', 'alexnet_cifar')"),
+        (
+            "--config.batch_size=100",
+            "--config.batch_size=100 is not divisible by the 8 devices; use a multiple of 8, e.g. 104",
+        ),
+        (
+            "--config.model.name=resnet50",
+            "--config.model.name='resnet50' is not one of ('alexnet2012', 'alexnet_owt', 'alexnet_cifar')",
+        ),
         ("--config.schedule.name=poly", "--config.schedule.name='poly' is not one of"),
         ("--config.optimizer.momentum=1.5", "--config.optimizer.momentum=1.5 must be in [0, 1)"),
         ("--config.parallel=xmap", "--config.parallel='xmap' is not one of ('pmap', 'shard_map')"),
@@ -136,7 +146,11 @@ def test_kill_and_resume_gives_the_same_final_state(straight_run, tmp_path):
 def test_bad_config_values_give_one_line_errors(tmp_path, flag, message):
     failed = run(command(tmp_path, flag), devices=8)
     assert failed.returncode == 2
-    lines = [line for line in failed.stderr.splitlines() if line.strip() and "WARNING" not in line and not line.startswith("W")]
+    lines = [
+        line
+        for line in failed.stderr.splitlines()
+        if line.strip() and "WARNING" not in line and not line.startswith("W")
+    ]
     assert lines[-1].startswith("error: ") and message in lines[-1], failed.stderr[-2000:]
     assert "Traceback" not in failed.stderr
     assert not (tmp_path / "checkpoints").exists()  # nothing started, nothing to clean up

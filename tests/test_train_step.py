@@ -57,11 +57,14 @@ def test_pmap_shard_map_and_one_device_agree_on_8_devices(config, split):
     }
     reference_params, reference_history = runs.pop("one device")
     start, _ = create_state(config, 10, split.images.shape[1:], STEPS)
-    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(reference_params), jax.tree.leaves(start.params)))
+    moved = max(
+        float(np.max(np.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(reference_params), jax.tree.leaves(start.params), strict=True)
+    )
     assert moved > 1e-3  # the steps changed the parameters, so agreement means something
     for name, (params, history) in runs.items():
         # Only the order of float32 sums differs (8 partial means vs 1): measured ~6e-8 apart.
-        for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params)):
+        for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
         np.testing.assert_allclose(
             [h["loss"] for h in history], [h["loss"] for h in reference_history], rtol=1e-5, err_msg=name

@@ -1,0 +1,103 @@
+"""Train-step throughput of a config, pmap vs shard_map side by side, on synthetic device-resident data.
+
+  python benchmarks/train_step.py --config=configs/cifar10_cpu.py
+  python benchmarks/train_step.py --config=configs/cifar10.py --config.model.dtype=float32
+
+Times the same compiled step the training loop runs (gather + augment + forward + backward +
+update); warm-up steps first, then the median of ``--steps`` timed steps, each synchronised.
+FLOPs per image come from XLA's cost analysis of the compiled step. Prints a Markdown table.
+"""
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from alexnet_jax import datasets  # noqa: E402
+from alexnet_jax.parallel import DataParallel  # noqa: E402
+from alexnet_jax.train import compile_train_step, create_state, epoch_order_fn, step_options  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar10_cpu.py", "Config to benchmark.")
+_MODES = flags.DEFINE_list("modes", ["shard_map", "pmap"], "Parallel wrappers to compare.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per wrapper.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+
+
+def setup(config, parallel: DataParallel, num_steps: int):
+    """The compiled step and its device-resident arguments, on synthetic data."""
+    config.dataset.name = datasets.SYNTHETIC
+    config.dataset.synthetic_examples = config.batch_size * (num_steps + 1)
+    split = datasets.synthetic_split(config.dataset, "train")
+    steps_per_epoch = len(split) // config.batch_size
+    state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch)
+    train_fn = compile_train_step(parallel, config, steps_per_epoch, step_options(config, len(split.class_names)))
+    data = parallel.replicate({"image": split.images, "label": split.labels})
+    rng = parallel.replicate(jax.random.key(0))
+    order = epoch_order_fn(parallel, len(split))(rng, parallel.replicate(np.int32(0)))
+    return train_fn, (parallel.replicate(state), data, order, rng)
+
+
+def flops_per_image(config) -> float:
+    """XLA's FLOP count of the whole step on one device, per image."""
+    train_fn, args = setup(config.copy_and_resolve_references(), DataParallel("shard_map", jax.devices()[:1]), 1)
+    cost = train_fn.lower(*args).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")) / config.batch_size
+
+
+def measure(config, mode: str, steps: int, warmup: int, flops_per_img: float) -> dict:
+    parallel = DataParallel(mode)
+    train_fn, (device_state, data, order, rng) = setup(config, parallel, steps + warmup)
+    started = time.perf_counter()
+    train_fn.lower(device_state, data, order, rng).compile()
+    compile_s = time.perf_counter() - started
+
+    times = []
+    for i in range(warmup + steps):
+        started = time.perf_counter()
+        device_state, metrics = train_fn(device_state, data, order, rng)
+        jax.block_until_ready(metrics)
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    median = statistics.median(times)
+    return {
+        "mode": mode,
+        "devices": parallel.num_devices,
+        "compile_s": compile_s,
+        "step_ms": 1e3 * median,
+        "spread_ms": 1e3 * (max(times) - min(times)),
+        "images_per_s": config.batch_size / median,
+        "gflop_per_image": flops_per_img / 1e9,
+        "gflop_per_s": flops_per_img * config.batch_size / median / 1e9,
+    }
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    print(
+        f"model={config.model.name} dtype={config.model.dtype} channels={tuple(config.model.channels)} "
+        f"width={config.model.width} batch={config.batch_size} image={config.dataset.synthetic_image_size} "
+        f"device={jax.devices()[0].device_kind} x{jax.device_count()} jax={jax.__version__}"
+    )
+    flops = flops_per_image(config)
+    rows = [
+        measure(config.copy_and_resolve_references(), mode, _STEPS.value, _WARMUP.value, flops) for mode in _MODES.value
+    ]
+    print("\n| wrapper | devices | compile (s) | step median (ms) | spread (ms) | images/s | GFLOP/image | GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['mode']} | {r['devices']} | {r['compile_s']:.1f} | {r['step_ms']:.1f} | {r['spread_ms']:.1f} "
+            f"| {r['images_per_s']:.0f} | {r['gflop_per_image']:.3f} | {r['gflop_per_s']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,28 @@
+"""A slim alexnet_cifar for CIFAR-10 on a 2-core CPU: >= 80% validation accuracy in 30 minutes.
+
+Command (TFDS's cifar10; the test split stays held out, validation is train[90%:]):
+  python main.py --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu
+
+Offline, from the CIFAR-10 training images as PNG files (see README, "Data"):
+  python main.py --mode=prepare --image_folder=/tmp/cifar10_png --dataset_name=cifar10_png --data_dir=/tmp/tfds
+  python main.py --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu \\
+      --config.dataset.name=cifar10_png --config.dataset.data_dir=/tmp/tfds
+
+Expected result: see README "Results" for the measured validation accuracy and wall-clock time
+on the 2-core CPU machine (no accelerator) it was measured on.
+"""
+
+from configs import cifar10
+
+
+def get_config():
+    config = cifar10.get_config()
+    config.model.dtype = "float32"  # CPUs have no fast bfloat16 convolutions
+    config.model.channels = (32, 64, 128, 128, 128)
+    config.model.fc_features = 512
+    config.num_epochs = 18
+    config.batch_size = 256
+    config.optimizer.learning_rate = 0.05
+    config.log_every_steps = 25
+    config.checkpoint_every_steps = 500
+    return config
