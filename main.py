@@ -43,7 +43,10 @@ def _run(mode: str):
     if mode == "train":
         from alexnet_jax.train import train_and_evaluate
 
-        print(json.dumps(train_and_evaluate(_CONFIG.value, _WORKDIR.value)))
+        summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        print(json.dumps(summary))
+        if summary.get("stopped"):
+            sys.exit(130)  # stopped by SIGINT/SIGTERM after saving a checkpoint
     else:
         from alexnet_jax.evaluate import evaluate_checkpoint
 
@@ -62,6 +65,8 @@ def main(argv):
     except UserError as e:  # bad config, dataset or checkpoint: one line, what to do
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, the latest checkpoint stays
+        sys.exit(130)
 
 
 if __name__ == "__main__":

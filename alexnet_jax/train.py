@@ -2,6 +2,8 @@
 
 import functools
 import pathlib
+import signal
+import threading
 import time
 
 import jax
@@ -51,6 +53,34 @@ def epoch_order_fn(parallel: DataParallel, num_examples: int):
         return jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
 
     return parallel.wrap(order, (REPLICATED, REPLICATED), REPLICATED)
+
+
+class StopRequests:
+    """Turns SIGINT/SIGTERM into a request the loop honours between steps (save, then exit).
+
+    Stopping only at step boundaries never interrupts a checkpoint write; a second signal stops
+    at once. Handlers are installed only from the main thread and restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _data_position(step: int, steps_per_epoch: int, config, num_examples: int) -> dict:
@@ -139,8 +169,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     window_sums, window_steps, window_start = None, 0, time.perf_counter()
     bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=None, dynamic_ncols=True)
-    try:
-        while step < total_steps:
+    with StopRequests() as stop:
+        while step < total_steps and not stop.requested:
             epoch = step // steps_per_epoch
             order = epoch_order(device_rng, parallel.replicate(np.int32(epoch)))
             for _ in range(step % steps_per_epoch, steps_per_epoch):
@@ -169,8 +199,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         img_s=f"{record['images_per_s']:.0f}",
                     )
                     window_sums, window_steps, window_start = None, 0, time.perf_counter()
+                if stop.requested:
+                    break
                 if step % config.checkpoint_every_steps == 0 and step % steps_per_epoch:
                     save()  # epoch ends save below, with validation metrics when there are some
+            if stop.requested:
+                break
             if (epoch + 1) % config.eval_every_epochs == 0 or step == total_steps:
                 val_metrics, _ = evaluator(device_state.params)
                 log.write("eval", step, {"epoch": step / steps_per_epoch, **val_metrics})
@@ -185,17 +219,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 save()
         if last_saved != step:
             save()
-    except KeyboardInterrupt:
-        if last_saved != step:
-            save()
-        checkpoints.wait()
-        print(f"\ninterrupted at step {step}; checkpoint saved, run the same command to resume")
-        raise
-    finally:
         bar.close()
         log.close()
         checkpoints.wait()
         checkpoints.close()
+    if stop.requested:
+        print(f"\nstopped by a signal at step {step}; checkpoint saved, run the same command to resume")
+        return {**_summary(workdir, total_steps), "step": step, "stopped": True}
 
     plots.plot_curves(metrics_log.read_metrics(workdir), workdir / "curves.png")
     val_metrics, predictions = evaluator(device_state.params)

@@ -154,3 +154,26 @@ def test_bad_config_values_give_one_line_errors(tmp_path, flag, message):
     assert lines[-1].startswith("error: ") and message in lines[-1], failed.stderr[-2000:]
     assert "Traceback" not in failed.stderr
     assert not (tmp_path / "checkpoints").exists()  # nothing started, nothing to clean up
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_saves_a_checkpoint_exits_and_resumes(tmp_path, signum):
+    process = subprocess.Popen(
+        command(tmp_path), cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 240
+    metrics = tmp_path / "metrics.jsonl"
+    while time.time() < deadline and process.poll() is None and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.02)  # the first log line: training has started
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    stopped_at = json.loads(stdout.strip().splitlines()[-1])["step"]
+    assert f"stopped by a signal at step {stopped_at}; checkpoint saved" in stdout
+    assert 0 < stopped_at < TOTAL_STEPS and saved_steps(tmp_path)[-1] == stopped_at
+
+    resumed = run(command(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step {stopped_at} of {TOTAL_STEPS}" in resumed.stdout
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["step"] == TOTAL_STEPS
