@@ -61,6 +61,6 @@ def validate(config, num_devices: int):
     if config.schedule.name == "onecycle":
         pct = config.schedule.pct_start
         _require(0 < pct < 1, f"--config.schedule.pct_start={pct} must be in (0, 1)")
-    fields = set(models.MODELS[config.model.name].__dataclass_fields__) - {"parent", "name", "num_classes"}
-    unknown = sorted(set(config.model.keys()) - fields - {"name"})
-    _require(not unknown, f"model {config.model.name!r} has no field(s) {unknown}; its fields are {sorted(fields)}")
+    known = set().union(*(models.model_fields(name) for name in models.MODELS))
+    unknown = sorted(set(config.model.keys()) - known - {"name"})
+    _require(not unknown, f"no model takes the field(s) {unknown}; model fields are {sorted(known)}")

@@ -18,7 +18,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alexnet_jax.errors import UserError
+
 PAPER_INPUT_SIZE = 227
+
+
+def _check_input_size(model: str, size: int, smallest: int, largest: int | None = None):
+    if size < smallest or (largest is not None and size > largest):
+        wanted = f"{smallest}..{largest}" if largest else f"at least {smallest}"
+        raise UserError(f"{model} takes {wanted} pixel images, got {size}; use alexnet_cifar for small images")
 
 
 class LocalResponseNorm(nn.Module):
@@ -88,7 +96,8 @@ class AlexNet2012(nn.Module):
         def dense(features, bias_init, name):
             return nn.Dense(features, kernel_init=weights, bias_init=bias_init, dtype=self.dtype, name=name)
 
-        pad = max(0, PAPER_INPUT_SIZE - x.shape[1])
+        _check_input_size("alexnet2012", x.shape[1], 224, PAPER_INPUT_SIZE)
+        pad = PAPER_INPUT_SIZE - x.shape[1]
         conv1_padding = ((pad // 2, pad - pad // 2),) * 2
         x = x.astype(self.dtype)
         x = nn.relu(conv(96, 11, zeros, strides=4, padding=conv1_padding, name="conv1")(x))
@@ -134,6 +143,7 @@ class AlexNetOWT(nn.Module):
         def conv(features, kernel, strides=1, padding=1):
             return nn.Conv(features, (kernel, kernel), strides, padding=padding, dtype=self.dtype)
 
+        _check_input_size("alexnet_owt", x.shape[1], 63)  # smaller inputs pool down to nothing
         x = x.astype(self.dtype)
         x = _max_pool(nn.relu(conv(64, 11, strides=4, padding=2)(x)))
         x = _max_pool(nn.relu(conv(192, 5, padding=2)(x)))
@@ -194,9 +204,18 @@ MODELS = {"alexnet2012": AlexNet2012, "alexnet_owt": AlexNetOWT, "alexnet_cifar"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def model_fields(name: str) -> set[str]:
+    """The config fields model ``name`` takes (its module attributes, less the wiring)."""
+    return set(MODELS[name].__dataclass_fields__) - {"parent", "name", "num_classes"}
+
+
 def create_model(model_config, num_classes: int) -> nn.Module:
-    """Builds the model named by ``model_config.name``; other fields become module attributes."""
-    fields = dict(model_config.items())
-    name = fields.pop("name")
-    fields["dtype"] = DTYPES[fields.pop("dtype", "float32")]
+    """Builds the model named by ``model_config.name`` from the config fields it takes.
+
+    Fields that only other models take are ignored, so one config can switch models with
+    ``--config.model.name``.
+    """
+    name = model_config.name
+    fields = {k: v for k, v in model_config.items() if k in model_fields(name)}
+    fields["dtype"] = DTYPES[fields.get("dtype", "float32")]
     return MODELS[name](num_classes=num_classes, **fields)

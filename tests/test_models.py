@@ -86,3 +86,28 @@ def test_adaptive_avg_pool_matches_torch_bins():
     rows, cols = [(0, 3), (2, 5), (4, 7)], [(0, 2), (1, 4), (3, 5)]
     want = np.array([[x[0, a:b, c:d].mean((0, 1)) for c, d in cols] for a, b in rows])
     np.testing.assert_allclose(got[0], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "model, size, message",
+    [
+        (models.AlexNet2012(), 32, "alexnet2012 takes 224..227 pixel images, got 32"),
+        (models.AlexNet2012(), 256, "alexnet2012 takes 224..227 pixel images, got 256"),
+        (models.AlexNetOWT(), 32, "alexnet_owt takes at least 63 pixel images, got 32"),
+    ],
+)
+def test_imagenet_models_reject_wrong_input_sizes(model, size, message):
+    from alexnet_jax.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+
+
+def test_alexnet_owt_accepts_its_smallest_input():
+    assert count_params(models.AlexNetOWT(), 63) == 61_100_840
+
+
+def test_create_model_ignores_fields_of_other_models():
+    config = ml_collections.ConfigDict({"name": "alexnet_owt", "width": 0.5, "channels": (8,), "dropout_rate": 0.3})
+    model = models.create_model(config, num_classes=3)
+    assert isinstance(model, models.AlexNetOWT) and model.dropout_rate == 0.3

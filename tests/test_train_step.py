@@ -76,3 +76,9 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(config, key):
     config[key] = 100
     with pytest.raises(config_checks.ConfigError, match=f"{key}=100 is not divisible by the 8 devices.*e.g. 104"):
         config_checks.validate(config, num_devices=8)
+
+
+def test_a_field_no_model_takes_is_a_clear_error(config):
+    config.model.widht = 0.5
+    with pytest.raises(config_checks.ConfigError, match=r"no model takes the field\(s\) \['widht'\]"):
+        config_checks.validate(config, num_devices=8)
