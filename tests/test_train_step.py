@@ -82,3 +82,30 @@ def test_a_field_no_model_takes_is_a_clear_error(config):
     config.model.widht = 0.5
     with pytest.raises(config_checks.ConfigError, match=r"no model takes the field\(s\) \['widht'\]"):
         config_checks.validate(config, num_devices=8)
+
+
+def test_resident_step_gathers_the_same_global_batches_on_1_and_8_devices(config, split):
+    """The path training runs: each device gathers its block of the epoch's order on device."""
+    from alexnet_jax.train import compile_train_step, epoch_order_fn
+
+    config.model.dropout_rate = 0.0
+    config.optimizer.learning_rate, config.schedule.name = 0.005, "constant"
+    steps_per_epoch = len(split) // config.batch_size
+    results = []
+    for parallel in (DataParallel("shard_map", jax.devices()[:1]), DataParallel("pmap"), DataParallel("shard_map")):
+        state, _ = create_state(config, 10, split.images.shape[1:], steps_per_epoch)
+        train_fn = compile_train_step(parallel, config, steps_per_epoch, step_options(config, 10))
+        data = parallel.replicate({"image": split.images, "label": split.labels})
+        rng = parallel.replicate(jax.random.key(3))
+        order = epoch_order_fn(parallel, len(split))(rng, parallel.replicate(np.int32(0)))
+        device_state = parallel.replicate(state)
+        losses = []
+        for _ in range(3):
+            device_state, metrics = train_fn(device_state, data, order, rng)
+            losses.append(float(jax.device_get(parallel.unreplicate(metrics))["loss"]))
+        results.append((jax.device_get(parallel.unreplicate(device_state).params), losses))
+    (want_params, want_losses), *others = results
+    for params, losses in others:
+        np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+        for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(want_params), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
