@@ -7,6 +7,8 @@ in memory, for smoke runs, tests and throughput benchmarks.
 """
 
 import dataclasses
+import socket
+import urllib.parse
 import zlib
 
 import numpy as np
@@ -33,12 +35,34 @@ class ArraySplit:
         return len(self.labels)
 
 
+def is_catalog_name(name: str) -> bool:
+    """Whether ``name`` is a dataset in the TFDS catalog (whose builder would shadow a local one)."""
+    try:
+        tfds.builder_cls(name)
+    except tfds.core.registered.DatasetNotFoundError:
+        return False
+    return True
+
+
 def prepare_hint(name: str) -> str:
+    local = f"my_{name}" if is_catalog_name(name) else name
     return (
         "put the images in <split>/<class>/<image> folders and run "
-        f"`python main.py --mode=prepare --image_folder=DIR --dataset_name={name} --data_dir=DATA_DIR`, "
-        f"then pass --config.dataset.name={name} --config.dataset.data_dir=DATA_DIR"
+        f"`python main.py --mode=prepare --image_folder=DIR --dataset_name={local} --data_dir=DATA_DIR`, "
+        f"then pass --config.dataset.name={local} --config.dataset.data_dir=DATA_DIR"
     )
+
+
+def unresolvable_hosts(builder) -> list[str]:
+    """The builder's download hosts when none of them resolves (offline), else []."""
+    hosts = sorted({urllib.parse.urlparse(url).hostname for url in builder.url_infos or {}} - {None})
+    failed = []
+    for host in hosts:
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError:
+            failed.append(host)
+    return failed if failed == hosts else []
 
 
 def load_split(dataset_config, split: str) -> ArraySplit:
@@ -59,6 +83,12 @@ def tfds_source(dataset_config, split: str):
     if not builder.is_prepared():
         if not dataset_config.download:
             raise DatasetError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; {prepare_hint(name)}")
+        offline = unresolvable_hosts(builder)
+        if offline:  # fail now rather than after TFDS's minutes of retries
+            raise DatasetError(
+                f"cannot download TFDS dataset {name!r}: {', '.join(offline)} does not resolve (no internet?); "
+                f"to work offline, {prepare_hint(name)}"
+            )
         try:
             builder.download_and_prepare(file_format="array_record")
         except Exception as e:  # network and filesystem errors alike: say how to work offline

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from alexnet_jax.datasets import DatasetError
+from alexnet_jax.datasets import DatasetError, is_catalog_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -64,6 +64,11 @@ def prepare_image_folder(
     image_folder: str, name: str, data_dir: str, skip_bad_images: bool = False, version: str = "1.0.0"
 ) -> list[pathlib.Path]:
     """Writes the TFDS dataset ``name`` under ``data_dir``; returns the paths of skipped images."""
+    if is_catalog_name(name):
+        raise DatasetError(
+            f"--dataset_name={name} is a TFDS catalog dataset and its builder would shadow yours; "
+            f"pick another name, e.g. my_{name}"
+        )
     root = pathlib.Path(image_folder).expanduser()
     splits, class_names = scan_image_folder(root)
     class_index = {label: i for i, label in enumerate(class_names)}

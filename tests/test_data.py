@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -127,7 +128,8 @@ def datasets_config(name, data_dir, download=False):
     return ml_collections.ConfigDict({"name": name, "data_dir": str(data_dir), "download": download})
 
 
-def test_tfds_cifar10_path_with_mock_data(tmp_path):
+def test_tfds_cifar10_path_with_mock_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: [])  # as if online; mock_data downloads
     with tfds.testing.mock_data(num_examples=40):
         split = datasets.load_split(datasets_config("cifar10", tmp_path, download=True), "train[:90%]")
     assert split.images.shape == (40, 32, 32, 3) and split.images.dtype == np.uint8
@@ -136,23 +138,45 @@ def test_tfds_cifar10_path_with_mock_data(tmp_path):
 
 def test_missing_dataset_errors_say_how_to_prepare_offline(tmp_path):
     with pytest.raises(
-        datasets.DatasetError, match="not prepared.*--mode=prepare --image_folder=DIR --dataset_name=cifar10"
+        datasets.DatasetError, match="not prepared.*--mode=prepare --image_folder=DIR --dataset_name=my_cifar10"
     ):
         datasets.load_split(datasets_config("cifar10", tmp_path, download=False), "train")
-    with pytest.raises(datasets.DatasetError, match="no TFDS dataset 'my_photos'.*--mode=prepare"):
+    with pytest.raises(datasets.DatasetError, match="no TFDS dataset 'my_photos'.*--dataset_name=my_photos"):
         datasets.load_split(datasets_config("my_photos", tmp_path), "train")
+
+
+def test_offline_download_fails_fast_without_retrying(tmp_path, monkeypatch):
+    def unresolvable(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def must_not_download(self, **kwargs):
+        raise AssertionError("download attempted although the host does not resolve")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", must_not_download)
+    with pytest.raises(
+        datasets.DatasetError, match=r"www.cs.toronto.edu does not resolve \(no internet\?\); to work offline"
+    ):
+        datasets.load_split(datasets_config("cifar10", tmp_path, download=True), "train")
 
 
 def test_failed_download_says_how_to_prepare_offline(tmp_path, monkeypatch):
     def no_network(self, **kwargs):
         raise ConnectionError("Failed to connect to www.cs.toronto.edu\nretrying")
 
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: [])  # the host resolves...
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)  # ...but fails
     with pytest.raises(
         datasets.DatasetError,
         match=r"could not download TFDS dataset 'cifar10' \(Failed to connect to www.cs.toronto.edu\); to work offline",
     ):
         datasets.load_split(datasets_config("cifar10", tmp_path, download=True), "train")
+
+
+def test_prepare_refuses_a_tfds_catalog_name(tmp_path):
+    folder = write_image_folder(tmp_path / "images", per_class=2)
+    with pytest.raises(datasets.DatasetError, match="--dataset_name=cifar10 is a TFDS catalog dataset.*my_cifar10"):
+        prepare_image_folder(str(folder), "cifar10", str(tmp_path / "tfds"))
 
 
 def test_bad_split_is_a_clear_error(prepared):
