@@ -6,6 +6,7 @@ the manager keeps the latest ``keep`` checkpoints plus the one with the best val
 The training loop decides when to save.
 """
 
+import logging
 import pathlib
 
 import jax
@@ -16,6 +17,18 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 from alexnet_jax.errors import UserError
 
 BEST_METRIC = "val_top1"
+
+
+class _DropUnrankedSaveWarning(logging.Filter):
+    """Interval checkpoints are saved without validation metrics on purpose (only evaluated
+    checkpoints compete for "best"); Orbax warns at each such save, which would break the
+    progress bar, so that one message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropUnrankedSaveWarning())
 
 
 class CheckpointError(UserError):
