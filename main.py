@@ -4,70 +4,181 @@
   python main.py --mode=evaluate --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu --checkpoint=best
   python main.py --mode=prepare --image_folder=DIR --dataset_name=NAME --data_dir=DATA_DIR
 
-Any config field can be overridden with --config.<key>=<value>.
+Any config field can be overridden with --config.<key>=<value>. Every mistake the program can
+recognise (see README, "Troubleshooting") ends in one line on stderr, ``error: ...``, and exit code 2.
 """
 
+import dataclasses
 import json
+import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar10_cpu.py.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "prepare"], "What to do.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics, TensorBoard, checkpoints, plots.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "evaluate: 'best', 'latest' or a step number.")
-_IMAGE_FOLDER = flags.DEFINE_string("image_folder", None, "prepare: folder with <split>/<class>/<image> inside.")
-_DATASET_NAME = flags.DEFINE_string("dataset_name", None, "prepare: name of the TFDS dataset to write.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "prepare: TFDS data directory to write into.")
-_SKIP_BAD = flags.DEFINE_bool("skip_bad_images", False, "prepare: skip undecodable images instead of stopping.")
+EXIT_USER_ERROR, EXIT_STOPPED = 2, 130
+_CONFIG_MODULE = "config_config"  # where ml_collections loads the --config file (sys.modules key)
 
 
-def _run(mode: str):
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """The parsed command line."""
+
+    mode: str
+    config: object
+    workdir: str | None
+    checkpoint: str
+    image_folder: str | None
+    dataset_name: str | None
+    data_dir: str | None
+    skip_bad_images: bool
+
+
+def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
+    """Defines the flags on a fresh ``FlagValues``, so the command line can be parsed more than once."""
+    fv = {"flag_values": flag_values}
+    return {
+        "config": config_flags.DEFINE_config_file(
+            "config", None, "Config file, e.g. configs/cifar10_cpu.py.", sys_argv=argv, **fv
+        ),
+        "mode": flags.DEFINE_enum("mode", "train", ["train", "evaluate", "prepare"], "What to do.", **fv),
+        "workdir": flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints, plots.", **fv),
+        "checkpoint": flags.DEFINE_string("checkpoint", "best", "evaluate: 'best', 'latest' or a step number.", **fv),
+        "image_folder": flags.DEFINE_string("image_folder", None, "prepare: <split>/<class>/<image> folder.", **fv),
+        "dataset_name": flags.DEFINE_string("dataset_name", None, "prepare: name of the TFDS dataset to write.", **fv),
+        "data_dir": flags.DEFINE_string("data_dir", None, "prepare: TFDS data directory to write into.", **fv),
+        "skip_bad_images": flags.DEFINE_bool("skip_bad_images", False, "prepare: skip undecodable images.", **fv),
+        "verbosity": flags.DEFINE_integer("verbosity", -1, "absl logging level: -1 warnings, 0 info, 1 debug.", **fv),
+    }
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for arg in argv:
+        match = re.fullmatch(r"--?config=(.*)", arg)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _unknown_override(config, argv: list[str]) -> str | None:
+    """The first ``--config.a.b`` override naming a field the config lacks, as an error message."""
+    for arg in argv:
+        match = re.match(r"--?(?:no)?config\.([^=]+)", arg)
+        if not match:
+            continue
+        node, path = config, match.group(1).split(".")
+        for depth, key in enumerate(path):
+            fields = list(node.keys()) if hasattr(node, "keys") else []
+            if key not in fields:
+                where = ".".join(["config", *path[:depth]])
+                return f"--config.{match.group(1)}: {where} has no field {key!r}; its fields are {', '.join(fields)}"
+            node = node[key]
+    return None
+
+
+def _load_config(argv: list[str]):
+    """Loads --config without overrides; raises UserError for a missing or broken file."""
     from alexnet_jax.errors import UserError
 
-    if mode == "prepare":
-        from alexnet_jax.prepare import prepare_image_folder
+    path = _config_path(argv)
+    if path is None:
+        return None
+    flag_values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=[argv[0]])
+    sys.modules.pop(_CONFIG_MODULE, None)  # ml_collections re-executes the file into a cached module
+    try:
+        flag_values([argv[0], f"--config={path}"])
+        config = holder.value
+        config.keys()  # a file that failed to load raises here
+    except OSError:
+        raise UserError(f"--config={path}: no such file; the configs are in configs/ (e.g. configs/smoke.py)") from None
+    except SyntaxError as e:
+        raise UserError(f"--config={path} does not parse: {e.msg} at line {e.lineno}; fix the file") from None
+    except AttributeError:
+        raise UserError(f"--config={path} has no get_config() function returning a ConfigDict") from None
+    return config
 
-        for flag in (_IMAGE_FOLDER, _DATASET_NAME, _DATA_DIR):
-            if not flag.value:
-                raise UserError(f"--mode=prepare needs --{flag.name}")
-        skipped = prepare_image_folder(_IMAGE_FOLDER.value, _DATASET_NAME.value, _DATA_DIR.value, _SKIP_BAD.value)
-        print(
-            f"prepared {_DATASET_NAME.value} in {_DATA_DIR.value}"
-            + (f"; skipped {len(skipped)} bad images" if skipped else "")
-        )
-        return
-    if _CONFIG.value is None or not _WORKDIR.value:
-        raise UserError(f"--mode={mode} needs --config=configs/<name>.py and --workdir=DIR")
-    if mode == "train":
+
+def parse_args(argv: list[str]) -> Args:
+    """Parses the command line; every mistake becomes a ``UserError`` with a one-line message."""
+    from alexnet_jax.errors import UserError
+
+    base = _load_config(argv)
+    unknown = _unknown_override(base, argv) if base is not None else None
+    if unknown:
+        raise UserError(unknown)
+    if base is None and any(re.match(r"--?(no)?config\.", arg) for arg in argv):
+        raise UserError("--config.<key> overrides need --config=configs/<name>.py before them")
+    flag_values = flags.FlagValues()
+    holders = _define_flags(flag_values, argv)
+    sys.modules.pop(_CONFIG_MODULE, None)
+    try:
+        positional = flag_values(argv)
+    except (flags.Error, TypeError, ValueError) as e:  # bad flag name or value: absl names the flag
+        raise UserError(f"{str(e).splitlines()[0]}; see python main.py --help") from None
+    if len(positional) > 1:
+        raise UserError(f"unexpected arguments {positional[1:]}; flags take the form --name=value")
+    logging.set_verbosity(holders["verbosity"].value)
+    values = {name: holder.value for name, holder in holders.items() if name != "verbosity"}
+    return Args(**values)
+
+
+def _prepare(args: Args) -> int:
+    from alexnet_jax.errors import UserError
+    from alexnet_jax.prepare import prepare_image_folder
+
+    for name in ("image_folder", "dataset_name", "data_dir"):
+        if not getattr(args, name):
+            raise UserError(f"--mode=prepare needs --{name}")
+    skipped = prepare_image_folder(args.image_folder, args.dataset_name, args.data_dir, args.skip_bad_images)
+    skipped_note = f"; skipped {len(skipped)} bad images" if skipped else ""
+    print(f"prepared {args.dataset_name} in {args.data_dir}{skipped_note}")
+    return 0
+
+
+def run(args: Args) -> int:
+    """Does what ``args.mode`` says; returns the exit code."""
+    from alexnet_jax.errors import UserError
+
+    if args.mode == "prepare":
+        return _prepare(args)
+    if args.config is None or not args.workdir:
+        raise UserError(f"--mode={args.mode} needs --config=configs/<name>.py and --workdir=DIR")
+    if args.mode == "train":
         from alexnet_jax.train import train_and_evaluate
 
-        summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        summary = train_and_evaluate(args.config, args.workdir)
         print(json.dumps(summary))
-        if summary.get("stopped"):
-            sys.exit(130)  # stopped by SIGINT/SIGTERM after saving a checkpoint
-    else:
-        from alexnet_jax.evaluate import evaluate_checkpoint
+        return EXIT_STOPPED if summary.get("stopped") else 0
+    from alexnet_jax.evaluate import evaluate_checkpoint
 
-        evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
+    evaluate_checkpoint(args.config, args.workdir, args.checkpoint)
+    return 0
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax and TFDS are chatty at INFO
+def main(argv: list[str]) -> int:
+    """The whole command: parse, run, and turn a ``UserError`` into one line and exit code 2."""
     from alexnet_jax.errors import UserError
 
+    if any(arg in ("-h", "--help", "--helpfull", "-?") for arg in argv[1:]):
+        flag_values = flags.FlagValues()
+        _define_flags(flag_values, argv[:1])
+        print(__doc__ + "\n" + flag_values.get_help())
+        return 0
     try:
-        _run(_MODE.value)
-    except UserError as e:  # bad config, dataset or checkpoint: one line, what to do
+        return run(parse_args(argv))
+    except UserError as e:  # bad flag, config, dataset, workdir or checkpoint: one line, what to do
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, the latest checkpoint stays
-        sys.exit(130)
+        return EXIT_STOPPED
+
+
+def _leave_flags_to_main(argv: list[str]) -> list[str]:
+    """app.run's flag parser: main() parses its own FlagValues; absl's global flags keep their defaults."""
+    flags.FLAGS.mark_as_parsed()
+    return argv
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_leave_flags_to_main)

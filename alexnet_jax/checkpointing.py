@@ -1,7 +1,8 @@
 """Orbax checkpoints holding everything a run needs to continue.
 
 Each checkpoint has two items: ``state`` (step, params, optimizer state, the run's base PRNG key)
-and ``data`` (JSON: the data position and the batch layout it assumes). Saves are asynchronous;
+and ``data`` (JSON: the data position, and the run's signature: what the parameters and the batch
+layout depend on, checked before a run resumes or is evaluated). Saves are asynchronous;
 the manager keeps the latest ``keep`` checkpoints plus the one with the best validation top-1.
 The training loop decides when to save.
 """
@@ -39,6 +40,18 @@ def _best_metric(metrics) -> float:
     return metrics[BEST_METRIC]
 
 
+def check_signature(saved: dict, expected: dict, workdir, remedy: str):
+    """Raises ``CheckpointError`` naming the first signature field where ``saved`` differs.
+
+    Fields the saved checkpoint lacks (written by an older version) are not compared.
+    """
+    for key, want in expected.items():
+        if key in saved and saved[key] != want:
+            raise CheckpointError(
+                f"{workdir} holds checkpoints of a different run ({key}: {saved[key]!r} there, {want!r} now); {remedy}"
+            )
+
+
 class Checkpoints:
     """Saves and restores train states under ``directory``."""
 
@@ -62,6 +75,13 @@ class Checkpoints:
 
     def best_step(self) -> int | None:
         return self.manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def read_data(self, step: int) -> dict:
+        """The JSON item of checkpoint ``step`` alone (position and signature), without the arrays."""
+        return dict(self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"])
 
     def save(self, state, rng, data_position: dict, metrics: dict | None = None, force: bool = False) -> bool:
         """Starts saving ``state`` at its step (in the background); returns whether it saves."""

@@ -52,15 +52,39 @@ def validate(config, num_devices: int):
     _require(
         config.augment.crop_padding >= 0, f"--config.augment.crop_padding={config.augment.crop_padding} must be >= 0"
     )
+    _check_model_and_schedule(config)
+
+
+def _positive(key: str, value, upper=None):
+    inside = value > 0 and (upper is None or value < upper)
+    _require(inside, f"--config.{key}={value} must be > 0" + (f" and < {upper}" if upper is not None else ""))
+
+
+def _check_model_and_schedule(config):
+    model = config.model
+    if "width" in model:
+        _positive("model.width", model.width)
+    if "dropout_rate" in model:
+        _require(0 <= model.dropout_rate < 1, f"--config.model.dropout_rate={model.dropout_rate} must be in [0, 1)")
+    if config.dataset.name == "synthetic":
+        for key in ("synthetic_examples", "synthetic_classes", "synthetic_image_size"):
+            _positive(f"dataset.{key}", config.dataset[key])
     if config.schedule.name == "step":
-        epochs = list(config.schedule.step_epochs)
+        epochs = list(optim.step_epochs(config))
         _require(
             epochs == sorted(epochs) and all(0 < e < config.num_epochs for e in epochs),
-            f"--config.schedule.step_epochs={epochs} must increase and lie inside (0, num_epochs={config.num_epochs})",
+            f"--config.schedule.step_epochs={tuple(epochs)} must increase and lie inside (0, "
+            f"num_epochs={config.num_epochs}); leave it unset for 1/3 and 2/3 of the run",
+        )
+        _positive("schedule.step_factor", config.schedule.step_factor)
+    if config.schedule.name == "warmup_cosine":
+        warmup = config.schedule.warmup_epochs
+        _require(
+            0 <= warmup < config.num_epochs,
+            f"--config.schedule.warmup_epochs={warmup} must be in [0, num_epochs={config.num_epochs})",
         )
     if config.schedule.name == "onecycle":
-        pct = config.schedule.pct_start
-        _require(0 < pct < 1, f"--config.schedule.pct_start={pct} must be in (0, 1)")
+        _positive("schedule.pct_start", config.schedule.pct_start, upper=1)
     known = set().union(*(models.model_fields(name) for name in models.MODELS))
     unknown = sorted(set(config.model.keys()) - known - {"name"})
     _require(not unknown, f"no model takes the field(s) {unknown}; model fields are {sorted(known)}")

@@ -6,41 +6,64 @@ import re
 
 import jax
 
-from alexnet_jax import config_checks, datasets
-from alexnet_jax.checkpointing import CheckpointError, Checkpoints
+from alexnet_jax import config_checks, datasets, runtime
+from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_signature
 from alexnet_jax.evaluation import Evaluator, write_report
 from alexnet_jax.parallel import DataParallel
-from alexnet_jax.train import create_state, step_options
+from alexnet_jax.train import create_state, model_signature, step_constants
 
 
-def _resolve(checkpoints: Checkpoints, which: str, directory) -> int:
-    step = {"latest": checkpoints.latest_step, "best": checkpoints.best_step}.get(which, lambda: int(which))()
-    if step is None:
-        raise CheckpointError(f"no checkpoints in {directory}; train first with the same --workdir")
-    return step
+def resolve_checkpoint(checkpoints: Checkpoints, which: str, directory) -> int:
+    """The step that ``which`` ('latest', 'best' or a step number) names; ``CheckpointError`` if none."""
+    if which not in ("latest", "best") and not which.isdigit():
+        raise config_checks.ConfigError(f"--checkpoint={which!r} must be 'latest', 'best' or a step number")
+    saved = checkpoints.all_steps()
+    if not saved:
+        raise CheckpointError(f"no checkpoints in {directory}; train first with --mode=train and the same --workdir")
+    listed = ", ".join(map(str, saved))
+    if which == "latest":
+        return saved[-1]
+    if which == "best":
+        best = checkpoints.best_step()
+        if best is None:
+            raise CheckpointError(
+                f"--checkpoint=best: none of the checkpoints in {directory} (steps {listed}) has a validation "
+                "result yet (they were saved between evaluations); use --checkpoint=latest or a step"
+            )
+        return best
+    if int(which) not in saved:
+        raise CheckpointError(f"--checkpoint={which}: no checkpoint at step {which} in {directory}; saved: {listed}")
+    return int(which)
 
 
 def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     """Scores checkpoint ``which`` ('latest', 'best' or a step) on ``config.dataset.eval_split``.
 
-    Writes ``eval_<split>_*`` plots and a JSON report into the workdir and returns the metrics.
+    Writes ``eval_<dataset>_<split>_*`` plots and a JSON report into the workdir and returns the
+    report. Metrics are named neutrally (``loss``, ``top1``, ``top5``): the split may be any.
     """
-    if which not in ("latest", "best") and not which.isdigit():
-        raise config_checks.ConfigError(f"--checkpoint={which!r} must be 'latest', 'best' or a step number")
     workdir = pathlib.Path(workdir)
     config_checks.validate(config, jax.device_count())
-    parallel = DataParallel(config.parallel)
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoints in {directory}; train first with --mode=train and the same --workdir")
+    print(runtime.platform_line(), flush=True)
+    checkpoints = Checkpoints(directory, config.keep_checkpoints, async_save=False)
+    step = resolve_checkpoint(checkpoints, which, directory)
     split = datasets.load_split(config.dataset, config.dataset.eval_split)
-    checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints, async_save=False)
-    step = _resolve(checkpoints, which, workdir / "checkpoints")
+    saved = checkpoints.read_data(step)
+    expected = {"model": model_signature(config.model), "num_classes": len(split.class_names)}
+    check_signature(saved, expected, workdir, "evaluate with the config it was trained with")
     state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch=1)
     state, _, _ = checkpoints.restore(step, state, jax.random.key(0))
     checkpoints.close()
-    evaluator = Evaluator(
-        parallel, state.apply_fn, step_options(config, len(split.class_names)), split, config.eval_batch_size
-    )
+    parallel = DataParallel(config.parallel)
+    constants = step_constants(config, len(split.class_names))
+    evaluator = Evaluator(parallel, state.apply_fn, constants, split, config.eval_batch_size)
     metrics, predictions = evaluator(parallel.replicate(state.params))
-    name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{config.dataset.name}_{config.dataset.eval_split}").strip("_")
-    report = write_report(workdir, name, split, predictions, {"checkpoint_step": step, **metrics})
-    print(json.dumps({k: report[k] for k in ("checkpoint_step", "val_loss", "val_top1", "val_top5", "examples")}))
+    dataset, split_name = config.dataset.name, config.dataset.eval_split
+    name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{dataset}_{split_name}").strip("_")
+    header = {"checkpoint_step": step, "dataset": dataset, "split": split_name}
+    report = write_report(workdir, name, split, predictions, {**header, **metrics})
+    print(json.dumps({k: report[k] for k in (*header, "loss", "top1", "top5", "examples")}))
     return report

@@ -10,7 +10,7 @@ import numpy as np
 from alexnet_jax import plots
 from alexnet_jax.datasets import ArraySplit
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
-from alexnet_jax.train_step import StepOptions, resident_eval_step
+from alexnet_jax.train_step import StepConstants, resident_eval_step
 
 
 def pad_to_batches(split: ArraySplit, global_batch: int) -> dict[str, np.ndarray]:
@@ -24,7 +24,9 @@ def pad_to_batches(split: ArraySplit, global_batch: int) -> dict[str, np.ndarray
 class Evaluator:
     """Holds one split on the devices and scores parameters on it."""
 
-    def __init__(self, parallel: DataParallel, apply_fn, options: StepOptions, split: ArraySplit, global_batch: int):
+    def __init__(
+        self, parallel: DataParallel, apply_fn, constants: StepConstants, split: ArraySplit, global_batch: int
+    ):
         self.parallel, self.split, self.global_batch = parallel, split, global_batch
         padded = pad_to_batches(split, global_batch)
         self.num_batches = len(padded["label"]) // global_batch
@@ -32,12 +34,12 @@ class Evaluator:
         self._order = parallel.replicate(np.arange(len(padded["label"]), dtype=np.int32))
         self._starts = [parallel.replicate(np.int32(i * global_batch)) for i in range(self.num_batches)]
         step = functools.partial(
-            resident_eval_step, apply_fn=apply_fn, local_batch=global_batch // parallel.num_devices, options=options
+            resident_eval_step, apply_fn=apply_fn, local_batch=global_batch // parallel.num_devices, constants=constants
         )
         self._step = parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, SHARDED))
 
     def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
-        """Returns ``val_loss``/``val_top1``/``val_top5`` and the predicted class of every example."""
+        """Returns mean ``loss`` (cross-entropy), ``top1``, ``top5`` and every example's predicted class."""
         totals, predictions = None, []
         for start in self._starts:
             sums, batch_predictions = self._step(params, self._data, self._order, start)
@@ -45,7 +47,7 @@ class Evaluator:
             predictions.append(self.parallel.unshard(batch_predictions))
         totals = jax.device_get(self.parallel.unreplicate(totals))
         count = float(totals["count"])
-        metrics = {f"val_{k}": float(totals[k]) / count for k in ("loss", "top1", "top5")}
+        metrics = {k: float(totals[k]) / count for k in ("loss", "top1", "top5")}
         return metrics, np.concatenate(jax.device_get(predictions))[: len(self.split)]
 
 

@@ -1,6 +1,7 @@
 """Writes metric events to ``metrics.jsonl`` (one JSON object per line) and TensorBoard."""
 
 import json
+import os
 import pathlib
 
 import tensorboardX
@@ -15,16 +16,29 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _replace_file(path: pathlib.Path, text: str):
+    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``: a
+    reader, or a kill at any moment, sees the old file or the new one, never a partial one."""
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
 class MetricsLog:
-    """Appends events; on resume, first drops events logged after the restored step."""
+    """Appends events. On resume it first drops the events logged after the restored step, in
+    metrics.jsonl (rewritten by rename) and in TensorBoard (its purge step hides them)."""
 
     def __init__(self, workdir: str | pathlib.Path, resume_step: int = 0):
         workdir = pathlib.Path(workdir)
         kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
         self._path = workdir / METRICS_FILE
-        self._path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        _replace_file(self._path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self._path.open("a")
-        self._tensorboard = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+        # TensorBoard discards events of earlier files at steps >= purge_step when it reads this one.
+        self._tensorboard = tensorboardX.SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
 
     def write(self, kind: str, step: int, values: dict) -> dict:
         """Logs ``values`` (plain numbers) under ``kind`` ('train' or 'eval') at ``step``."""

@@ -6,6 +6,15 @@ import optax
 SCHEDULES = ("constant", "step", "warmup_cosine", "onecycle")
 
 
+def step_epochs(config) -> tuple[float, ...]:
+    """The epochs where the ``step`` schedule divides the rate: ``schedule.step_epochs``, or by
+    default one and two thirds into the run (epochs 30 and 60 of 90, as torchvision's recipe)."""
+    epochs = config.schedule.step_epochs
+    if epochs is None:
+        return (config.num_epochs / 3, 2 * config.num_epochs / 3)
+    return tuple(epochs)
+
+
 def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     """The schedule named by ``config.schedule.name``; epochs are converted to steps here."""
     base = config.optimizer.learning_rate
@@ -14,7 +23,7 @@ def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     if schedule.name == "constant":
         return optax.constant_schedule(base)
     if schedule.name == "step":
-        boundaries = {int(epoch * steps_per_epoch): schedule.step_factor for epoch in schedule.step_epochs}
+        boundaries = {round(epoch * steps_per_epoch): schedule.step_factor for epoch in step_epochs(config)}
         return optax.piecewise_constant_schedule(base, boundaries)
     if schedule.name == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(

@@ -16,22 +16,30 @@ def _save(fig, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def plot_curves(records: list[dict], path: pathlib.Path) -> pathlib.Path:
-    """Loss and accuracy against epoch, train and validation, from metrics.jsonl records."""
+def curves_figure(records: list[dict]):
+    """Cross-entropy and accuracy against epoch, train and validation, from metrics.jsonl records.
+
+    Both loss curves are the plain cross-entropy against the true labels (the training objective
+    may add label smoothing, which would shift the train curve up), so they can be compared.
+    """
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_ax.plot([r["epoch"] for r in train], [r["loss"] for r in train], label="train")
+    loss_ax.plot([r["epoch"] for r in train], [r["cross_entropy"] for r in train], label="train (augmented)")
     loss_ax.plot([r["epoch"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
     acc_ax.plot([r["epoch"] for r in train], [r["accuracy"] for r in train], label="train (augmented)")
     acc_ax.plot([r["epoch"] for r in evals], [r["val_top1"] for r in evals], "o-", label="validation top-1")
     acc_ax.plot([r["epoch"] for r in evals], [r["val_top5"] for r in evals], "s--", label="validation top-5")
-    for ax, name in ((loss_ax, "cross-entropy loss"), (acc_ax, "accuracy")):
+    for ax, name in ((loss_ax, "cross-entropy (true labels, no smoothing)"), (acc_ax, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return fig
+
+
+def plot_curves(records: list[dict], path: pathlib.Path) -> pathlib.Path:
+    return _save(curves_figure(records), path)
 
 
 def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path) -> pathlib.Path:

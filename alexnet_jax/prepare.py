@@ -36,7 +36,15 @@ def scan_image_folder(root: pathlib.Path) -> tuple[dict[str, list[tuple[pathlib.
         raise DatasetError(
             f"no images under {root}; expected <split>/<class>/<image> with {'/'.join(IMAGE_SUFFIXES)} files"
         )
-    class_names = sorted({label for files in splits.values() for _, label in files})
+    classes = {split: {label for _, label in files} for split, files in splits.items()}
+    class_names = sorted(set().union(*classes.values()))
+    for split, present in classes.items():
+        missing = sorted(set(class_names) - present)
+        if missing:
+            raise DatasetError(
+                f"{root / split} has no images of class(es) {missing} that other splits have; "
+                "give every split the same class folders, each with images"
+            )
     return splits, class_names
 
 

@@ -1,6 +1,13 @@
-"""The training loop: device-resident data, data-parallel steps, evaluation, checkpoints, logs."""
+"""The training loop: device-resident data, data-parallel steps, evaluation, checkpoints, logs.
 
+A run is resumable at every checkpoint and ends, however often it was stopped, killed or run
+again, with what an uninterrupted run leaves: an evaluation at every evaluated epoch (logged
+once), the final report and the curves.
+"""
+
+import dataclasses
 import functools
+import json
 import pathlib
 import signal
 import threading
@@ -8,17 +15,21 @@ import time
 
 import jax
 import numpy as np
+import optax
 import tqdm
 
-from alexnet_jax import config_checks, datasets, metrics_log, models, optim, plots
-from alexnet_jax.checkpointing import CheckpointError, Checkpoints
+from alexnet_jax import config_checks, datasets, metrics_log, models, optim, plots, runtime
+from alexnet_jax.checkpointing import Checkpoints, check_signature
+from alexnet_jax.datasets import ArraySplit
 from alexnet_jax.evaluation import Evaluator, write_report
 from alexnet_jax.parallel import REPLICATED, DataParallel
-from alexnet_jax.train_step import StepOptions, create_train_state, resident_train_step
+from alexnet_jax.train_step import StepConstants, create_train_state, resident_train_step
+
+REPORT = "validation"  # the final report's file prefix: validation_report.json, validation_confusion.png, ...
 
 
-def step_options(config, num_classes: int) -> StepOptions:
-    return StepOptions(
+def step_constants(config, num_classes: int) -> StepConstants:
+    return StepConstants(
         num_classes=num_classes,
         label_smoothing=config.optimizer.label_smoothing,
         crop_padding=config.augment.crop_padding,
@@ -35,13 +46,13 @@ def create_state(config, num_classes: int, image_shape, steps_per_epoch: int):
     return create_train_state(model, tx, image_shape, jax.random.key(config.seed)), schedule
 
 
-def compile_train_step(parallel: DataParallel, config, steps_per_epoch: int, options: StepOptions):
+def compile_train_step(parallel: DataParallel, config, steps_per_epoch: int, constants: StepConstants):
     """The resident train step for all devices: (state, data, epoch order, rng) -> (state, metrics)."""
     step = functools.partial(
         resident_train_step,
         local_batch=config.batch_size // parallel.num_devices,
         steps_per_epoch=steps_per_epoch,
-        options=options,
+        constants=constants,
     )
     return parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, REPLICATED), donate_argnums=(0,))
 
@@ -56,10 +67,11 @@ def epoch_order_fn(parallel: DataParallel, num_examples: int):
 
 
 class StopRequests:
-    """Turns SIGINT/SIGTERM into a request the loop honours between steps (save, then exit).
+    """Turns SIGINT/SIGTERM into a request the loop honours between steps.
 
-    Stopping only at step boundaries never interrupts a checkpoint write; a second signal stops
-    at once. Handlers are installed only from the main thread and restored on exit.
+    The loop asks ``poll(step)`` after each step; once a stop is requested it finishes the epoch's
+    evaluation if the step ends one, saves, and returns. A second signal stops at once. Handlers
+    are installed only from the main thread and restored on exit.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -73,6 +85,9 @@ class StopRequests:
             raise KeyboardInterrupt
         self.requested = True
 
+    def poll(self, step: int) -> bool:
+        return self.requested
+
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
@@ -83,33 +98,73 @@ class StopRequests:
             signal.signal(s, handler)
 
 
-def _data_position(step: int, steps_per_epoch: int, config, num_examples: int) -> dict:
-    return {
-        "epoch": step // steps_per_epoch,
-        "step_in_epoch": step % steps_per_epoch,
-        "global_batch_size": config.batch_size,
-        "train_examples": num_examples,
-        "train_split": config.dataset.train_split,
-    }
+def model_signature(model_config) -> dict:
+    """The model fields that shape the parameters (compute dtype and dropout do not), JSON-ready."""
+    fields = {k: v for k, v in model_config.items() if k not in ("dtype", "dropout_rate")}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
 
-def _check_resumable(saved: dict, expected: dict, workdir):
-    for key in ("global_batch_size", "train_examples"):
-        if saved.get(key) != expected[key]:
-            raise CheckpointError(
-                f"{workdir} was trained with {key}={saved.get(key)}, this run has {expected[key]}; "
-                "resume with the original settings or use a new --workdir"
-            )
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What one training run is made of, fixed before its first step."""
+
+    config: object
+    workdir: pathlib.Path
+    parallel: DataParallel
+    train_split: ArraySplit
+    val_split: ArraySplit
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.num_epochs * self.steps_per_epoch
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train_split.class_names)
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the epoch that ends at ``step`` is evaluated."""
+        epoch, rest = divmod(step, self.steps_per_epoch)
+        return step > 0 and rest == 0 and (epoch % self.config.eval_every_epochs == 0 or step == self.total_steps)
+
+    def signature(self) -> dict:
+        """What the parameters and the data order depend on: a checkpoint resumes only where it matches."""
+        return {
+            "model": model_signature(self.config.model),
+            "num_classes": self.num_classes,
+            "image_shape": list(self.train_split.images.shape[1:]),
+            "global_batch_size": self.config.batch_size,
+            "train_examples": len(self.train_split),
+        }
+
+    def checkpoint_data(self, step: int) -> dict:
+        position = {"epoch": step // self.steps_per_epoch, "step_in_epoch": step % self.steps_per_epoch}
+        return {**position, "train_split": self.config.dataset.train_split, **self.signature()}
 
 
-def _summary(workdir: pathlib.Path, total_steps: int) -> dict:
-    records = metrics_log.read_metrics(workdir)
-    evals = [r for r in records if r["kind"] == "eval"]
+def load_run(config, workdir: pathlib.Path) -> Run:
+    """Checks the config and the workdir and reads the data; raises ``UserError`` before writing anything."""
+    config_checks.validate(config, jax.device_count())
+    runtime.check_workdir(workdir)
+    print(runtime.platform_line(), flush=True)
+    train_split = datasets.load_split(config.dataset, config.dataset.train_split)
+    val_split = datasets.load_split(config.dataset, config.dataset.eval_split)
+    if config.batch_size > len(train_split):
+        raise config_checks.ConfigError(
+            f"--config.batch_size={config.batch_size} exceeds the {len(train_split)} training examples; lower it"
+        )
+    steps_per_epoch = len(train_split) // config.batch_size
+    return Run(config, workdir, DataParallel(config.parallel), train_split, val_split, steps_per_epoch)
+
+
+def _summary(run: Run) -> dict:
+    evals = [r for r in metrics_log.read_metrics(run.workdir) if r["kind"] == "eval"]
     last = evals[-1] if evals else {}
     best = max(evals, key=lambda r: r["val_top1"]) if evals else {}
     return {
         "step": last.get("step", 0),
-        "total_steps": total_steps,
+        "total_steps": run.total_steps,
         "val_top1": last.get("val_top1"),
         "val_top5": last.get("val_top5"),
         "best_val_top1": best.get("val_top1"),
@@ -117,117 +172,174 @@ def _summary(workdir: pathlib.Path, total_steps: int) -> dict:
     }
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (or resumes) in ``workdir`` and returns a summary of the validation results."""
-    workdir = pathlib.Path(workdir)
-    config_checks.validate(config, jax.device_count())
-    parallel = DataParallel(config.parallel)
-    train_split = datasets.load_split(config.dataset, config.dataset.train_split)
-    val_split = datasets.load_split(config.dataset, config.dataset.eval_split)
-    if config.batch_size > len(train_split):
-        raise config_checks.ConfigError(
-            f"--config.batch_size={config.batch_size} exceeds the {len(train_split)} training examples; lower it"
-        )
-    num_classes = len(train_split.class_names)
-    steps_per_epoch = len(train_split) // config.batch_size
-    total_steps = config.num_epochs * steps_per_epoch
-    state, schedule = create_state(config, num_classes, train_split.images.shape[1:], steps_per_epoch)
-    rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+def _report_is_complete(run: Run) -> bool:
+    """Whether the final report and curves were written (the last thing a run does)."""
+    report = run.workdir / f"{REPORT}_report.json"
+    if not (report.exists() and (run.workdir / "curves.png").exists()):
+        return False
+    return json.loads(report.read_text()).get("step") == run.total_steps
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
+
+def _restore_latest(run: Run, checkpoints: Checkpoints, state, rng):
     latest = checkpoints.latest_step()
-    if latest is not None:
-        state, rng, saved_position = checkpoints.restore(latest, state, rng)
-        _check_resumable(saved_position, _data_position(0, steps_per_epoch, config, len(train_split)), workdir)
+    if latest is None:
+        return state, rng
+    remedy = "resume with the config it was trained with, or use a new --workdir"
+    check_signature(checkpoints.read_data(latest), run.signature(), run.workdir, remedy)
+    state, rng, _ = checkpoints.restore(latest, state, rng)
+    return state, rng
+
+
+class _Trainer:
+    """The loop's moving parts on the devices: state, keys, data, compiled step and evaluator."""
+
+    def __init__(self, run: Run, state, rng, schedule: optax.Schedule, checkpoints: Checkpoints):
+        parallel, constants = run.parallel, step_constants(run.config, run.num_classes)
+        self.run, self.schedule, self.checkpoints, self.rng = run, schedule, checkpoints, rng
+        self.step = int(state.step)
+        self.last_saved = self.step
+        self.state = parallel.replicate(state)
+        self.device_rng = parallel.replicate(rng)
+        self.data = parallel.replicate({"image": run.train_split.images, "label": run.train_split.labels})
+        self.epoch_order = epoch_order_fn(parallel, len(run.train_split))
+        self.evaluator = Evaluator(parallel, state.apply_fn, constants, run.val_split, run.config.eval_batch_size)
+        self._train_fn = compile_train_step(parallel, run.config, run.steps_per_epoch, constants)
+        self._compiled = None
+
+    def order(self):
+        epoch = self.step // self.run.steps_per_epoch
+        return self.epoch_order(self.device_rng, self.run.parallel.replicate(np.int32(epoch)))
+
+    def compile(self, order) -> float:
+        """Compiles the train step ahead of time (so no throughput window includes it); returns seconds."""
+        started = time.perf_counter()
+        self._compiled = self._train_fn.lower(self.state, self.data, order, self.device_rng).compile()
+        return time.perf_counter() - started
+
+    def train_step(self, order):
+        self.state, metrics = self._compiled(self.state, self.data, order, self.device_rng)
+        self.step += 1
+        return metrics
+
+    def save(self, metrics: dict | None = None):
+        host_state = self.run.parallel.unreplicate(self.state)
+        self.checkpoints.save(host_state, self.rng, self.run.checkpoint_data(self.step), metrics, force=True)
+        self.last_saved = self.step
+
+    def evaluate(self, log: metrics_log.MetricsLog | None):
+        """Scores the current parameters; logs the result unless ``log`` is None. Returns (metrics, predictions)."""
+        metrics, predictions = self.evaluator(self.state.params)
+        if log is not None:
+            epoch = self.step / self.run.steps_per_epoch
+            log.write("eval", self.step, {"epoch": epoch, **{f"val_{k}": v for k, v in metrics.items()}})
+            tqdm.tqdm.write(
+                f"epoch {round(epoch)}/{self.run.config.num_epochs} step {self.step}: validation top-1 "
+                f"{metrics['top1']:.4f} top-5 {metrics['top5']:.4f} cross-entropy {metrics['loss']:.4f}"
+            )
+        return metrics, predictions
+
+
+class _ThroughputWindow:
+    """Sums train metrics between log lines and measures images/s over training steps only."""
+
+    def __init__(self, parallel: DataParallel, batch_size: int):
+        self.parallel, self.batch_size = parallel, batch_size
+        self.restart()
+
+    def restart(self):
+        self.sums, self.steps, self.started = None, 0, time.perf_counter()
+
+    def add(self, metrics):
+        self.sums = metrics if self.sums is None else jax.tree.map(lambda a, b: a + b, self.sums, metrics)
+        self.steps += 1
+
+    def means(self) -> dict:
+        sums = jax.device_get(self.parallel.unreplicate(self.sums))
+        elapsed = time.perf_counter() - self.started
+        values = {k: float(v) / self.steps for k, v in sums.items()}
+        return {**values, "images_per_s": self.steps * self.batch_size / elapsed}
+
+
+def _log_train(trainer: _Trainer, window: _ThroughputWindow, log: metrics_log.MetricsLog, bar: tqdm.tqdm):
+    step = trainer.step
+    values = {"epoch": step / trainer.run.steps_per_epoch, **window.means()}
+    record = log.write("train", step, {**values, "learning_rate": trainer.schedule(step - 1)})
+    bar.set_postfix(epoch=f"{record['epoch']:.2f}", loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
+    window.restart()
+
+
+def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple | None:
+    """Trains until the end or a stop request; returns the last evaluation (metrics, predictions)."""
+    run, config = trainer.run, trainer.run.config
+    order = trainer.order()
+    tqdm.tqdm.write(f"compiled the train step in {trainer.compile(order):.1f} s")
+    window, last_eval = _ThroughputWindow(run.parallel, config.batch_size), None
+    bar = tqdm.tqdm(total=run.total_steps, initial=trainer.step, desc="train", unit="step", disable=None)
+    while trainer.step < run.total_steps:
+        if trainer.step % run.steps_per_epoch == 0:
+            order = trainer.order()
+        window.add(trainer.train_step(order))
+        bar.update(1)
+        step, stopping = trainer.step, stop.poll(trainer.step)
+        if step % config.log_every_steps == 0 or step % run.steps_per_epoch == 0:
+            _log_train(trainer, window, log, bar)
+        if run.evaluates_at(step):  # before honouring a stop, so no evaluation is ever skipped
+            last_eval = trainer.evaluate(log)
+            trainer.save({"val_top1": last_eval[0]["top1"]})
+            window.restart()  # evaluation time is not training throughput
+        elif step % config.checkpoint_every_steps == 0 or (stopping and step != trainer.last_saved):
+            trainer.save()
+        if stopping:
+            break
+    bar.close()
+    return last_eval
+
+
+def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | None):
+    """The final report and curves; evaluates only if this process has not just done so."""
+    run = trainer.run
+    if last_eval is None:
+        records = metrics_log.read_metrics(run.workdir)
+        logged = any(r["kind"] == "eval" and r["step"] == run.total_steps for r in records)
+        last_eval = trainer.evaluate(None if logged else log)
+    metrics, predictions = last_eval
+    plots.plot_curves(metrics_log.read_metrics(run.workdir), run.workdir / "curves.png")
+    write_report(run.workdir, REPORT, run.val_split, predictions, {"step": run.total_steps, **metrics})
+
+
+def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -> dict:
+    """Trains (or resumes, or completes) the run in ``workdir``; returns a summary of its validation results.
+
+    ``stop`` defaults to SIGINT/SIGTERM handling; anything with ``poll(step) -> bool`` and the
+    context-manager methods can stand in for it.
+    """
+    run = load_run(config, pathlib.Path(workdir))
+    state, schedule = create_state(config, run.num_classes, run.train_split.images.shape[1:], run.steps_per_epoch)
+    runtime.warn_if_accelerator_config_on_cpu(config, state.params)
+    rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
+    state, rng = _restore_latest(run, checkpoints, state, rng)
     step = int(state.step)
-    if step >= total_steps:
+    if step >= run.total_steps and _report_is_complete(run):
         checkpoints.close()
-        print(f"{workdir} has finished all {total_steps} steps; nothing to train (use --mode=evaluate to score it)")
-        return _summary(workdir, total_steps)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-    if step:
-        print(f"resuming from step {step} of {total_steps} (epoch {step // steps_per_epoch})")
-
-    log = metrics_log.MetricsLog(workdir, resume_step=step)
-    options = step_options(config, num_classes)
-    train_fn = compile_train_step(parallel, config, steps_per_epoch, options)
-    epoch_order = epoch_order_fn(parallel, len(train_split))
-    evaluator = Evaluator(parallel, state.apply_fn, options, val_split, config.eval_batch_size)
-    device_state = parallel.replicate(state)
-    device_rng = parallel.replicate(rng)
-    train_data = parallel.replicate({"image": train_split.images, "label": train_split.labels})
-    last_saved = step
-
-    def save(metrics=None):
-        nonlocal last_saved
-        host_state = parallel.unreplicate(device_state)
-        checkpoints.save(
-            host_state, rng, _data_position(step, steps_per_epoch, config, len(train_split)), metrics, force=True
-        )
-        last_saved = step
-
-    window_sums, window_steps, window_start = None, 0, time.perf_counter()
-    bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=None, dynamic_ncols=True)
-    with StopRequests() as stop:
-        while step < total_steps and not stop.requested:
-            epoch = step // steps_per_epoch
-            order = epoch_order(device_rng, parallel.replicate(np.int32(epoch)))
-            for _ in range(step % steps_per_epoch, steps_per_epoch):
-                device_state, metrics = train_fn(device_state, train_data, order, device_rng)
-                window_sums = metrics if window_sums is None else jax.tree.map(lambda a, b: a + b, window_sums, metrics)
-                window_steps += 1
-                step += 1
-                bar.update(1)
-                if step % config.log_every_steps == 0 or step % steps_per_epoch == 0:
-                    means = jax.device_get(parallel.unreplicate(window_sums))
-                    elapsed = time.perf_counter() - window_start
-                    record = log.write(
-                        "train",
-                        step,
-                        {
-                            "epoch": step / steps_per_epoch,
-                            "loss": means["loss"] / window_steps,
-                            "accuracy": means["accuracy"] / window_steps,
-                            "learning_rate": schedule(step - 1),
-                            "images_per_s": window_steps * config.batch_size / elapsed,
-                        },
-                    )
-                    bar.set_postfix(
-                        epoch=f"{record['epoch']:.2f}",
-                        loss=f"{record['loss']:.3f}",
-                        img_s=f"{record['images_per_s']:.0f}",
-                    )
-                    window_sums, window_steps, window_start = None, 0, time.perf_counter()
-                if stop.requested:
-                    break
-                if step % config.checkpoint_every_steps == 0 and step % steps_per_epoch:
-                    save()  # epoch ends save below, with validation metrics when there are some
-            if stop.requested:
-                break
-            if (epoch + 1) % config.eval_every_epochs == 0 or step == total_steps:
-                val_metrics, _ = evaluator(device_state.params)
-                log.write("eval", step, {"epoch": step / steps_per_epoch, **val_metrics})
-                tqdm.tqdm.write(
-                    f"epoch {epoch + 1}/{config.num_epochs} step {step}: "
-                    f"validation top-1 {val_metrics['val_top1']:.4f} top-5 {val_metrics['val_top5']:.4f} "
-                    f"loss {val_metrics['val_loss']:.4f}"
-                )
-                save({"val_top1": val_metrics["val_top1"]})
-                window_start = time.perf_counter()  # evaluation time is not training throughput
-            elif step % config.checkpoint_every_steps == 0:
-                save()
-        if last_saved != step:
-            save()
-        bar.close()
-        log.close()
+        print(f"{run.workdir} has finished all {run.total_steps} steps; nothing to train (--mode=evaluate scores it)")
+        return _summary(run)
+    (run.workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    if 0 < step < run.total_steps:
+        print(f"resuming from step {step} of {run.total_steps} (epoch {step // run.steps_per_epoch})")
+    log = metrics_log.MetricsLog(run.workdir, resume_step=step)
+    trainer = _Trainer(run, state, rng, schedule, checkpoints)
+    with stop or StopRequests() as stop:
+        last_eval = _train_loop(trainer, log, stop) if step < run.total_steps else None
+        if trainer.last_saved != trainer.step:
+            trainer.save()
         checkpoints.wait()
         checkpoints.close()
-    if stop.requested:
-        print(f"\nstopped by a signal at step {step}; checkpoint saved, run the same command to resume")
-        return {**_summary(workdir, total_steps), "step": step, "stopped": True}
-
-    plots.plot_curves(metrics_log.read_metrics(workdir), workdir / "curves.png")
-    val_metrics, predictions = evaluator(device_state.params)
-    write_report(workdir, "validation", val_split, predictions, val_metrics)
-    return _summary(workdir, total_steps)
+        if trainer.step < run.total_steps:
+            log.close()
+            print(f"\nstopped by a signal at step {trainer.step}; checkpoint saved, run the same command to resume")
+            return {**_summary(run), "step": trainer.step, "stopped": True}
+        _finish(trainer, log, last_eval)
+    log.close()
+    return _summary(run)

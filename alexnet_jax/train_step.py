@@ -5,13 +5,13 @@ Each function sees one device's share of the global batch; ``jax.lax.pmean``/``p
 ``jax.jit(jax.shard_map(...))`` (see ``parallel.py``), on one device or many, on one host or many.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 from flax.training import train_state
 
 from alexnet_jax import augment
@@ -23,9 +23,11 @@ class TrainState(train_state.TrainState):
     """Flax's TrainState (step, params, opt_state, apply_fn, tx)."""
 
 
-@struct.dataclass
-class StepOptions:
-    """Static choices the steps are compiled with."""
+@dataclasses.dataclass(frozen=True)
+class StepConstants:
+    """Plain Python values baked into the compiled steps as constants (bound with
+    ``functools.partial``, never passed as traced arguments): changing one means compiling again.
+    Frozen and hashable, and not a pytree, so no field can turn into a traced array by accident."""
 
     num_classes: int
     label_smoothing: float = 0.0
@@ -53,21 +55,23 @@ def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def train_step(
-    state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, options: StepOptions
+    state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, constants: StepConstants
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on the global batch. ``batch['image']`` is uint8 NHWC, ``batch['label']`` int.
 
     ``rng`` is the run's base key; the step folds in ``state.step``, so the same key is passed
-    every step. Returns the new state and global-mean ``loss``/``accuracy``.
+    every step. Returns the new state and global means: ``loss`` (the objective, with label
+    smoothing), ``cross_entropy`` (against the true labels, comparable with evaluation) and
+    ``accuracy``.
     """
     images, labels = batch["image"], batch["label"]
     local_batch = images.shape[0]
     step_key = jax.random.fold_in(rng, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
     example_keys = jax.vmap(jax.random.fold_in, (None, 0))(augment_key, _global_positions(local_batch))
-    images = augment.augment_batch(images, example_keys, options.crop_padding, options.flip)
-    inputs = augment.normalize(images, options.normalization)
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, options.num_classes), options.label_smoothing)
+    images = augment.augment_batch(images, example_keys, constants.crop_padding, constants.flip)
+    inputs = augment.normalize(images, constants.normalization)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, constants.num_classes), constants.label_smoothing)
     dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(AXIS))
 
     def loss_fn(params):
@@ -76,19 +80,23 @@ def train_step(
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, AXIS)
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    metrics = {
+        "loss": loss,
+        "cross_entropy": optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+    }
     metrics = jax.lax.pmean(metrics, AXIS)
     return state.apply_gradients(grads=grads), metrics
 
 
 def eval_step(
-    params: Any, batch: dict[str, jax.Array], apply_fn, options: StepOptions
+    params: Any, batch: dict[str, jax.Array], apply_fn, constants: StepConstants
 ) -> tuple[dict[str, jax.Array], jax.Array]:
     """Scores a batch; ``batch['mask']`` marks real examples (padding scores nothing).
 
     Returns global sums (``loss``, ``top1``, ``top5``, ``count``) and this device's predictions.
     """
-    inputs = augment.normalize(batch["image"], options.normalization)
+    inputs = augment.normalize(batch["image"], constants.normalization)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
     logits = apply_fn({"params": params}, inputs, train=False)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -112,13 +120,13 @@ def resident_batch(data: dict[str, jax.Array], order: jax.Array, start: jax.Arra
     return jax.tree.map(lambda column: column[indices], data)
 
 
-def resident_train_step(state, data, order, rng, *, local_batch, steps_per_epoch, options):
+def resident_train_step(state, data, order, rng, *, local_batch, steps_per_epoch, constants):
     """``train_step`` on the batch at ``state.step`` of the epoch ordered by ``order``."""
     start = (state.step % steps_per_epoch) * local_batch * jax.lax.axis_size(AXIS)
     batch = resident_batch(data, order, start, local_batch)
-    return train_step(state, batch, rng, options)
+    return train_step(state, batch, rng, constants)
 
 
-def resident_eval_step(params, data, order, start, *, apply_fn, local_batch, options):
+def resident_eval_step(params, data, order, start, *, apply_fn, local_batch, constants):
     """``eval_step`` on ``order[start : start + global batch]`` of a padded resident dataset."""
-    return eval_step(params, resident_batch(data, order, start, local_batch), apply_fn, options)
+    return eval_step(params, resident_batch(data, order, start, local_batch), apply_fn, constants)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alexnet_jax import datasets  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
-from alexnet_jax.train import compile_train_step, create_state, epoch_order_fn, step_options  # noqa: E402
+from alexnet_jax.train import compile_train_step, create_state, epoch_order_fn, step_constants  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar10_cpu.py", "Config to benchmark.")
 _MODES = flags.DEFINE_list("modes", ["shard_map", "pmap"], "Parallel wrappers to compare.")
@@ -37,7 +37,7 @@ def setup(config, parallel: DataParallel, num_steps: int):
     split = datasets.synthetic_split(config.dataset, "train")
     steps_per_epoch = len(split) // config.batch_size
     state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch)
-    train_fn = compile_train_step(parallel, config, steps_per_epoch, step_options(config, len(split.class_names)))
+    train_fn = compile_train_step(parallel, config, steps_per_epoch, step_constants(config, len(split.class_names)))
     data = parallel.replicate({"image": split.images, "label": split.labels})
     rng = parallel.replicate(jax.random.key(0))
     order = epoch_order_fn(parallel, len(split))(rng, parallel.replicate(np.int32(0)))

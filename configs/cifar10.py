@@ -51,7 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.schedule.name = "onecycle"  # constant | step | warmup_cosine | onecycle
     config.schedule.pct_start = 0.25  # onecycle: fraction of steps spent warming up
     config.schedule.warmup_epochs = 1.0  # warmup_cosine
-    config.schedule.step_epochs = (30, 60)  # step: divide the rate by 1/step_factor at these epochs
+    # step: multiply the rate by step_factor at these epochs; None: at 1/3 and 2/3 of num_epochs.
+    # Override with e.g. --config.schedule.step_epochs='(10, 20)'.
+    config.schedule.step_epochs = config_dict.placeholder(tuple)
     config.schedule.step_factor = 0.1
 
     config.num_epochs = 30

@@ -6,7 +6,7 @@ import pytest
 
 from alexnet_jax import config_checks, datasets
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
-from alexnet_jax.train import create_state, step_options
+from alexnet_jax.train import create_state, step_constants
 from alexnet_jax.train_step import train_step
 
 STEPS = 4
@@ -16,7 +16,7 @@ def run_steps(config, parallel: DataParallel, split, steps=STEPS):
     """Trains ``steps`` steps on consecutive batches; returns host params and per-step metrics."""
     state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch=steps)
     step = parallel.wrap(
-        functools.partial(train_step, options=step_options(config, len(split.class_names))),
+        functools.partial(train_step, options=step_constants(config, len(split.class_names))),
         (REPLICATED, SHARDED, REPLICATED),
         (REPLICATED, REPLICATED),
         donate_argnums=(0,),
@@ -94,7 +94,7 @@ def test_resident_step_gathers_the_same_global_batches_on_1_and_8_devices(config
     results = []
     for parallel in (DataParallel("shard_map", jax.devices()[:1]), DataParallel("pmap"), DataParallel("shard_map")):
         state, _ = create_state(config, 10, split.images.shape[1:], steps_per_epoch)
-        train_fn = compile_train_step(parallel, config, steps_per_epoch, step_options(config, 10))
+        train_fn = compile_train_step(parallel, config, steps_per_epoch, step_constants(config, 10))
         data = parallel.replicate({"image": split.images, "label": split.labels})
         rng = parallel.replicate(jax.random.key(3))
         order = epoch_order_fn(parallel, len(split))(rng, parallel.replicate(np.int32(0)))
