@@ -1,5 +1,7 @@
 """Checks a config before any work starts; each problem is one line saying what to change."""
 
+import jax
+
 from alexnet_jax import augment, models, optim, parallel
 from alexnet_jax.errors import UserError
 
@@ -21,6 +23,10 @@ def validate(config, num_devices: int):
     """Raises ``ConfigError`` for the first invalid value in ``config``."""
     _one_of("model.name", config.model.name, models.MODELS)
     _one_of("model.dtype", config.model.get("dtype", "float32"), models.DTYPES)
+    _require(
+        config.model.get("dtype") != "float64" or jax.config.jax_enable_x64,
+        "--config.model.dtype=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1",
+    )
     _one_of("schedule.name", config.schedule.name, optim.SCHEDULES)
     _one_of("parallel", config.parallel, parallel.MODES)
     _one_of("dataset.normalization", config.dataset.normalization, augment.CHANNEL_STATS)

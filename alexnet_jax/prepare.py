@@ -9,6 +9,7 @@ rather than the last classes in folder order.
 
 import logging
 import pathlib
+import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -90,13 +91,20 @@ def prepare_image_folder(
     split_datasets = {
         split: _examples(files, class_index, root, skip_bad_images, skipped) for split, files in splits.items()
     }
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name=name,
-        version=version,
-        features=features,
-        split_datasets=split_datasets,
-        data_dir=data_dir,
-        description=f"Image folder {root} prepared by alexnet_jax.",
-        file_format="array_record",
-    )
+    data_root = pathlib.Path(data_dir).expanduser()
+    created = next((p for p in (data_root, data_root / name) if not p.exists()), None)  # outermost new folder
+    try:
+        tfds.dataset_builders.store_as_tfds_dataset(
+            name=name,
+            version=version,
+            features=features,
+            split_datasets=split_datasets,
+            data_dir=data_dir,
+            description=f"Image folder {root} prepared by alexnet_jax.",
+            file_format="array_record",
+        )
+    except BaseException:
+        if created is not None:  # leave no half-written dataset that a later run could mistake for a prepared one
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     return skipped

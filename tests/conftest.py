@@ -1,17 +1,31 @@
-"""Test set-up: 8 fake CPU devices (set before JAX is imported) and small shared configs."""
+"""Test set-up: 8 fake CPU devices and a compilation cache shared by one pytest run (both set
+before JAX is imported, and inherited by the subprocesses tests start), and small shared configs."""
 
 import os
+import pathlib
+import shutil
 import sys
+import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The same small programs are compiled by many tests and subprocesses: JAX's persistent cache
+# compiles each once per pytest run. It lives in a temporary directory removed at the end.
+_CACHE_DIR = tempfile.mkdtemp(prefix="alexnet_jax_xla_cache_")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import pytest  # noqa: E402
 
 from configs import smoke  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 def tiny_config():
@@ -30,3 +44,104 @@ def tiny_config():
 @pytest.fixture
 def config():
     return tiny_config()
+
+
+EPOCHS, STEPS_PER_EPOCH = 3, 4  # 256 synthetic images, batch 64
+TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
+TINY = [
+    "--config=configs/smoke.py",
+    "--config.dataset.synthetic_examples=256",
+    "--config.model.width=0.125",
+    "--config.model.fc_features=256",
+    "--config.batch_size=64",
+    "--config.eval_batch_size=64",
+    f"--config.num_epochs={EPOCHS}",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=2",
+]
+
+
+def tiny_run_config():
+    """The config ``main.py`` builds from ``TINY``."""
+    import main
+
+    return main.parse_args(["main.py", *TINY]).config
+
+
+class StopAt:
+    """Stands in for the signal handler: requests a stop once ``step`` is reached."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def poll(self, step):
+        return step >= self.step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory):
+    """One uninterrupted in-process run of ``TINY``, shared: (workdir, summary, evaluations made)."""
+    from alexnet_jax import evaluation
+    from alexnet_jax.train import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("straight")
+    calls = []
+    original = evaluation.Evaluator.__call__
+    evaluation.Evaluator.__call__ = lambda self, params: calls.append(1) or original(self, params)
+    try:
+        summary = train_and_evaluate(tiny_run_config(), str(workdir))
+    finally:
+        evaluation.Evaluator.__call__ = original
+    return workdir, summary, len(calls)
+
+
+CLASSES = ("cat", "dog", "ship")
+
+
+def write_image_folder(root: pathlib.Path, per_class=8, size=16) -> pathlib.Path:
+    """train/ and val/ splits, 3 classes, one colour per class plus noise, PNG and JPEG mixed."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", per_class // 2)):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(80 * c + 40, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+                suffix = ".jpg" if i % 2 else ".png"
+                Image.fromarray(pixels).save(folder / f"{i}{suffix}")
+            Image.fromarray(pixels[..., 0]).save(folder / "gray.png")  # greyscale becomes RGB
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """A small image folder prepared as the TFDS dataset ``tiny_folder``; returns its data_dir."""
+    from alexnet_jax.prepare import prepare_image_folder
+
+    folder = write_image_folder(tmp_path_factory.mktemp("images"))
+    data_dir = tmp_path_factory.mktemp("tfds")
+    assert prepare_image_folder(str(folder), "tiny_folder", str(data_dir)) == []
+    return data_dir
+
+
+@pytest.fixture
+def cli(capsys):
+    """Runs ``main.py`` in this process: ``cli(*flags) -> (exit code, stdout, stderr)``."""
+    import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main.main(["main.py", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

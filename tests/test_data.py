@@ -1,7 +1,6 @@
 """Image folder -> TFDS -> training and evaluation; TFDS cifar10 through mock_data; data errors."""
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -10,48 +9,12 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
+from conftest import CLASSES, write_image_folder
 
 from alexnet_jax import datasets
 from alexnet_jax.prepare import prepare_image_folder
 
 ROOT = pathlib.Path(__file__).parent.parent
-CLASSES = ("cat", "dog", "ship")
-
-
-def write_image_folder(root: pathlib.Path, per_class=8, size=16) -> pathlib.Path:
-    """train/ and val/ splits, 3 classes, one colour per class plus noise, PNG and JPEG mixed."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("val", per_class // 2)):
-        for c, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(rng.normal(80 * c + 40, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-                suffix = ".jpg" if i % 2 else ".png"
-                Image.fromarray(pixels).save(folder / f"{i}{suffix}")
-            Image.fromarray(pixels[..., 0]).save(folder / "gray.png")  # greyscale becomes RGB
-    return root
-
-
-def run_main(*args, timeout=240):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    folder = write_image_folder(tmp_path_factory.mktemp("images"))
-    data_dir = tmp_path_factory.mktemp("tfds")
-    assert prepare_image_folder(str(folder), "tiny_folder", str(data_dir)) == []
-    return data_dir
 
 
 def test_prepared_folder_reads_back_with_labels_and_slicing(prepared):
@@ -78,30 +41,37 @@ def test_reading_does_not_import_tensorflow(prepared):
     assert out.stdout.strip() == "False"
 
 
-def test_prepare_train_evaluate_from_the_command_line(prepared, tmp_path):
+def test_prepare_train_evaluate_from_the_command_line(tmp_path, cli):
+    folder = write_image_folder(tmp_path / "images")
+    prepare = ("--mode=prepare", f"--image_folder={folder}", "--dataset_name=cli_folder", f"--data_dir={tmp_path}")
+    code, out, err = cli(*prepare)
+    assert code == 0 and f"prepared cli_folder in {tmp_path}" in out, err[-3000:]
     data = [
         "--config=configs/smoke.py",
-        f"--workdir={tmp_path}",
-        "--config.dataset.name=tiny_folder",
-        f"--config.dataset.data_dir={prepared}",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.dataset.name=cli_folder",
+        f"--config.dataset.data_dir={tmp_path}",
         "--config.dataset.train_split=train",
         "--config.dataset.eval_split=val",
         "--config.batch_size=8",
-        "--config.eval_batch_size=4",
+        "--config.eval_batch_size=8",
         "--config.num_epochs=2",
     ]
-    trained = run_main(*data)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    summary = json.loads(trained.stdout.strip().splitlines()[-1])
+    code, out, err = cli(*data)
+    assert code == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
     assert summary["step"] == 6 and summary["total_steps"] == 6  # 27 // 8 = 3 steps per epoch
-    evaluated = run_main(*data, "--mode=evaluate", "--checkpoint=latest", "--config.dataset.eval_split=train[:10]")
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    result = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    code, out, err = cli(*data, "--mode=evaluate", "--checkpoint=latest", "--config.dataset.eval_split=train[:10]")
+    assert code == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    # Named by the split they were computed on, not as validation metrics.
+    assert result["split"] == "train[:10]" and result["dataset"] == "cli_folder"
+    assert {"loss", "top1", "top5"} <= set(result) and not any(k.startswith("val_") for k in result)
     assert result["checkpoint_step"] == 6 and result["examples"] == 10
     for name in ("confusion", "per_class", "predictions"):
-        assert (tmp_path / f"eval_tiny_folder_train_10_{name}.png").stat().st_size > 1000
-    report = json.loads((tmp_path / "eval_tiny_folder_train_10_report.json").read_text())
-    assert sum(map(sum, report["confusion_matrix"])) == 10
+        assert (tmp_path / "run" / f"eval_cli_folder_train_10_{name}.png").stat().st_size > 1000
+    report = json.loads((tmp_path / "run" / "eval_cli_folder_train_10_report.json").read_text())
+    assert sum(map(sum, report["confusion_matrix"])) == 10 and report["split"] == "train[:10]"
 
 
 def test_bad_image_is_reported_with_its_path(tmp_path):

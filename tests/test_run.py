@@ -1,42 +1,23 @@
-"""main.py end to end: outputs, resume after SIGKILL with identical state, one-line errors."""
+"""main.py end to end: outputs, exact resume after SIGKILL and SIGTERM, stops at epoch ends and at the
+final step, a death during the final report, one evaluation per evaluated epoch."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import EPOCHS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, StopAt, tiny_run_config
+
+from alexnet_jax import metrics_log, plots
+from alexnet_jax.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).parent.parent
-TINY = [
-    "--config=configs/smoke.py",
-    "--config.dataset.synthetic_examples=512",
-    "--config.model.width=0.125",
-    "--config.model.fc_features=256",
-    "--config.batch_size=64",
-    "--config.eval_batch_size=64",
-    "--config.num_epochs=6",
-    "--config.log_every_steps=2",
-    "--config.checkpoint_every_steps=2",
-]
-TOTAL_STEPS = 6 * 512 // 64
-
-
-def command(workdir, *extra):
-    return [sys.executable, str(ROOT / "main.py"), *TINY, f"--workdir={workdir}", *extra]
-
-
-def environment(devices=1):
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-
-
-def run(args, devices=1):
-    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=environment(devices), timeout=300)
+OUTPUTS = ("curves.png", "validation_confusion.png", "validation_per_class.png", "validation_predictions.png")
 
 
 def saved_steps(workdir):
@@ -60,24 +41,32 @@ def _flatten(tree, prefix=()):
         yield prefix, tree
 
 
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("straight")
-    done = run(command(workdir))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return workdir, done
+def assert_same_final_state(workdir, reference):
+    want, got = final_arrays(reference), final_arrays(workdir)
+    assert want.keys() == got.keys() and len(want) > 10
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def records(workdir, kind):
+    return [r for r in metrics_log.read_metrics(workdir) if r["kind"] == kind]
+
+
+def assert_complete(workdir):
+    """What an uninterrupted run leaves: every log line once, every evaluation once, the report."""
+    assert [r["step"] for r in records(workdir, "train")] == list(range(2, TOTAL_STEPS + 1, 2))
+    assert [r["step"] for r in records(workdir, "eval")] == list(range(STEPS_PER_EPOCH, TOTAL_STEPS + 1, 4))
+    for name in OUTPUTS:
+        assert (workdir / name).stat().st_size > 5000, name
+    assert json.loads((workdir / "validation_report.json").read_text())["step"] == TOTAL_STEPS
 
 
 def test_a_run_leaves_metrics_events_checkpoints_and_plots(straight_run):
-    workdir, done = straight_run
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    workdir, summary, _ = straight_run
     assert summary["step"] == summary["total_steps"] == TOTAL_STEPS
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"]
-    evals = [r for r in records if r["kind"] == "eval"]
-    assert [r["step"] for r in train] == list(range(2, TOTAL_STEPS + 1, 2))
-    assert {"epoch", "loss", "accuracy", "learning_rate", "images_per_s"} <= set(train[0])
-    assert [r["epoch"] for r in evals] == [1, 2, 3, 4, 5, 6]
+    assert_complete(workdir)
+    train, evals = records(workdir, "train"), records(workdir, "eval")
+    assert {"epoch", "loss", "cross_entropy", "accuracy", "learning_rate", "images_per_s"} <= set(train[0])
     assert {"val_top1", "val_top5", "val_loss"} <= set(evals[0])
     assert evals[-1]["val_top1"] > 0.3  # 10 synthetic classes: chance is 0.1
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
@@ -86,94 +75,100 @@ def test_a_run_leaves_metrics_events_checkpoints_and_plots(straight_run):
     assert {TOTAL_STEPS - 2, TOTAL_STEPS} <= set(kept) and len(kept) <= 3
     val_at = {r["step"]: r["val_top1"] for r in evals}
     assert max(val_at.values()) in {val_at[s] for s in kept if s in val_at}
-    for png in ("curves", "validation_confusion", "validation_per_class", "validation_predictions"):
-        assert (workdir / f"{png}.png").stat().st_size > 5000
     assert json.loads((workdir / "config.json").read_text())["model"]["width"] == 0.125
 
 
-def test_running_a_finished_run_again_only_reports(straight_run):
-    workdir, _ = straight_run
+def test_the_final_model_is_evaluated_once(straight_run):
+    workdir, _, evaluations = straight_run
+    assert evaluations == EPOCHS  # one per epoch; the report reuses the last one
+
+
+def test_running_a_finished_run_again_only_reports(straight_run, cli):
+    workdir, _, _ = straight_run
     before = (workdir / "metrics.jsonl").read_text()
-    again = run(command(workdir))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"has finished all {TOTAL_STEPS} steps" in again.stdout
+    code, out, err = cli(*TINY, f"--workdir={workdir}")
+    assert code == 0, err[-3000:]
+    assert f"has finished all {TOTAL_STEPS} steps" in out
     assert (workdir / "metrics.jsonl").read_text() == before
 
 
-def test_kill_and_resume_gives_the_same_final_state(straight_run, tmp_path):
-    process = subprocess.Popen(
-        command(tmp_path), cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+# A subprocess that runs main.py and sends itself a real signal right after the checkpoint save
+# of step KILL_AT starts: SIGKILL lands while that asynchronous save is being written.
+_SIGNAL_AFTER_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import main
+from alexnet_jax import checkpointing
+original = checkpointing.Checkpoints.save
+def save_then_signal(self, state, *args, **kwargs):
+    started = original(self, state, *args, **kwargs)
+    if int(state.step) == {step}:
+        os.kill(os.getpid(), {signum})
+    return started
+checkpointing.Checkpoints.save = save_then_signal
+sys.exit(main.main(["main.py", *{args!r}]))
+"""
+
+
+def run_with_signal_after_save(workdir, step, signum):
+    args = [*TINY, f"--workdir={workdir}"]
+    code = _SIGNAL_AFTER_SAVE.format(root=str(ROOT), step=step, signum=int(signum), args=args)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
-    deadline = time.time() + 240
-    while not saved_steps(tmp_path) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = saved_steps(tmp_path)[-1]
-    assert 0 < killed_at < TOTAL_STEPS
-
-    resumed = run(command(tmp_path))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from step {killed_at} of {TOTAL_STEPS}" in resumed.stdout
-    steps = [
-        json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in line
-    ]
-    assert steps == list(range(2, TOTAL_STEPS + 1, 2))  # nothing logged twice, nothing missing
-
-    want, got = final_arrays(straight_run[0]), final_arrays(tmp_path)
-    assert want.keys() == got.keys() and len(want) > 10
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
-@pytest.mark.parametrize(
-    "flag, message",
-    [
-        (
-            "--config.batch_size=100",
-            "--config.batch_size=100 is not divisible by the 8 devices; use a multiple of 8, e.g. 104",
-        ),
-        (
-            "--config.model.name=resnet50",
-            "--config.model.name='resnet50' is not one of ('alexnet2012', 'alexnet_owt', 'alexnet_cifar')",
-        ),
-        ("--config.schedule.name=poly", "--config.schedule.name='poly' is not one of"),
-        ("--config.optimizer.momentum=1.5", "--config.optimizer.momentum=1.5 must be in [0, 1)"),
-        ("--config.parallel=xmap", "--config.parallel='xmap' is not one of ('pmap', 'shard_map')"),
-    ],
-)
-def test_bad_config_values_give_one_line_errors(tmp_path, flag, message):
-    failed = run(command(tmp_path, flag), devices=8)
-    assert failed.returncode == 2
-    lines = [
-        line
-        for line in failed.stderr.splitlines()
-        if line.strip() and "WARNING" not in line and not line.startswith("W")
-    ]
-    assert lines[-1].startswith("error: ") and message in lines[-1], failed.stderr[-2000:]
-    assert "Traceback" not in failed.stderr
-    assert not (tmp_path / "checkpoints").exists()  # nothing started, nothing to clean up
+def test_kill_during_an_async_save_then_resume_gives_the_same_final_state(straight_run, tmp_path, cli):
+    killed = run_with_signal_after_save(tmp_path, 6, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resume_from = saved_steps(tmp_path)[-1]  # step 6 only if its save finished before the kill
+    assert 0 < resume_from <= 6
+
+    code, out, err = cli(*TINY, f"--workdir={tmp_path}")
+    assert code == 0, err[-3000:]
+    assert f"resuming from step {resume_from} of {TOTAL_STEPS}" in out
+    assert_complete(tmp_path)  # nothing logged twice, nothing missing
+    assert_same_final_state(tmp_path, straight_run[0])
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_stop_signal_saves_a_checkpoint_exits_and_resumes(tmp_path, signum):
-    process = subprocess.Popen(
-        command(tmp_path), cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 240
-    metrics = tmp_path / "metrics.jsonl"
-    while time.time() < deadline and process.poll() is None and not (metrics.exists() and metrics.read_text()):
-        time.sleep(0.02)  # the first log line: training has started
-    process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
-    assert "Traceback" not in stderr
-    stopped_at = json.loads(stdout.strip().splitlines()[-1])["step"]
-    assert f"stopped by a signal at step {stopped_at}; checkpoint saved" in stdout
-    assert 0 < stopped_at < TOTAL_STEPS and saved_steps(tmp_path)[-1] == stopped_at
+def test_sigterm_saves_at_a_step_boundary_exits_130_and_resumes_exactly(straight_run, tmp_path, cli):
+    stopped = run_with_signal_after_save(tmp_path, 2, signal.SIGTERM)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    stopped_at = json.loads(stopped.stdout.strip().splitlines()[-1])["step"]
+    assert f"stopped by a signal at step {stopped_at}; checkpoint saved" in stopped.stdout
+    assert 2 < stopped_at < TOTAL_STEPS and saved_steps(tmp_path)[-1] == stopped_at
 
-    resumed = run(command(tmp_path))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from step {stopped_at} of {TOTAL_STEPS}" in resumed.stdout
-    assert json.loads(resumed.stdout.strip().splitlines()[-1])["step"] == TOTAL_STEPS
+    code, out, err = cli(*TINY, f"--workdir={tmp_path}")
+    assert code == 0, err[-3000:]
+    assert f"resuming from step {stopped_at} of {TOTAL_STEPS}" in out
+    assert_complete(tmp_path)
+    assert_same_final_state(tmp_path, straight_run[0])
+
+
+def test_a_stop_at_an_epoch_end_evaluates_that_epoch_first(straight_run, tmp_path):
+    summary = train_and_evaluate(tiny_run_config(), str(tmp_path), stop=StopAt(STEPS_PER_EPOCH))
+    assert summary["stopped"] and summary["step"] == STEPS_PER_EPOCH
+    assert [r["step"] for r in records(tmp_path, "eval")] == [STEPS_PER_EPOCH]
+    train_and_evaluate(tiny_run_config(), str(tmp_path))
+    assert_complete(tmp_path)
+    assert_same_final_state(tmp_path, straight_run[0])
+
+
+def test_a_stop_on_the_final_step_still_leaves_the_report(tmp_path):
+    summary = train_and_evaluate(tiny_run_config(), str(tmp_path), stop=StopAt(TOTAL_STEPS))
+    assert not summary.get("stopped") and summary["step"] == TOTAL_STEPS
+    assert_complete(tmp_path)
+
+
+def test_running_again_after_dying_during_the_report_completes_it(tmp_path, monkeypatch):
+    def die(*args, **kwargs):
+        raise RuntimeError("killed while plotting")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, "plot_curves", die)
+        with pytest.raises(RuntimeError, match="killed while plotting"):
+            train_and_evaluate(tiny_run_config(), str(tmp_path))
+    assert saved_steps(tmp_path)[-1] == TOTAL_STEPS and not (tmp_path / "validation_report.json").exists()
+    train_and_evaluate(tiny_run_config(), str(tmp_path))
+    assert_complete(tmp_path)  # the final evaluation is logged once, not again

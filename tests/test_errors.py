@@ -1,0 +1,165 @@
+"""The catalogue of command-line mistakes (README, "Troubleshooting"): each ends in one line,
+``error: ...``, naming the problem and the fix, exit code 2, no traceback, and nothing written
+that could mislead or lost: the directories involved are byte-for-byte what they were."""
+
+import hashlib
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY, StopAt, tiny_run_config, write_image_folder
+
+from alexnet_jax.train import train_and_evaluate
+
+
+def snapshot(*folders: pathlib.Path) -> dict:
+    """Every file under ``folders`` with a hash of its bytes ({} for a folder that does not exist)."""
+    files = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")) if folder.exists() else []:
+            files[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return files
+
+
+@pytest.fixture(scope="module")
+def unevaluated_run(tmp_path_factory):
+    """A run stopped at step 2: one checkpoint, saved between evaluations."""
+    workdir = tmp_path_factory.mktemp("unevaluated")
+    train_and_evaluate(tiny_run_config(), str(workdir), stop=StopAt(2))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def bad_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folders")
+    (root / "empty" / "train" / "cat").mkdir(parents=True)
+    corrupt = write_image_folder(root / "corrupt", per_class=2)
+    (corrupt / "train" / "dog" / "broken.png").write_bytes(b"not a png")
+    lacking = write_image_folder(root / "lacking", per_class=2)
+    for image in (lacking / "val" / "ship").iterdir():
+        image.unlink()
+    (root / "a_file").write_text("not a directory")
+    (root / "empty_data_dir").mkdir()
+    return root
+
+
+# (id, flags given the fixtures' paths, the message's words). ``new`` is a workdir that does not exist yet.
+CASES = [
+    ("config file missing", lambda p: ["--config=configs/does_not_exist.py"], "no such file; the configs are in"),
+    ("config does not parse", lambda p: [f"--config={p['broken_config']}"], "does not parse: invalid syntax"),
+    ("unknown config key", lambda p: [*TINY, "--config.no_such_key=1"], "config has no field 'no_such_key'"),
+    ("unknown nested key", lambda p: [*TINY, "--config.model.widht=1"], "config.model has no field 'widht'"),
+    ("value of the wrong type", lambda p: [*TINY, "--config.batch_size=abc"], "--config.batch_size=abc: invalid"),
+    ("unknown flag", lambda p: [*TINY, "--work_dir=x"], "Unknown command line flag 'work_dir'"),
+    ("positional argument", lambda p: [*TINY, "train"], "unexpected arguments ['train']"),
+    ("no workdir", lambda p: TINY, "--mode=train needs --config=configs/<name>.py and --workdir=DIR"),
+    ("unknown model", lambda p: [*TINY, "--config.model.name=resnet50"], "--config.model.name='resnet50' is not one"),
+    (
+        "unknown dataset",
+        lambda p: [*TINY, "--config.dataset.name=no_such_data", f"--config.dataset.data_dir={p['empty_data_dir']}"],
+        "no TFDS dataset 'no_such_data'",
+    ),
+    ("unknown schedule", lambda p: [*TINY, "--config.schedule.name=poly"], "--config.schedule.name='poly' is not one"),
+    ("unknown parallel mode", lambda p: [*TINY, "--config.parallel=xmap"], "--config.parallel='xmap' is not one of"),
+    ("batch vs devices", lambda p: [*TINY, "--config.batch_size=100"], "not divisible by the 8 devices; use a mult"),
+    ("batch > dataset", lambda p: [*TINY, "--config.batch_size=512"], "exceeds the 256 training examples; lower it"),
+    ("zero epochs", lambda p: [*TINY, "--config.num_epochs=0"], "--config.num_epochs=0 must be a whole number >= 1"),
+    ("negative batch", lambda p: [*TINY, "--config.batch_size=-8"], "--config.batch_size=-8 must be a whole number"),
+    ("zero rate", lambda p: [*TINY, "--config.optimizer.learning_rate=0"], "learning_rate=0.0 must be > 0"),
+    ("negative width", lambda p: [*TINY, "--config.model.width=-1"], "--config.model.width=-1.0 must be > 0"),
+    (
+        "step_epochs outside the run",
+        lambda p: [*TINY, "--config.schedule.name=step", "--config.schedule.step_epochs=(2, 5)"],
+        "step_epochs=(2, 5) must increase and lie inside (0, num_epochs=3)",
+    ),
+    (
+        "missing data_dir",
+        lambda p: [*TINY, "--config.dataset.name=photos", f"--config.dataset.data_dir={p['new']}_data"],
+        "no TFDS dataset 'photos' under data_dir=",
+    ),
+    (
+        "empty data_dir",
+        lambda p: [*TINY, "--config.dataset.name=photos", f"--config.dataset.data_dir={p['empty_data_dir']}"],
+        "--mode=prepare --image_folder=DIR --dataset_name=photos",
+    ),
+    (
+        "split the dataset lacks",
+        lambda p: [*TINY, "--config.dataset.name=tiny_folder", f"--config.dataset.data_dir={p['prepared']}"],
+        "bad split 'validation' for 'tiny_folder' (splits: train, val)",
+    ),
+    ("image folder without images", lambda p: p["prepare"]("empty"), "no images under"),
+    ("corrupt image", lambda p: p["prepare"]("corrupt"), "/train/dog/broken.png (UnidentifiedImageError"),
+    ("class a split lacks", lambda p: p["prepare"]("lacking"), "/val has no images of class(es) ['ship']"),
+    ("prepare without data_dir", lambda p: ["--mode=prepare", "--image_folder=x", "--dataset_name=y"], "--data_dir"),
+    ("workdir under a file", lambda p: [*TINY, f"--workdir={p['a_file']}/run"], "a_file is a file, not a directory"),
+    ("workdir not writable", lambda p: [*TINY, "--workdir=/proc/self/run"], "/proc/self is not writable"),
+    ("another model", lambda p: [*p["trained"], "--config.model.width=0.25"], "different run (model: {"),
+    ("another class count", lambda p: [*p["trained"], "--config.dataset.synthetic_classes=5"], "(num_classes: 10"),
+    ("another batch layout", lambda p: [*p["trained"], "--config.batch_size=32"], "(global_batch_size: 64 there, 32"),
+    ("evaluate, no checkpoints", lambda p: [*TINY, "--mode=evaluate", f"--workdir={p['new']}"], "no checkpoints in"),
+    (
+        "evaluate best, none evaluated",
+        lambda p: [*TINY, "--mode=evaluate", f"--workdir={p['unevaluated']}", "--checkpoint=best"],
+        "(steps 2) has a validation result yet",
+    ),
+    (
+        "evaluate a step never saved",
+        lambda p: [*p["trained"], "--mode=evaluate", "--checkpoint=7"],
+        "--checkpoint=7: no checkpoint at step 7",
+    ),
+    ("evaluate, bad --checkpoint", lambda p: [*p["trained"], "--mode=evaluate", "--checkpoint=last"], "must be 'lat"),
+    (
+        "evaluate another model",
+        lambda p: [*p["trained"], "--mode=evaluate", "--config.model.fc_features=128"],
+        "different run (model: {",
+    ),
+]
+
+
+@pytest.mark.parametrize("flags, message", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_a_mistake_gives_one_line_and_loses_nothing(
+    flags, message, cli, tmp_path, straight_run, prepared, unevaluated_run, bad_folders
+):
+    broken = tmp_path / "broken_config.py"
+    broken.write_text("def get_config(:\n")
+    paths = {
+        "new": tmp_path / "new_run",
+        "broken_config": broken,
+        "prepared": prepared,
+        "unevaluated": unevaluated_run,
+        "empty_data_dir": bad_folders / "empty_data_dir",
+        "a_file": bad_folders / "a_file",
+        "trained": [*TINY, f"--workdir={straight_run[0]}"],
+        "prepare": lambda name: [
+            "--mode=prepare",
+            f"--image_folder={bad_folders / name}",
+            "--dataset_name=bad_folder",
+            f"--data_dir={tmp_path / 'tfds'}",
+        ],
+    }
+    args = flags(paths)
+    if not any(a.startswith("--workdir") for a in args) and args[:1] != ["--mode=prepare"] and args != TINY:
+        args = [*args, f"--workdir={paths['new']}"]
+    watched = [straight_run[0], prepared, unevaluated_run, bad_folders, tmp_path]
+    before = snapshot(*watched)
+    code, out, err = cli(*args)
+    lines = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert code == 2, (out, err)
+    assert lines[-1].startswith("error: ") and message in lines[-1], err
+    assert [line for line in lines[:-1] if "error" in line.lower()] == []  # progress bars aside, one line
+    assert "Traceback" not in err + out
+    assert snapshot(*watched) == before  # nothing written, nothing deleted
+
+
+def test_the_command_line_gives_one_line_in_a_real_process(tmp_path):
+    """The in-process calls above go through main.main(); this is the real entry point around it."""
+    done = subprocess.run(
+        [sys.executable, "main.py", "--config=configs/does_not_exist.py", f"--workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: --config=configs/does")
+    assert "Traceback" not in done.stderr
