@@ -180,12 +180,18 @@ def _report_is_complete(run: Run) -> bool:
     return json.loads(report.read_text()).get("step") == run.total_steps
 
 
-def _restore_latest(run: Run, checkpoints: Checkpoints, state, rng):
+def _check_resumable(run: Run, checkpoints: Checkpoints):
+    """Refuses, before anything is built or written, a workdir holding another run's checkpoints."""
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        remedy = "resume with the config it was trained with, or use a new --workdir"
+        check_signature(checkpoints.read_data(latest), run.signature(), run.workdir, remedy)
+
+
+def _restore_latest(checkpoints: Checkpoints, state, rng):
     latest = checkpoints.latest_step()
     if latest is None:
         return state, rng
-    remedy = "resume with the config it was trained with, or use a new --workdir"
-    check_signature(checkpoints.read_data(latest), run.signature(), run.workdir, remedy)
     state, rng, _ = checkpoints.restore(latest, state, rng)
     return state, rng
 
@@ -314,12 +320,13 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
     context-manager methods can stand in for it.
     """
     run = load_run(config, pathlib.Path(workdir))
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
+    _check_resumable(run, checkpoints)
     state, schedule = create_state(config, run.num_classes, run.train_split.images.shape[1:], run.steps_per_epoch)
     runtime.warn_if_accelerator_config_on_cpu(config, state.params)
     rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-    run.workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
-    state, rng = _restore_latest(run, checkpoints, state, rng)
+    state, rng = _restore_latest(checkpoints, state, rng)
     step = int(state.step)
     if step >= run.total_steps and _report_is_complete(run):
         checkpoints.close()

@@ -19,8 +19,8 @@ def test_every_example_is_scored_exactly_once(config):
     want = np.asarray(logits.argmax(-1))
     assert predictions.shape == (100,)
     np.testing.assert_array_equal(predictions, want)
-    assert metrics["val_top1"] == np.mean(want == split.labels)
+    assert metrics["top1"] == np.mean(want == split.labels)
     top5 = np.argsort(-np.asarray(logits), axis=-1)[:, :5]
-    assert abs(metrics["val_top5"] - np.mean((top5 == split.labels[:, None]).any(-1))) < 1e-6
+    assert abs(metrics["top5"] - np.mean((top5 == split.labels[:, None]).any(-1))) < 1e-6
     assert confusion_matrix(split.labels, predictions, 10).sum() == 100
     assert jax.device_count() == 8

@@ -32,7 +32,7 @@ def test_alexnet2012_conv1_gives_55x55_maps(image_size):
 
 
 def test_alexnet2012_uses_paper_initialisation():
-    params = models.AlexNet2012(num_classes=10).init(jax.random.key(0), jnp.zeros((1, 227, 227, 3)))["params"]
+    params = jax.jit(models.AlexNet2012(num_classes=10).init)(jax.random.key(0), jnp.zeros((1, 227, 227, 3)))["params"]
     for name in ("conv2", "conv4", "conv5", "fc6", "fc7"):
         np.testing.assert_array_equal(params[name]["bias"], 1.0)
     for name in ("conv1", "conv3", "fc8"):
@@ -44,9 +44,9 @@ def test_alexnet2012_uses_paper_initialisation():
 def test_cifar_model_output_shape_width_and_dtypes():
     small = models.AlexNetCIFAR(num_classes=10, width=0.25, fc_features=512, dtype=jnp.bfloat16)
     x = jnp.zeros((3, 32, 32, 3))
-    variables = small.init(jax.random.key(0), x)
+    variables = jax.jit(small.init)(jax.random.key(0), x)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-    logits = small.apply(variables, x)
+    logits = jax.jit(small.apply)(variables, x)
     assert logits.shape == (3, 10) and logits.dtype == jnp.float32
     assert variables["params"]["Conv_0"]["kernel"].shape == (3, 3, 3, 16)
     assert count_params(small, 32) < count_params(models.AlexNetCIFAR(num_classes=10, width=0.5), 32)

@@ -1,0 +1,127 @@
+"""Details a user sees: throughput, curves, schedules, logs on resume, the start-up line, installs."""
+
+import os
+import pathlib
+import re
+import signal
+import statistics
+import struct
+
+import jax
+import pytest
+from conftest import ROOT
+
+from alexnet_jax import metrics_log, optim, plots, runtime
+from alexnet_jax.config_checks import validate
+from alexnet_jax.models import create_model
+from alexnet_jax.train import StopRequests
+from configs import cifar10, cifar10_cpu, smoke
+
+
+def test_the_first_throughput_window_excludes_compilation(straight_run):
+    speeds = [r["images_per_s"] for r in metrics_log.read_metrics(straight_run[0]) if r["kind"] == "train"]
+    # Compiling takes seconds, a step of this net milliseconds: a window holding the compilation
+    # would be tens of times slower than the others.
+    assert speeds[0] > 0.25 * statistics.median(speeds[1:]), speeds
+
+
+def test_curves_compare_plain_cross_entropy_on_both_sides(straight_run):
+    records = metrics_log.read_metrics(straight_run[0])
+    train = [r for r in records if r["kind"] == "train"]
+    figure = plots.curves_figure(records)
+    loss_axes = figure.axes[0]
+    train_line = loss_axes.get_lines()[0]
+    assert list(train_line.get_ydata()) == [r["cross_entropy"] for r in train]  # not the smoothed objective
+    assert "no smoothing" in loss_axes.get_ylabel()
+    assert any(r["loss"] != r["cross_entropy"] for r in train)  # smoke.py trains with label smoothing 0.1
+
+
+@pytest.mark.parametrize("module", [cifar10, cifar10_cpu, smoke], ids=["cifar10", "cifar10_cpu", "smoke"])
+def test_the_step_schedule_is_a_one_flag_switch_for_every_config(module):
+    config = module.get_config()
+    config.schedule.name = "step"
+    validate(config, num_devices=1)
+    schedule = optim.create_schedule(config, steps_per_epoch=3)
+    total, rate = 3 * config.num_epochs, config.optimizer.learning_rate
+    drops = [s for s in range(1, total) if schedule(s) < schedule(s - 1)]
+    assert drops == [round(total / 3), round(2 * total / 3)]
+    assert float(schedule(total - 1)) == pytest.approx(rate * config.schedule.step_factor**2)
+
+
+def test_resuming_rewrites_metrics_by_rename_not_in_place(tmp_path):
+    log = metrics_log.MetricsLog(tmp_path)
+    for step in (2, 4, 6):
+        log.write("train", step, {"loss": 1.0})
+    log.close()
+    before = (tmp_path / "metrics.jsonl").read_text()
+    os.link(tmp_path / "metrics.jsonl", tmp_path / "old.jsonl")  # a second name for the old file's bytes
+    metrics_log.MetricsLog(tmp_path, resume_step=4).close()
+    assert [r["step"] for r in metrics_log.read_metrics(tmp_path)] == [2, 4]
+    # Rewriting in place would have truncated the old file, which a kill at that moment loses.
+    assert (tmp_path / "old.jsonl").read_text() == before
+
+
+def tensorboard_events(path: pathlib.Path):
+    """(step, session_log status) of each event in a TensorBoard event file (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    data, events, offset = path.read_bytes(), [], 0
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
+        event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+        events.append((event.step, event.session_log.status))
+        offset += 12 + length + 4
+    return events
+
+
+def test_a_resumed_run_tells_tensorboard_to_drop_the_events_after_its_step(tmp_path):
+    metrics_log.MetricsLog(tmp_path).close()
+    metrics_log.MetricsLog(tmp_path, resume_step=40).close()
+    newest = max((tmp_path / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
+    start = 1  # SessionLog.START: TensorBoard purges earlier files' events at steps >= this event's step
+    assert (41, start) in tensorboard_events(newest)
+
+
+def test_the_start_up_line_names_version_devices_and_processes():
+    line = runtime.platform_line()
+    assert re.fullmatch(rf"JAX {re.escape(jax.__version__)}: 8 x cpu \(cpu\), 1 process", line), line
+
+
+def abstract_params(config):
+    model = create_model(config.model, 10)
+    return jax.eval_shape(model.init, jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))["params"]
+
+
+def test_a_gpu_config_on_the_cpu_warns_once_and_names_the_faster_choice(capsys):
+    config = cifar10.get_config()
+    runtime.warn_if_accelerator_config_on_cpu(config, abstract_params(config))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "bfloat16 compute and a 14.9 M-parameter model" in lines[0]
+    assert "configs/cifar10_cpu.py" in lines[0] and "requirements-cuda13.lock" in lines[0]
+    config = cifar10_cpu.get_config()
+    runtime.warn_if_accelerator_config_on_cpu(config, abstract_params(config))
+    assert capsys.readouterr().err == ""
+
+
+def test_the_first_stop_signal_is_a_request_the_second_stops_at_once():
+    with StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.poll(0)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def pins(path: pathlib.Path) -> dict:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return dict(line.split("==") for line in lines if line)
+
+
+@pytest.mark.parametrize("platform, plugin", [("cuda12", "jax-cuda12-plugin"), ("cuda13", "jax-cuda13-plugin")])
+def test_gpu_installs_pin_the_same_jax_as_the_cpu_lock(platform, plugin):
+    cpu = pins(pathlib.Path(ROOT) / "requirements.lock")
+    extra = pins(pathlib.Path(ROOT) / f"requirements-{platform}.lock")
+    assert extra[plugin] == extra[plugin.replace("plugin", "pjrt")] == cpu["jax"] == cpu["jaxlib"]
+    assert not set(extra) & set(cpu)  # installed together: nothing pinned twice
+    pyproject = (pathlib.Path(ROOT) / "pyproject.toml").read_text()
+    assert f'{platform} = ["jax[{platform}]=={cpu["jax"]}"]' in pyproject
