@@ -4,7 +4,7 @@ Command:
   python main.py --config=configs/cifar10.py --workdir=runs/cifar10
 
 Validation: the last 10% of the TFDS training split (``train[90%:]``); the test split stays held out.
-Expected result: not yet measured (the session that wrote this config had no GPU); the target
+Expected result: not yet measured on a GPU; the target
 is >= 91% validation accuracy within 30 s wall-clock including compilation on one H100.
 """
 
