@@ -29,6 +29,11 @@ def _check_input_size(model: str, size: int, smallest: int, largest: int | None 
         raise UserError(f"{model} takes {wanted} pixel images, got {size}; use alexnet_cifar for small images")
 
 
+def at_least_float32(dtype) -> jnp.dtype:
+    """The dtype sums and logits are kept in: float32 for bfloat16 compute, float64 for float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 class LocalResponseNorm(nn.Module):
     """Local response normalisation as written in the paper (section 3.3).
 
@@ -47,7 +52,7 @@ class LocalResponseNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
-        x = x.astype(jnp.float32)
+        x = x.astype(at_least_float32(dtype))
         *spatial, channels = x.shape
         grouped = x.reshape(*spatial, self.groups, channels // self.groups)
         half = self.size // 2
@@ -113,7 +118,7 @@ class AlexNet2012(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(dense(4096, ones, "fc7")(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return dense(self.num_classes, zeros, "fc8")(x).astype(jnp.float32)
+        return dense(self.num_classes, zeros, "fc8")(x).astype(at_least_float32(self.dtype))
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
@@ -155,7 +160,7 @@ class AlexNetOWT(nn.Module):
         x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(at_least_float32(self.dtype))
 
 
 class AlexNetCIFAR(nn.Module):
@@ -197,7 +202,7 @@ class AlexNetCIFAR(nn.Module):
         x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(at_least_float32(self.dtype))
 
 
 MODELS = {"alexnet2012": AlexNet2012, "alexnet_owt": AlexNetOWT, "alexnet_cifar": AlexNetCIFAR}

@@ -31,6 +31,11 @@ class DataParallel:
         self.mesh = Mesh(np.array(self.devices), (AXIS,))
         self._split = NamedSharding(self.mesh, P(AXIS))
         self._whole = NamedSharding(self.mesh, P())
+        # pmap layouts, each one program per tree (not one per leaf shape): a copy per device
+        # stacked on a leading axis, and the copy on the first device.
+        stack = lambda x: jnp.broadcast_to(x, (self.num_devices, *jnp.shape(x)))  # noqa: E731
+        self._stack = jax.jit(lambda tree: jax.tree.map(stack, tree), out_shardings=self._split)
+        self._first = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))
 
     @property
     def num_devices(self) -> int:
@@ -39,8 +44,7 @@ class DataParallel:
     def replicate(self, tree):
         """Puts the same value on every device (pmap: with a leading device axis)."""
         if self.mode == "pmap":
-            stack = lambda x: jnp.broadcast_to(x, (self.num_devices, *jnp.shape(x)))  # noqa: E731
-            return jax.device_put(jax.tree.map(stack, tree), self._split)
+            return self._stack(tree)
         return jax.device_put(tree, self._whole)
 
     def shard(self, tree):
@@ -52,7 +56,7 @@ class DataParallel:
 
     def unreplicate(self, tree):
         """One copy of a replicated value."""
-        return jax.tree.map(lambda x: x[0], tree) if self.mode == "pmap" else tree
+        return self._first(tree) if self.mode == "pmap" else tree
 
     def unshard(self, tree):
         """A sharded value as one global batch."""

@@ -1,5 +1,6 @@
-"""Test set-up: 8 fake CPU devices and a compilation cache shared by one pytest run (both set
-before JAX is imported, and inherited by the subprocesses tests start), and small shared configs."""
+"""Test set-up: 8 fake CPU devices, fast compiles and a compilation cache shared by one pytest run
+(all set before JAX is imported, and inherited by pytest-xdist workers and the subprocesses tests
+start), and small shared configs."""
 
 import os
 import pathlib
@@ -7,13 +8,19 @@ import shutil
 import sys
 import tempfile
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+if not _WORKER:  # workers inherit the controller's settings
+    # The tests run tiny programs many times over and compile many of them: XLA's backend
+    # optimisations (LLVM -O0 instead of -O2) cost more than they save here. Numerics are
+    # unchanged: the same HLO is computed, only the generated loops are less optimised.
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    )
+    # JAX's persistent cache compiles each program once per pytest run. It lives in a temporary
+    # directory that the controlling process removes at the end.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="alexnet_jax_xla_cache_")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# The same small programs are compiled by many tests and subprocesses: JAX's persistent cache
-# compiles each once per pytest run. It lives in a temporary directory removed at the end.
-_CACHE_DIR = tempfile.mkdtemp(prefix="alexnet_jax_xla_cache_")
-os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +32,8 @@ from configs import smoke  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+    if not _WORKER:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def tiny_config():
@@ -39,6 +47,18 @@ def tiny_config():
     config.log_every_steps = 2
     config.checkpoint_every_steps = 4
     return config
+
+
+def float64_state(config, split, steps_per_epoch):
+    """A train state whose parameters and optimizer state are float64 (call inside x64 mode)."""
+    import jax
+    import numpy as np
+
+    from alexnet_jax.train import create_state
+
+    state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch)
+    params = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params)
+    return jax.device_get(state.replace(params=params, opt_state=state.tx.init(params)))  # on the host: never donated
 
 
 @pytest.fixture

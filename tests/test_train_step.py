@@ -16,6 +16,7 @@ import functools
 import jax
 import numpy as np
 import pytest
+from conftest import float64_state
 
 from alexnet_jax import config_checks, datasets
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
@@ -31,14 +32,8 @@ def split(config):
     return datasets.load_split(config.dataset, "train")
 
 
-def float64_state(config, split, steps_per_epoch):
-    """A train state whose parameters and optimizer state are float64 (call inside x64 mode)."""
-    state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch)
-    params = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params)
-    return jax.device_get(state.replace(params=params, opt_state=state.tx.init(params)))  # on the host: never donated
-
-
 def agreement_config(config):
+    config.dataset.synthetic_image_size = 16  # float64 convolutions are slow on CPUs; size is not what is tested
     config.model.dtype = "float64"
     config.model.dropout_rate = 0.0  # dropout masks are drawn per device; everything else is not
     config.optimizer.learning_rate, config.schedule.name = 0.01, "constant"
@@ -77,9 +72,10 @@ def resident_steps(config, parallel: DataParallel, split, start_state):
 
 
 @pytest.mark.parametrize("path", [host_batch_steps, resident_steps], ids=["host batches", "resident data"])
-def test_one_device_pmap_and_shard_map_agree_in_float64(config, split, path):
+def test_one_device_pmap_and_shard_map_agree_in_float64(config, path):
     assert jax.device_count() == 8
     config = agreement_config(config)
+    split = datasets.load_split(config.dataset, "train")
     with jax.enable_x64(True):
         start = float64_state(config, split, len(split) // config.batch_size)
         one_device = path(config, DataParallel("shard_map", jax.devices()[:1]), split, start)
