@@ -2,7 +2,7 @@
 
 import jax
 
-from alexnet_jax import augment, models, optim, parallel
+from alexnet_jax import augment, feeds, models, optim, parallel
 from alexnet_jax.errors import UserError
 
 
@@ -30,6 +30,11 @@ def validate(config, num_devices: int):
     _one_of("schedule.name", config.schedule.name, optim.SCHEDULES)
     _one_of("parallel", config.parallel, parallel.MODES)
     _one_of("dataset.normalization", config.dataset.normalization, augment.CHANNEL_STATS)
+    _one_of("input.pipeline", config.input.pipeline, feeds.PIPELINES)
+    workers = config.input.workers
+    _require(
+        isinstance(workers, int) and workers >= 0, f"--config.input.workers={workers!r} must be a whole number >= 0"
+    )
     for key in (
         "batch_size",
         "eval_batch_size",

@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from alexnet_jax.errors import UserError
+from alexnet_jax.input_pipeline import decode_image
 
 SYNTHETIC = "synthetic"
 _READ_CHUNK = 1024
@@ -27,12 +28,46 @@ class DatasetError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
+    """A split held in host memory."""
+
     images: np.ndarray  # uint8 [N, H, W, C]
     labels: np.ndarray  # int32 [N]
     class_names: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.images.shape[1:]
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {"image": self.images[indices], "label": self.labels[indices]}
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSplit:
+    """A TFDS split read on demand: ``read`` decodes just the examples asked for (picklable, so
+    Grain workers can read it)."""
+
+    source: object  # a TFDS data source that leaves images encoded
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, ...]
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        records = self.source.__getitems__([int(i) for i in indices])
+        images = [decode_image(r["image"]) for r in records]
+        if any(image.shape != self.image_shape for image in images):
+            odd = next(image.shape for image in images if image.shape != self.image_shape)
+            raise DatasetError(
+                f"{self.description} has images of size {odd} besides {self.image_shape}; streamed batches need "
+                "one size: prepare the dataset again at one size"
+            )
+        return {"image": np.stack(images), "label": np.asarray([r["label"] for r in records], np.int32)}
 
 
 def is_catalog_name(name: str) -> bool:
@@ -65,15 +100,33 @@ def unresolvable_hosts(builder) -> list[str]:
     return failed if failed == hosts else []
 
 
-def load_split(dataset_config, split: str) -> ArraySplit:
-    """Reads ``split`` of the dataset described by ``dataset_config`` (name, data_dir, download)."""
+def load_split(dataset_config, split: str, stream: bool = False) -> ArraySplit | StreamSplit:
+    """``split`` of the dataset described by ``dataset_config`` (name, data_dir, download): read
+    into host memory, or with ``stream`` opened to be read on demand (synthetic data is always in
+    memory)."""
     if dataset_config.name == SYNTHETIC:
         return synthetic_split(dataset_config, split)
-    source = tfds_source(dataset_config, split)
-    return read_all(source, f"{dataset_config.name} {split}")
+    description = f"{dataset_config.name} {split}"
+    if not stream:
+        return read_all(tfds_source(dataset_config, split), description)
+    source = tfds_source(dataset_config, split, decoders={"image": tfds.decode.SkipDecoding()})
+    _check_not_empty(source, description)
+    image_shape = source.dataset_info.features["image"].shape
+    if None in image_shape:  # sizes not declared: take the first image's
+        image_shape = decode_image(source[0]["image"]).shape
+    return StreamSplit(source, _class_names(source), tuple(image_shape), description)
 
 
-def tfds_source(dataset_config, split: str):
+def _class_names(source) -> tuple[str, ...]:
+    return tuple(source.dataset_info.features["label"].names)
+
+
+def _check_not_empty(source, description: str):
+    if len(source) == 0:
+        raise DatasetError(f"{description} has no examples; check the split slicing")
+
+
+def tfds_source(dataset_config, split: str, decoders=None):
     """Opens a TFDS split as a random-access data source, downloading only where allowed."""
     name, data_dir = dataset_config.name, dataset_config.data_dir or None
     try:
@@ -97,7 +150,7 @@ def tfds_source(dataset_config, split: str):
                 f"could not download TFDS dataset {name!r} ({reason}); to work offline, {prepare_hint(name)}"
             ) from None
     try:
-        return builder.as_data_source(split=split)
+        return builder.as_data_source(split=split, decoders=decoders)
     except (ValueError, KeyError, AssertionError) as e:
         splits = ", ".join(builder.info.splits.keys())
         raise DatasetError(f"bad split {split!r} for {name!r} (splits: {splits}): {e}") from None
@@ -105,9 +158,8 @@ def tfds_source(dataset_config, split: str):
 
 def read_all(source, description: str) -> ArraySplit:
     """Decodes every example of a data source into stacked arrays, with a progress bar."""
+    _check_not_empty(source, description)
     total = len(source)
-    if total == 0:
-        raise DatasetError(f"{description} has no examples; check the split slicing")
     images, labels = [], []
     with tqdm.tqdm(total=total, desc=f"reading {description}", unit="img", disable=None) as bar:
         for start in range(0, total, _READ_CHUNK):
@@ -121,8 +173,7 @@ def read_all(source, description: str) -> ArraySplit:
             f"{description} has images of {len(shapes)} different sizes (e.g. {sorted(shapes)[:3]}); "
             "the in-memory pipeline needs one size: resize the image folder and prepare it again"
         )
-    class_names = tuple(source.dataset_info.features["label"].names)
-    return ArraySplit(np.stack(images).astype(np.uint8), np.asarray(labels, np.int32), class_names)
+    return ArraySplit(np.stack(images).astype(np.uint8), np.asarray(labels, np.int32), _class_names(source))
 
 
 def synthetic_split(dataset_config, split: str) -> ArraySplit:

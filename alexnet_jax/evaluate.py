@@ -8,7 +8,7 @@ import jax
 
 from alexnet_jax import config_checks, datasets, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_signature
-from alexnet_jax.evaluation import Evaluator, write_report
+from alexnet_jax.evaluation import create_evaluator, write_report
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.train import create_state, model_signature, step_constants
 
@@ -50,20 +50,20 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     print(runtime.platform_line(), flush=True)
     checkpoints = Checkpoints(directory, config.keep_checkpoints, async_save=False)
     step = resolve_checkpoint(checkpoints, which, directory)
-    split = datasets.load_split(config.dataset, config.dataset.eval_split)
+    split = datasets.load_split(config.dataset, config.dataset.eval_split, config.input.pipeline == "streaming")
     saved = checkpoints.read_data(step)
     expected = {"model": model_signature(config.model), "num_classes": len(split.class_names)}
     check_signature(saved, expected, workdir, "evaluate with the config it was trained with")
-    state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch=1)
+    state, _ = create_state(config, len(split.class_names), split.image_shape, steps_per_epoch=1)
     state, _, _ = checkpoints.restore(step, state, jax.random.key(0))
     checkpoints.close()
     parallel = DataParallel(config.parallel)
     constants = step_constants(config, len(split.class_names))
-    evaluator = Evaluator(parallel, state.apply_fn, constants, split, config.eval_batch_size)
-    metrics, predictions = evaluator(parallel.replicate(state.params))
+    evaluator = create_evaluator(parallel, state.apply_fn, constants, split, config)
+    metrics, predictions, labels = evaluator(parallel.replicate(state.params))
     dataset, split_name = config.dataset.name, config.dataset.eval_split
     name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{dataset}_{split_name}").strip("_")
     header = {"checkpoint_step": step, "dataset": dataset, "split": split_name}
-    report = write_report(workdir, name, split, predictions, {**header, **metrics})
+    report = write_report(workdir, name, split, predictions, labels, {**header, **metrics})
     print(json.dumps({k: report[k] for k in (*header, "loss", "top1", "top5", "examples")}))
     return report

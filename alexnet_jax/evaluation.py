@@ -1,4 +1,4 @@
-"""Evaluation on a device-resident split: every example scored exactly once, plus reports."""
+"""Evaluation, on a device-resident or a streamed split: every example scored exactly once, plus reports."""
 
 import functools
 import json
@@ -7,10 +7,11 @@ import pathlib
 import jax
 import numpy as np
 
-from alexnet_jax import plots
+from alexnet_jax import input_pipeline, plots
 from alexnet_jax.datasets import ArraySplit
-from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
-from alexnet_jax.train_step import StepConstants, resident_eval_step
+from alexnet_jax.input_pipeline import EvalBatch, ProcessShare
+from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel, process_share
+from alexnet_jax.train_step import StepConstants, eval_step, resident_eval_step
 
 
 def pad_to_batches(split: ArraySplit, global_batch: int) -> dict[str, np.ndarray]:
@@ -22,33 +23,75 @@ def pad_to_batches(split: ArraySplit, global_batch: int) -> dict[str, np.ndarray
 
 
 class Evaluator:
-    """Holds one split on the devices and scores parameters on it."""
+    """Scores parameters on one split; subclasses say how the batches reach the devices."""
 
-    def __init__(
-        self, parallel: DataParallel, apply_fn, constants: StepConstants, split: ArraySplit, global_batch: int
-    ):
+    def __init__(self, parallel: DataParallel, split, global_batch: int):
         self.parallel, self.split, self.global_batch = parallel, split, global_batch
+        self.num_batches = -(-len(split) // global_batch)
+
+    def _scored_batches(self, params):
+        """Yields (global sums, sharded predictions, sharded labels) per batch."""
+        raise NotImplementedError
+
+    def __call__(self, params) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """Mean ``loss`` (cross-entropy), ``top1``, ``top5``; every example's predicted class and label."""
+        totals, predictions, labels = None, [], []
+        for sums, batch_predictions, batch_labels in self._scored_batches(params):
+            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+            predictions.append(self.parallel.unshard(batch_predictions))
+            labels.append(self.parallel.unshard(batch_labels))
+        totals = jax.device_get(self.parallel.unreplicate(totals))
+        count = float(totals["count"])
+        metrics = {k: float(totals[k]) / count for k in ("loss", "top1", "top5")}
+        real = slice(0, len(self.split))
+        return metrics, np.concatenate(jax.device_get(predictions))[real], np.concatenate(jax.device_get(labels))[real]
+
+
+class ResidentEvaluator(Evaluator):
+    """Holds the split on every device, padded to whole batches."""
+
+    def __init__(self, parallel: DataParallel, apply_fn, constants: StepConstants, split, global_batch: int):
+        super().__init__(parallel, split, global_batch)
         padded = pad_to_batches(split, global_batch)
-        self.num_batches = len(padded["label"]) // global_batch
         self._data = parallel.replicate(padded)
         self._order = parallel.replicate(np.arange(len(padded["label"]), dtype=np.int32))
         self._starts = [parallel.replicate(np.int32(i * global_batch)) for i in range(self.num_batches)]
         step = functools.partial(
             resident_eval_step, apply_fn=apply_fn, local_batch=global_batch // parallel.num_devices, constants=constants
         )
-        self._step = parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, SHARDED))
+        self._step = parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, SHARDED, SHARDED))
 
-    def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
-        """Returns mean ``loss`` (cross-entropy), ``top1``, ``top5`` and every example's predicted class."""
-        totals, predictions = None, []
+    def _scored_batches(self, params):
         for start in self._starts:
-            sums, batch_predictions = self._step(params, self._data, self._order, start)
-            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-            predictions.append(self.parallel.unshard(batch_predictions))
-        totals = jax.device_get(self.parallel.unreplicate(totals))
-        count = float(totals["count"])
-        metrics = {k: float(totals[k]) / count for k in ("loss", "top1", "top5")}
-        return metrics, np.concatenate(jax.device_get(predictions))[: len(self.split)]
+            yield self._step(params, self._data, self._order, start)
+
+
+class StreamingEvaluator(Evaluator):
+    """Streams the split in order through a Grain pipeline (``workers`` processes)."""
+
+    def __init__(self, parallel, apply_fn, constants, split, global_batch: int, workers: int, share: ProcessShare):
+        super().__init__(parallel, split, global_batch)
+        self._batch_fn = EvalBatch(split.read, len(split), global_batch, share)
+        self._workers = workers
+        step = functools.partial(eval_step, apply_fn=apply_fn, constants=constants)
+        self._step = parallel.wrap(step, (REPLICATED, SHARDED), (REPLICATED, SHARDED, SHARDED))
+
+    def _scored_batches(self, params):
+        stream = input_pipeline.pipeline(self._batch_fn, 0, self.num_batches, self._workers)
+        batches = iter(input_pipeline.to_devices(stream, self.parallel.shard))
+        try:
+            for batch in batches:
+                yield self._step(params, batch)
+        finally:
+            batches.close()
+
+
+def create_evaluator(parallel: DataParallel, apply_fn, constants: StepConstants, split, config) -> Evaluator:
+    """The evaluator for ``config.input.pipeline``, batches of ``config.eval_batch_size``."""
+    if config.input.pipeline == "streaming":
+        workers, share = config.input.workers, process_share()
+        return StreamingEvaluator(parallel, apply_fn, constants, split, config.eval_batch_size, workers, share)
+    return ResidentEvaluator(parallel, apply_fn, constants, split, config.eval_batch_size)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -58,18 +101,23 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 
 def write_report(
-    out_dir: pathlib.Path, name: str, split: ArraySplit, predictions: np.ndarray, metrics: dict, grid: int = 32
+    out_dir: pathlib.Path,
+    name: str,
+    split,
+    predictions: np.ndarray,
+    labels: np.ndarray,
+    metrics: dict,
+    grid: int = 32,
 ):
     """Writes ``<name>_confusion.png``, ``<name>_per_class.png``, ``<name>_predictions.png`` and
     ``<name>_report.json`` (metrics, per-class accuracy, confusion matrix)."""
     names = split.class_names
-    confusion = confusion_matrix(split.labels, predictions, len(names))
+    confusion = confusion_matrix(labels, predictions, len(names))
     per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
     plots.plot_confusion(confusion, names, out_dir / f"{name}_confusion.png")
     plots.plot_per_class(confusion, names, out_dir / f"{name}_per_class.png")
-    plots.plot_predictions(
-        split.images[:grid], split.labels[:grid], predictions[:grid], names, out_dir / f"{name}_predictions.png"
-    )
+    shown = split.read(np.arange(min(grid, len(split))))["image"]
+    plots.plot_predictions(shown, labels[:grid], predictions[:grid], names, out_dir / f"{name}_predictions.png")
     report = {
         **metrics,
         "examples": len(split),

@@ -14,10 +14,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from alexnet_jax.input_pipeline import ProcessShare
 from alexnet_jax.train_step import AXIS
 
 MODES = ("pmap", "shard_map")
 REPLICATED, SHARDED = "replicated", "sharded"
+
+
+def process_share() -> ProcessShare:
+    """This process's block of every global batch."""
+    return ProcessShare(jax.process_index(), jax.process_count())
 
 
 class DataParallel:

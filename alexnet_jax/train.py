@@ -6,7 +6,6 @@ once), the final report and the curves.
 """
 
 import dataclasses
-import functools
 import json
 import pathlib
 import signal
@@ -14,16 +13,16 @@ import threading
 import time
 
 import jax
-import numpy as np
 import optax
 import tqdm
 
 from alexnet_jax import config_checks, datasets, metrics_log, models, optim, plots, runtime
 from alexnet_jax.checkpointing import Checkpoints, check_signature
-from alexnet_jax.datasets import ArraySplit
-from alexnet_jax.evaluation import Evaluator, write_report
-from alexnet_jax.parallel import REPLICATED, DataParallel
-from alexnet_jax.train_step import StepConstants, create_train_state, resident_train_step
+from alexnet_jax.datasets import ArraySplit, StreamSplit
+from alexnet_jax.evaluation import create_evaluator, write_report
+from alexnet_jax.feeds import create_feed
+from alexnet_jax.parallel import DataParallel
+from alexnet_jax.train_step import StepConstants, create_train_state
 
 REPORT = "validation"  # the final report's file prefix: validation_report.json, validation_confusion.png, ...
 
@@ -44,26 +43,6 @@ def create_state(config, num_classes: int, image_shape, steps_per_epoch: int):
     schedule = optim.create_schedule(config, steps_per_epoch)
     tx = optim.create_optimizer(config, schedule)
     return create_train_state(model, tx, image_shape, jax.random.key(config.seed)), schedule
-
-
-def compile_train_step(parallel: DataParallel, config, steps_per_epoch: int, constants: StepConstants):
-    """The resident train step for all devices: (state, data, epoch order, rng) -> (state, metrics)."""
-    step = functools.partial(
-        resident_train_step,
-        local_batch=config.batch_size // parallel.num_devices,
-        steps_per_epoch=steps_per_epoch,
-        constants=constants,
-    )
-    return parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, REPLICATED), donate_argnums=(0,))
-
-
-def epoch_order_fn(parallel: DataParallel, num_examples: int):
-    """Compiled (rng, epoch) -> that epoch's permutation, computed on every device."""
-
-    def order(rng, epoch):
-        return jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
-
-    return parallel.wrap(order, (REPLICATED, REPLICATED), REPLICATED)
 
 
 class StopRequests:
@@ -111,8 +90,8 @@ class Run:
     config: object
     workdir: pathlib.Path
     parallel: DataParallel
-    train_split: ArraySplit
-    val_split: ArraySplit
+    train_split: ArraySplit | StreamSplit
+    val_split: ArraySplit | StreamSplit
     steps_per_epoch: int
 
     @property
@@ -133,7 +112,7 @@ class Run:
         return {
             "model": model_signature(self.config.model),
             "num_classes": self.num_classes,
-            "image_shape": list(self.train_split.images.shape[1:]),
+            "image_shape": list(self.train_split.image_shape),
             "global_batch_size": self.config.batch_size,
             "train_examples": len(self.train_split),
         }
@@ -148,8 +127,9 @@ def load_run(config, workdir: pathlib.Path) -> Run:
     config_checks.validate(config, jax.device_count())
     runtime.check_workdir(workdir)
     print(runtime.platform_line(), flush=True)
-    train_split = datasets.load_split(config.dataset, config.dataset.train_split)
-    val_split = datasets.load_split(config.dataset, config.dataset.eval_split)
+    stream = config.input.pipeline == "streaming"
+    train_split = datasets.load_split(config.dataset, config.dataset.train_split, stream)
+    val_split = datasets.load_split(config.dataset, config.dataset.eval_split, stream)
     if config.batch_size > len(train_split):
         raise config_checks.ConfigError(
             f"--config.batch_size={config.batch_size} exceeds the {len(train_split)} training examples; lower it"
@@ -197,7 +177,7 @@ def _restore_latest(checkpoints: Checkpoints, state, rng):
 
 
 class _Trainer:
-    """The loop's moving parts on the devices: state, keys, data, compiled step and evaluator."""
+    """The loop's moving parts on the devices: state, keys, the feed and its compiled step, the evaluator."""
 
     def __init__(self, run: Run, state, rng, schedule: optax.Schedule, checkpoints: Checkpoints):
         parallel, constants = run.parallel, step_constants(run.config, run.num_classes)
@@ -206,24 +186,19 @@ class _Trainer:
         self.last_saved = self.step
         self.state = parallel.replicate(state)
         self.device_rng = parallel.replicate(rng)
-        self.data = parallel.replicate({"image": run.train_split.images, "label": run.train_split.labels})
-        self.epoch_order = epoch_order_fn(parallel, len(run.train_split))
-        self.evaluator = Evaluator(parallel, state.apply_fn, constants, run.val_split, run.config.eval_batch_size)
-        self._train_fn = compile_train_step(parallel, run.config, run.steps_per_epoch, constants)
+        self.feed = create_feed(parallel, run.config, run.train_split, run.steps_per_epoch, self.step, constants)
+        self.evaluator = create_evaluator(parallel, state.apply_fn, constants, run.val_split, run.config)
         self._compiled = None
 
-    def order(self):
-        epoch = self.step // self.run.steps_per_epoch
-        return self.epoch_order(self.device_rng, self.run.parallel.replicate(np.int32(epoch)))
-
-    def compile(self, order) -> float:
+    def compile(self) -> float:
         """Compiles the train step ahead of time (so no throughput window includes it); returns seconds."""
         started = time.perf_counter()
-        self._compiled = self._train_fn.lower(self.state, self.data, order, self.device_rng).compile()
+        inputs = self.feed.inputs(self.step)
+        self._compiled = self.feed.step_fn.lower(self.state, *inputs, self.device_rng).compile()
         return time.perf_counter() - started
 
-    def train_step(self, order):
-        self.state, metrics = self._compiled(self.state, self.data, order, self.device_rng)
+    def train_step(self):
+        self.state, metrics = self._compiled(self.state, *self.feed.inputs(self.step), self.device_rng)
         self.step += 1
         return metrics
 
@@ -233,8 +208,10 @@ class _Trainer:
         self.last_saved = self.step
 
     def evaluate(self, log: metrics_log.MetricsLog | None):
-        """Scores the current parameters; logs the result unless ``log`` is None. Returns (metrics, predictions)."""
-        metrics, predictions = self.evaluator(self.state.params)
+        """Scores the current parameters; logs the result unless ``log`` is None.
+
+        Returns (metrics, predictions, labels)."""
+        metrics, predictions, labels = self.evaluator(self.state.params)
         if log is not None:
             epoch = self.step / self.run.steps_per_epoch
             log.write("eval", self.step, {"epoch": epoch, **{f"val_{k}": v for k, v in metrics.items()}})
@@ -242,7 +219,7 @@ class _Trainer:
                 f"epoch {round(epoch)}/{self.run.config.num_epochs} step {self.step}: validation top-1 "
                 f"{metrics['top1']:.4f} top-5 {metrics['top5']:.4f} cross-entropy {metrics['loss']:.4f}"
             )
-        return metrics, predictions
+        return metrics, predictions, labels
 
 
 class _ThroughputWindow:
@@ -277,14 +254,11 @@ def _log_train(trainer: _Trainer, window: _ThroughputWindow, log: metrics_log.Me
 def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple | None:
     """Trains until the end or a stop request; returns the last evaluation (metrics, predictions)."""
     run, config = trainer.run, trainer.run.config
-    order = trainer.order()
-    tqdm.tqdm.write(f"compiled the train step in {trainer.compile(order):.1f} s")
+    tqdm.tqdm.write(f"compiled the train step in {trainer.compile():.1f} s")
     window, last_eval = _ThroughputWindow(run.parallel, config.batch_size), None
     bar = tqdm.tqdm(total=run.total_steps, initial=trainer.step, desc="train", unit="step", disable=None)
     while trainer.step < run.total_steps:
-        if trainer.step % run.steps_per_epoch == 0:
-            order = trainer.order()
-        window.add(trainer.train_step(order))
+        window.add(trainer.train_step())
         bar.update(1)
         step, stopping = trainer.step, stop.poll(trainer.step)
         if step % config.log_every_steps == 0 or step % run.steps_per_epoch == 0:
@@ -308,9 +282,9 @@ def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | N
         records = metrics_log.read_metrics(run.workdir)
         logged = any(r["kind"] == "eval" and r["step"] == run.total_steps for r in records)
         last_eval = trainer.evaluate(None if logged else log)
-    metrics, predictions = last_eval
+    metrics, predictions, labels = last_eval
     plots.plot_curves(metrics_log.read_metrics(run.workdir), run.workdir / "curves.png")
-    write_report(run.workdir, REPORT, run.val_split, predictions, {"step": run.total_steps, **metrics})
+    write_report(run.workdir, REPORT, run.val_split, predictions, labels, {"step": run.total_steps, **metrics})
 
 
 def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -> dict:
@@ -323,7 +297,7 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
     run.workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
     _check_resumable(run, checkpoints)
-    state, schedule = create_state(config, run.num_classes, run.train_split.images.shape[1:], run.steps_per_epoch)
+    state, schedule = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
     runtime.warn_if_accelerator_config_on_cpu(config, state.params)
     rng = jax.random.fold_in(jax.random.key(config.seed), 1)
     state, rng = _restore_latest(checkpoints, state, rng)
@@ -338,7 +312,10 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
     log = metrics_log.MetricsLog(run.workdir, resume_step=step)
     trainer = _Trainer(run, state, rng, schedule, checkpoints)
     with stop or StopRequests() as stop:
-        last_eval = _train_loop(trainer, log, stop) if step < run.total_steps else None
+        try:
+            last_eval = _train_loop(trainer, log, stop) if step < run.total_steps else None
+        finally:
+            trainer.feed.close()  # stops the streaming workers
         if trainer.last_saved != trainer.step:
             trainer.save()
         checkpoints.wait()

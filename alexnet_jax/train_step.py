@@ -94,7 +94,7 @@ def eval_step(
 ) -> tuple[dict[str, jax.Array], jax.Array]:
     """Scores a batch; ``batch['mask']`` marks real examples (padding scores nothing).
 
-    Returns global sums (``loss``, ``top1``, ``top5``, ``count``) and this device's predictions.
+    Returns global sums (``loss``, ``top1``, ``top5``, ``count``), and this device's predictions and labels.
     """
     inputs = augment.normalize(batch["image"], constants.normalization)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
@@ -106,7 +106,7 @@ def eval_step(
         "top5": jnp.sum(_topk_correct(logits, labels, 5) * mask),
         "count": jnp.sum(mask),
     }
-    return jax.lax.psum(sums, AXIS), jnp.argmax(logits, -1)
+    return jax.lax.psum(sums, AXIS), jnp.argmax(logits, -1), labels
 
 
 def resident_batch(data: dict[str, jax.Array], order: jax.Array, start: jax.Array, local_batch: int):

@@ -14,15 +14,16 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alexnet_jax import datasets  # noqa: E402
+from alexnet_jax.feeds import compile_train_step  # noqa: E402
+from alexnet_jax.input_pipeline import epoch_order  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
-from alexnet_jax.train import compile_train_step, create_state, epoch_order_fn, step_constants  # noqa: E402
+from alexnet_jax.train import create_state, step_constants  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar10_cpu.py", "Config to benchmark.")
 _MODES = flags.DEFINE_list("modes", ["shard_map", "pmap"], "Parallel wrappers to compare.")
@@ -40,7 +41,7 @@ def setup(config, parallel: DataParallel, num_steps: int):
     train_fn = compile_train_step(parallel, config, steps_per_epoch, step_constants(config, len(split.class_names)))
     data = parallel.replicate({"image": split.images, "label": split.labels})
     rng = parallel.replicate(jax.random.key(0))
-    order = epoch_order_fn(parallel, len(split))(rng, parallel.replicate(np.int32(0)))
+    order = parallel.replicate(epoch_order(config.seed, 0, len(split)))
     return train_fn, (parallel.replicate(state), data, order, rng)
 
 

@@ -27,6 +27,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.synthetic_classes = 10
     config.dataset.synthetic_image_size = 32
 
+    config.input = ml_collections.ConfigDict()
+    # resident: the whole split on every device, batches gathered there (fast, for data that fits);
+    # streaming: Grain worker processes read and decode each batch (for data that does not).
+    config.input.pipeline = "resident"
+    config.input.workers = 0  # streaming: decoding processes; 0 decodes in the training process
+
     config.model = ml_collections.ConfigDict()
     config.model.name = "alexnet_cifar"  # alexnet_cifar | alexnet2012 | alexnet_owt
     config.model.dtype = "bfloat16"  # compute dtype; parameters stay float32

@@ -9,7 +9,7 @@ import numpy as np
 from conftest import float64_state
 
 from alexnet_jax import augment, datasets
-from alexnet_jax.evaluation import Evaluator, confusion_matrix
+from alexnet_jax.evaluation import ResidentEvaluator, confusion_matrix
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.train import step_constants
 
@@ -22,15 +22,16 @@ def test_every_example_is_scored_exactly_once(config):
     with jax.enable_x64(True):
         state = float64_state(config, split, steps_per_epoch=1)
         parallel = DataParallel("pmap")
-        evaluator = Evaluator(parallel, state.apply_fn, step_constants(config, 10), split, global_batch=16)
+        evaluator = ResidentEvaluator(parallel, state.apply_fn, step_constants(config, 10), split, global_batch=16)
         assert evaluator.num_batches == 7  # 100 examples -> 7 batches of 16, the last one 12 short
-        metrics, predictions = evaluator(parallel.replicate(state.params))
+        metrics, predictions, labels = evaluator(parallel.replicate(state.params))
         images = augment.normalize(split.images, config.dataset.normalization).astype(np.float64)
         logits = np.asarray(state.apply_fn({"params": state.params}, images))
         log_softmax = np.asarray(jax.nn.log_softmax(logits))
     assert logits.dtype == np.float64
     want = logits.argmax(-1)
     assert predictions.shape == (100,)
+    np.testing.assert_array_equal(labels, split.labels)
     np.testing.assert_array_equal(predictions, want)
     assert metrics["top1"] == np.mean(want == split.labels)
     cross_entropy = -np.mean(log_softmax[np.arange(100), split.labels])

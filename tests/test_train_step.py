@@ -19,8 +19,10 @@ import pytest
 from conftest import float64_state
 
 from alexnet_jax import config_checks, datasets
+from alexnet_jax.feeds import compile_train_step
+from alexnet_jax.input_pipeline import epoch_order
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
-from alexnet_jax.train import compile_train_step, create_state, epoch_order_fn, step_constants
+from alexnet_jax.train import create_state, step_constants
 from alexnet_jax.train_step import StepConstants, train_step
 
 STEPS = 3
@@ -63,7 +65,7 @@ def resident_steps(config, parallel: DataParallel, split, start_state):
     train_fn = compile_train_step(parallel, config, steps_per_epoch, step_constants(config, len(split.class_names)))
     data = parallel.replicate({"image": split.images, "label": split.labels})
     rng = parallel.replicate(jax.random.key(3))
-    order = epoch_order_fn(parallel, len(split))(rng, parallel.replicate(np.int32(0)))
+    order = parallel.replicate(epoch_order(config.seed, 0, len(split)))
     state, losses = parallel.replicate(start_state), []
     for _ in range(STEPS):
         state, metrics = train_fn(state, data, order, rng)

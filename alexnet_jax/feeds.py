@@ -1,0 +1,88 @@
+"""What the train step is fed, step by step: a device-resident dataset, or streamed batches.
+
+Both feeds visit the examples in the same order (``input_pipeline.epoch_order``) and give the
+compiled step function its inputs between the train state and the key, ``step_fn(state, *inputs,
+rng)``, so the training loop does not depend on which one runs:
+
+* ``ResidentFeed``: the whole split on every device (the fast path for data that fits); the step
+  gathers its batch from the epoch's order on the device.
+* ``StreamingFeed``: a Grain pipeline reads and decodes each step's batch in worker processes and
+  puts it on the devices ahead of the step.
+"""
+
+import functools
+
+from alexnet_jax import input_pipeline
+from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel, process_share
+from alexnet_jax.train_step import StepConstants, resident_train_step, train_step
+
+PIPELINES = ("resident", "streaming")
+
+
+def compile_train_step(parallel: DataParallel, config, steps_per_epoch: int, constants: StepConstants):
+    """The resident train step for all devices: (state, data, epoch order, rng) -> (state, metrics)."""
+    step = functools.partial(
+        resident_train_step,
+        local_batch=config.batch_size // parallel.num_devices,
+        steps_per_epoch=steps_per_epoch,
+        constants=constants,
+    )
+    return parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, REPLICATED), donate_argnums=(0,))
+
+
+def compile_batch_step(parallel: DataParallel, constants: StepConstants):
+    """The train step on a given batch: (state, sharded batch, rng) -> (state, metrics)."""
+    step = functools.partial(train_step, constants=constants)
+    return parallel.wrap(step, (REPLICATED, SHARDED, REPLICATED), (REPLICATED, REPLICATED), donate_argnums=(0,))
+
+
+class ResidentFeed:
+    """The training split on every device, and the current epoch's order."""
+
+    def __init__(self, parallel: DataParallel, config, split, steps_per_epoch: int, constants: StepConstants):
+        self.parallel, self.seed, self.split, self.steps_per_epoch = parallel, config.seed, split, steps_per_epoch
+        self.data = parallel.replicate({"image": split.images, "label": split.labels})
+        self.step_fn = compile_train_step(parallel, config, steps_per_epoch, constants)
+        self._epoch, self._order = None, None
+
+    def inputs(self, step: int) -> tuple:
+        epoch = step // self.steps_per_epoch
+        if epoch != self._epoch:
+            order = input_pipeline.epoch_order(self.seed, epoch, len(self.split))
+            self._epoch, self._order = epoch, self.parallel.replicate(order)
+        return self.data, self._order
+
+    def close(self):
+        pass
+
+
+class StreamingFeed:
+    """Batches read, decoded and put on the devices ahead of the step, from ``start_step`` on."""
+
+    def __init__(self, parallel: DataParallel, config, split, total_steps: int, start_step: int, constants):
+        batch_fn = input_pipeline.TrainBatch(split.read, len(split), config.batch_size, config.seed, process_share())
+        stream = input_pipeline.pipeline(batch_fn, start_step, total_steps, config.input.workers)
+        self._stream = input_pipeline.to_devices(stream, parallel.shard)
+        self.step_fn = compile_batch_step(parallel, constants)
+        self._iterator, self._next_step, self._current = None, start_step, None
+
+    def inputs(self, step: int) -> tuple:
+        if self._current is None or self._current[0] != step:
+            if step != self._next_step:
+                raise ValueError(f"the stream is at step {self._next_step}, not {step}: it is read in order")
+            if self._iterator is None:  # workers start with the first batch asked for
+                self._iterator = iter(self._stream)
+            self._current, self._next_step = (step, next(self._iterator)), step + 1
+        return (self._current[1],)
+
+    def close(self):
+        self._current = None
+        if self._iterator is not None:
+            self._iterator.close()
+
+
+def create_feed(parallel: DataParallel, config, split, steps_per_epoch: int, start_step: int, constants):
+    if config.input.pipeline == "streaming":
+        total_steps = config.num_epochs * steps_per_epoch
+        return StreamingFeed(parallel, config, split, total_steps, start_step, constants)
+    return ResidentFeed(parallel, config, split, steps_per_epoch, constants)

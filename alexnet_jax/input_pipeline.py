@@ -1,0 +1,116 @@
+"""Streaming input: Grain pipelines whose element ``i`` is this process's share of global batch ``i``.
+
+A batch's contents are a pure function of (seed, step): the epoch's example order comes from
+``epoch_order`` (the resident path uses the same order), and the pipeline is a Grain
+``MapDataset`` indexed by step. A resumed run starts the pipeline at its step and sees exactly the
+batches an uninterrupted run would have; nothing but the step needs saving.
+
+Worker processes read and decode (JPEG with libjpeg-turbo through simplejpeg, other formats with
+PIL) and stack uint8 images; cropping, flipping, colour noise and normalisation happen on the
+devices, inside the compiled step. Each process reads only its own block of each global batch.
+"""
+
+import dataclasses
+import io
+from collections.abc import Callable
+
+import grain
+import numpy as np
+import simplejpeg
+from absl import flags
+from PIL import Image
+
+ORDER_STREAM = 1  # the data order's random stream, apart from parameter initialisation and augmentation
+
+
+def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` visits the examples: the same on every host and platform."""
+    rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, ORDER_STREAM, epoch])))
+    return rng.permutation(num_examples).astype(np.int32)
+
+
+def decode_image(encoded) -> np.ndarray:
+    """Encoded bytes (JPEG, PNG, ...) -> uint8 HWC RGB; an array passes through."""
+    if isinstance(encoded, np.ndarray):
+        return encoded
+    if encoded[:2] == b"\xff\xd8" and simplejpeg.is_jpeg(encoded):
+        return simplejpeg.decode_jpeg(encoded, colorspace="RGB")
+    with Image.open(io.BytesIO(encoded)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessShare:
+    """Which block of each global batch this process reads: ``index`` of ``count`` equal blocks."""
+
+    index: int = 0
+    count: int = 1
+
+    def block(self, global_batch: int) -> slice:
+        local = global_batch // self.count
+        return slice(self.index * local, (self.index + 1) * local)
+
+
+@dataclasses.dataclass
+class TrainBatch:
+    """Step -> this process's block of that step's global batch (picklable, for Grain workers)."""
+
+    read: Callable  # indices -> {"image": [n, H, W, C] uint8, "label": [n] int32}
+    num_examples: int
+    global_batch: int
+    seed: int
+    share: ProcessShare
+
+    def __post_init__(self):
+        self._orders: dict[int, np.ndarray] = {}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_examples // self.global_batch
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch not in self._orders:
+            self._orders = {epoch: epoch_order(self.seed, epoch, self.num_examples)}  # one epoch cached
+        batch = self._orders[epoch][position * self.global_batch : (position + 1) * self.global_batch]
+        return batch[self.share.block(self.global_batch)]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        return self.read(self.indices(int(step)))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalBatch:
+    """Batch number -> this process's block of that batch of the split in order, padded with
+    ``mask`` 0 past the end, so that every example is scored exactly once."""
+
+    read: Callable
+    num_examples: int
+    global_batch: int
+    share: ProcessShare
+
+    def __call__(self, number: int) -> dict[str, np.ndarray]:
+        block = self.share.block(self.global_batch)
+        positions = np.arange(self.global_batch)[block] + int(number) * self.global_batch
+        real = positions < self.num_examples
+        batch = self.read(np.where(real, positions, 0))
+        return {**batch, "mask": real.astype(np.int32)}
+
+
+def pipeline(batch_fn: Callable, start: int, stop: int, workers: int) -> grain.IterDataset:
+    """Elements ``batch_fn(i)`` for i in [start, stop), made by ``workers`` processes (0: this one)."""
+    dataset = grain.MapDataset.range(start, stop).map(batch_fn)
+    # One thread per process: parallelism comes from worker processes, one batch at a time each.
+    dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+    if workers > 0:
+        if not flags.FLAGS.is_parsed():  # Grain reads its settings from absl's global flags: take the defaults
+            flags.FLAGS.mark_as_parsed()
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+    return dataset
+
+
+def to_devices(dataset: grain.IterDataset, put: Callable, host_buffer: int = 4, device_buffer: int = 2):
+    """Prefetches elements on the host, then puts them on the devices ``device_buffer`` ahead."""
+    dataset = grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=host_buffer)
+    dataset = dataset.map(put)
+    return grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=device_buffer)
