@@ -88,6 +88,36 @@ def tiny_run_config():
     return main.parse_args(["main.py", *TINY]).config
 
 
+def final_arrays(workdir, step):
+    """Every array of checkpoint ``step``'s train state, by path."""
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    restored = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
+    return {"/".join(map(str, path)): np.asarray(x) for path, x in _flatten(restored)}
+
+
+def _flatten(tree, prefix=()):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _flatten(value, (*prefix, key))
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from _flatten(value, (*prefix, i))
+    else:
+        yield prefix, tree
+
+
+def assert_same_final_state(workdir, reference, step=TOTAL_STEPS):
+    """Bit for bit: on a CPU the same programs on the same inputs give the same bits."""
+    import numpy as np
+
+    want, got = final_arrays(reference, step), final_arrays(workdir, step)
+    assert want.keys() == got.keys() and len(want) > 10
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
 class StopAt:
     """Stands in for the signal handler: requests a stop once ``step`` is reached."""
 

@@ -8,10 +8,8 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import EPOCHS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, StopAt, tiny_run_config
+from conftest import EPOCHS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, StopAt, assert_same_final_state, tiny_run_config
 
 from alexnet_jax import metrics_log, plots
 from alexnet_jax.train import train_and_evaluate
@@ -23,29 +21,6 @@ OUTPUTS = ("curves.png", "validation_confusion.png", "validation_per_class.png",
 def saved_steps(workdir):
     folder = workdir / "checkpoints"
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
-
-
-def final_arrays(workdir):
-    restored = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(TOTAL_STEPS) / "state").absolute())
-    return {"/".join(map(str, path)): np.asarray(x) for path, x in _flatten(restored)}
-
-
-def _flatten(tree, prefix=()):
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _flatten(value, (*prefix, key))
-    elif isinstance(tree, (list, tuple)):
-        for i, value in enumerate(tree):
-            yield from _flatten(value, (*prefix, i))
-    else:
-        yield prefix, tree
-
-
-def assert_same_final_state(workdir, reference):
-    want, got = final_arrays(reference), final_arrays(workdir)
-    assert want.keys() == got.keys() and len(want) > 10
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 def records(workdir, kind):

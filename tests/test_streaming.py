@@ -1,0 +1,111 @@
+"""The streaming input pipeline: batches are a function of (seed, step) alone, the same as the
+resident path's, split between processes without overlap, and a streamed run resumes exactly."""
+
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from conftest import StopAt, assert_same_final_state, tiny_run_config
+
+from alexnet_jax import datasets, input_pipeline, metrics_log
+from alexnet_jax.feeds import ResidentFeed, StreamingFeed
+from alexnet_jax.input_pipeline import ProcessShare, TrainBatch
+from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
+from alexnet_jax.train import step_constants, train_and_evaluate
+from alexnet_jax.train_step import resident_batch
+
+
+def synthetic(examples=40):
+    config = ml_collections.ConfigDict(
+        {"name": "synthetic", "synthetic_examples": examples, "synthetic_classes": 4, "synthetic_image_size": 8}
+    )
+    split = datasets.load_split(config, "train")
+    # Label each example by its index, so a batch's labels say which examples it holds.
+    return datasets.ArraySplit(split.images, np.arange(len(split), dtype=np.int32), split.class_names)
+
+
+def labels(batch_fn, start, stop, workers=0):
+    return [batch["label"].tolist() for batch in input_pipeline.pipeline(batch_fn, start, stop, workers)]
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    split = synthetic()  # 40 examples, batches of 8: 5 steps per epoch
+    batches = TrainBatch(split.read, len(split), 8, seed=3, share=ProcessShare())
+    straight = labels(batches, 0, 12)
+    for epoch in range(2):  # each epoch visits every example once, in its own order
+        visited = sorted(sum(straight[epoch * 5 : (epoch + 1) * 5], []))
+        assert visited == list(range(40))
+    assert straight[:5] != straight[5:10]
+    # A resumed run starts the pipeline at its step; worker processes do not change the batches.
+    assert labels(batches, 7, 12, workers=2) == straight[7:]
+    other_seed = TrainBatch(split.read, len(split), 8, seed=4, share=ProcessShare())
+    assert labels(other_seed, 0, 5) != straight[:5]
+
+
+def test_each_process_reads_its_own_block_of_the_global_batch():
+    split = synthetic()
+    whole = labels(TrainBatch(split.read, len(split), 8, 0, ProcessShare(0, 1)), 0, 5)
+    shares = [labels(TrainBatch(split.read, len(split), 8, 0, ProcessShare(i, 2)), 0, 5) for i in range(2)]
+    assert [a + b for a, b in zip(*shares, strict=True)] == whole
+
+
+def test_eval_batches_cover_the_split_once_and_mask_the_padding():
+    split = synthetic(examples=20)  # 20 examples in batches of 8: 3 batches, the last 4 short
+    batches = input_pipeline.EvalBatch(split.read, len(split), 8, ProcessShare())
+    out = list(input_pipeline.pipeline(batches, 0, 3, workers=0))
+    masks = np.concatenate([b["mask"] for b in out])
+    assert masks.tolist() == [1] * 20 + [0] * 4
+    assert np.concatenate([b["label"] for b in out])[:20].tolist() == list(range(20))
+
+
+def stream_config(prepared):
+    config = tiny_run_config()
+    config.dataset.update(name="tiny_folder", data_dir=str(prepared), train_split="train", eval_split="val")
+    config.dataset.download = False
+    config.batch_size, config.eval_batch_size, config.num_epochs = 8, 8, 2
+    config.log_every_steps, config.checkpoint_every_steps = 1, 2
+    config.input.pipeline = "streaming"
+    return config
+
+
+def test_streaming_and_resident_feeds_give_the_same_batches(prepared):
+    config = stream_config(prepared)
+    resident_split = datasets.load_split(config.dataset, "train")
+    stream_split = datasets.load_split(config.dataset, "train", stream=True)
+    assert len(resident_split) == len(stream_split) == 27  # 3 steps of 8 per epoch
+    parallel, constants = DataParallel("shard_map"), step_constants(config, 3)
+    resident = ResidentFeed(parallel, config, resident_split, 3, constants)
+    streaming = StreamingFeed(parallel, config, stream_split, total_steps=6, start_step=0, constants=constants)
+    gather = parallel.wrap(lambda data, order, start: resident_batch(data, order, start, 1), (REPLICATED,) * 3, SHARDED)
+    try:
+        for step in range(6):
+            data, order = resident.inputs(step)
+            want = gather(data, order, parallel.replicate(np.int32(step % 3 * 8)))
+            (got,) = streaming.inputs(step)
+            for key in ("image", "label"):
+                np.testing.assert_array_equal(jax.device_get(got[key]), jax.device_get(want[key]))
+    finally:
+        streaming.close()
+
+
+@pytest.fixture(scope="module")
+def straight_stream_run(prepared, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("stream")
+    return workdir, train_and_evaluate(stream_config(prepared), str(workdir))
+
+
+def test_a_streamed_run_trains_evaluates_and_reports(straight_stream_run):
+    workdir, summary = straight_stream_run
+    assert summary["step"] == summary["total_steps"] == 6
+    report = json.loads((workdir / "validation_report.json").read_text())
+    assert report["examples"] == 15 and sum(map(sum, report["confusion_matrix"])) == 15
+    assert [r["step"] for r in metrics_log.read_metrics(workdir) if r["kind"] == "eval"] == [3, 6]
+
+
+def test_a_stopped_streamed_run_resumes_to_the_same_parameters(prepared, straight_stream_run, tmp_path):
+    config = stream_config(prepared)
+    assert train_and_evaluate(config, str(tmp_path), stop=StopAt(4))["stopped"]
+    assert train_and_evaluate(config, str(tmp_path))["step"] == 6
+    assert_same_final_state(tmp_path, straight_stream_run[0], step=6)
