@@ -2,7 +2,7 @@
 
   python main.py --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu
   python main.py --mode=evaluate --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu --checkpoint=best
-  python main.py --mode=prepare --image_folder=DIR --dataset_name=NAME --data_dir=DATA_DIR
+  python main.py --mode=prepare --image_folder=DIR --dataset_name=NAME --data_dir=DATA_DIR [--image_size=256]
 
 Any config field can be overridden with --config.<key>=<value>. Every mistake the program can
 recognise (see README, "Troubleshooting") ends in one line on stderr, ``error: ...``, and exit code 2.
@@ -32,6 +32,8 @@ class Args:
     dataset_name: str | None
     data_dir: str | None
     skip_bad_images: bool
+    image_size: int | None
+    workers: int | None
 
 
 def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
@@ -48,6 +50,15 @@ def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
         "dataset_name": flags.DEFINE_string("dataset_name", None, "prepare: name of the TFDS dataset to write.", **fv),
         "data_dir": flags.DEFINE_string("data_dir", None, "prepare: TFDS data directory to write into.", **fv),
         "skip_bad_images": flags.DEFINE_bool("skip_bad_images", False, "prepare: skip undecodable images.", **fv),
+        "image_size": flags.DEFINE_integer(
+            "image_size",
+            None,
+            "prepare: store the paper's format, shorter side to this size and the centre square, as JPEG "
+            "(256 for ImageNet); unset keeps images as they are, lossless (CIFAR).",
+            lower_bound=1,
+            **fv,
+        ),
+        "workers": flags.DEFINE_integer("workers", None, "prepare: encoding processes (default: all cores).", **fv),
         "verbosity": flags.DEFINE_integer("verbosity", -1, "absl logging level: -1 warnings, 0 info, 1 debug.", **fv),
     }
 
@@ -130,7 +141,14 @@ def _prepare(args: Args) -> int:
     for name in ("image_folder", "dataset_name", "data_dir"):
         if not getattr(args, name):
             raise UserError(f"--mode=prepare needs --{name}")
-    skipped = prepare_image_folder(args.image_folder, args.dataset_name, args.data_dir, args.skip_bad_images)
+    skipped = prepare_image_folder(
+        args.image_folder,
+        args.dataset_name,
+        args.data_dir,
+        args.skip_bad_images,
+        image_size=args.image_size,
+        workers=args.workers,
+    )
     skipped_note = f"; skipped {len(skipped)} bad images" if skipped else ""
     print(f"prepared {args.dataset_name} in {args.data_dir}{skipped_note}")
     return 0

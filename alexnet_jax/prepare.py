@@ -1,18 +1,33 @@
 """Turns an image folder ``<root>/<split>/<class>/<image>`` into a TFDS dataset on disk.
 
-Images (PNG or JPEG, any mode) are decoded with PIL, converted to RGB and stored losslessly as
-PNG in ArrayRecord files through TFDS's ad-hoc builder. The result is read like any TFDS dataset:
+Two formats:
+
+* as they are (``image_size`` None, for CIFAR-sized data): RGB, original size, lossless PNG;
+* the paper's (``image_size`` 256, for ImageNet): shorter side scaled to 256 (bicubic, antialiased),
+  the central 256x256 kept, stored as JPEG at ``JPEG_QUALITY``. Training takes random 224 crops of
+  these, as Krizhevsky et al. (2012) did, so the host only has to decode a 256x256 JPEG per image.
+
+Images are encoded in parallel over all cores (PIL opens any format by content: greyscale, CMYK,
+a PNG named .JPEG) into a cache beside the dataset, one file per image written atomically, so a
+killed prepare continues where it stopped when run again. Then TFDS's ad-hoc builder writes
+ArrayRecord files with ``image``, ``label`` (class names kept) and ``file_name`` (the path under
+the split). The result is read like any TFDS dataset:
 ``tfds.data_source(name, data_dir=..., split='train[:90%]')``. TFDS shuffles examples by a hash of
 their file path when writing, so slices such as ``train[90%:]`` are a fixed pseudo-random subset
 rather than the last classes in folder order.
 """
 
+import dataclasses
+import functools
+import io
 import logging
+import multiprocessing
+import os
 import pathlib
 import shutil
 
-import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 from PIL import Image
 
 from alexnet_jax.datasets import DatasetError, is_catalog_name
@@ -49,30 +64,106 @@ def scan_image_folder(root: pathlib.Path) -> tuple[dict[str, list[tuple[pathlib.
     return splits, class_names
 
 
-def decode_rgb(path: pathlib.Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+# JPEG quality of the paper format: see README "ImageNet" for the sizes and decoding rates measured.
+JPEG_QUALITY = 90
 
 
-def _examples(files, class_index, root, skip_bad_images, skipped):
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """How images are stored: as they are (PNG), or scaled and centre-cropped to ``size`` (JPEG)."""
+
+    size: int | None = None
+    quality: int = JPEG_QUALITY
+
+    @property
+    def suffix(self) -> str:
+        return ".jpg" if self.size else ".png"
+
+    def encode(self, path: pathlib.Path) -> bytes:
+        with Image.open(path) as image:
+            if self.size:
+                image.draft("RGB", (self.size, self.size))  # JPEG: decode big photos at a reduced scale
+            image = image.convert("RGB")
+        buffer = io.BytesIO()
+        if self.size:
+            centre_square(image, self.size).save(buffer, format="JPEG", quality=self.quality)
+        else:
+            image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def centre_square(image: Image.Image, size: int) -> Image.Image:
+    """Scales the shorter side to ``size`` and keeps the central ``size`` x ``size``."""
+    width, height = image.size
+    scale = size / min(width, height)
+    width, height = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.resize((width, height), Image.Resampling.BICUBIC).crop((left, top, left + size, top + size))
+
+
+def _encode_into_cache(job: tuple[Encoding, pathlib.Path, pathlib.Path]) -> str | None:
+    """Encodes one image into the cache unless it is there; returns an error message or None."""
+    encoding, path, cached = job
+    if cached.exists():
+        return None
+    try:
+        encoded = encoding.encode(path)
+    except Exception as e:  # PIL raises many types for broken files
+        return f"{type(e).__name__}: {e}"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_name(cached.name + ".partial")
+    partial.write_bytes(encoded)
+    partial.replace(cached)  # atomic: a kill leaves no half-written image
+    return None
+
+
+def encode_all(jobs: list, workers: int, chunk: int = 64) -> list[tuple[pathlib.Path, str]]:
+    """Encodes every (encoding, path, cache path) job on up to ``workers`` processes (one for a
+    single chunk: this one), with a progress bar; returns the (path, error) of undecodable images."""
+    workers = min(workers, -(-len(jobs) // chunk))
+    bar = functools.partial(tqdm.tqdm, total=len(jobs), desc="encoding", unit="img", disable=None)
+    if workers <= 1:
+        errors = list(bar(map(_encode_into_cache, jobs)))
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:  # spawn: no fork of JAX's threads
+            errors = list(bar(pool.imap(_encode_into_cache, jobs, chunksize=chunk)))
+    return [(path, error) for (_, path, _), error in zip(jobs, errors, strict=True) if error is not None]
+
+
+def _examples(files, class_index, root: pathlib.Path, cache: pathlib.Path, encoding: Encoding, bad: set):
     for path, label in files:
-        try:
-            image = decode_rgb(path)
-        except Exception as e:  # PIL raises many types for broken files
-            if not skip_bad_images:
-                raise DatasetError(
-                    f"cannot decode image {path} ({type(e).__name__}: {e}); fix or delete it, or pass --skip_bad_images"
-                ) from None
-            logging.warning("skipping bad image %s (%s)", path, e)
-            skipped.append(path)
-            continue
-        yield str(path.relative_to(root)), {"image": image, "label": class_index[label]}
+        if path not in bad:
+            relative = path.relative_to(root)
+            image = (cache / relative).with_suffix(encoding.suffix).read_bytes()
+            yield str(relative), {"image": image, "label": class_index[label], "file_name": str(relative)}
+
+
+def _check_bad_images(failed, skip_bad_images: bool, cache: pathlib.Path):
+    if failed and not skip_bad_images:
+        path, error = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise DatasetError(
+            f"cannot decode image {path} ({error}){more}; fix or delete it, or pass --skip_bad_images "
+            f"(the images encoded so far are kept in {cache} for the next run)"
+        )
+    for path, error in failed:
+        logging.warning("skipping bad image %s (%s)", path, error)
 
 
 def prepare_image_folder(
-    image_folder: str, name: str, data_dir: str, skip_bad_images: bool = False, version: str = "1.0.0"
+    image_folder: str,
+    name: str,
+    data_dir: str,
+    skip_bad_images: bool = False,
+    image_size: int | None = None,
+    workers: int | None = None,
+    version: str = "1.0.0",
 ) -> list[pathlib.Path]:
-    """Writes the TFDS dataset ``name`` under ``data_dir``; returns the paths of skipped images."""
+    """Writes the TFDS dataset ``name`` under ``data_dir``; returns the paths of skipped images.
+
+    ``image_size``: None keeps images as they are (PNG); a size stores the paper's format (JPEG).
+    ``workers``: encoding processes (None: one per core).
+    """
     if is_catalog_name(name):
         raise DatasetError(
             f"--dataset_name={name} is a TFDS catalog dataset and its builder would shadow yours; "
@@ -80,26 +171,45 @@ def prepare_image_folder(
         )
     root = pathlib.Path(image_folder).expanduser()
     splits, class_names = scan_image_folder(root)
+    encoding = Encoding(image_size)
+    data_root = pathlib.Path(data_dir).expanduser()
+    cache = data_root / ".prepare_cache" / f"{name}-{image_size or 'original'}-q{encoding.quality}"
+    jobs = [
+        (encoding, path, (cache / path.relative_to(root)).with_suffix(encoding.suffix))
+        for files in splits.values()
+        for path, _ in files
+    ]
+    failed = encode_all(jobs, workers or os.cpu_count())
+    _check_bad_images(failed, skip_bad_images, cache)
+    bad = {path for path, _ in failed}
+    _write_dataset(name, version, root, data_root, splits, class_names, cache, encoding, bad)
+    shutil.rmtree(cache)
+    if not any(cache.parent.iterdir()):
+        cache.parent.rmdir()
+    return sorted(bad)
+
+
+def _write_dataset(name, version, root, data_root, splits, class_names, cache, encoding: Encoding, bad):
     class_index = {label: i for i, label in enumerate(class_names)}
+    shape = (encoding.size, encoding.size, 3) if encoding.size else (None, None, 3)
     features = tfds.features.FeaturesDict(
         {
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+            "image": tfds.features.Image(shape=shape, encoding_format="jpeg" if encoding.size else "png"),
             "label": tfds.features.ClassLabel(names=class_names),
+            "file_name": tfds.features.Text(),
         }
     )
-    skipped: list[pathlib.Path] = []
     split_datasets = {
-        split: _examples(files, class_index, root, skip_bad_images, skipped) for split, files in splits.items()
+        split: _examples(files, class_index, root, cache, encoding, bad) for split, files in splits.items()
     }
-    data_root = pathlib.Path(data_dir).expanduser()
-    created = next((p for p in (data_root, data_root / name) if not p.exists()), None)  # outermost new folder
+    created = data_root / name if not (data_root / name).exists() else None
     try:
         tfds.dataset_builders.store_as_tfds_dataset(
             name=name,
             version=version,
             features=features,
             split_datasets=split_datasets,
-            data_dir=data_dir,
+            data_dir=str(data_root),
             description=f"Image folder {root} prepared by alexnet_jax.",
             file_format="array_record",
         )
@@ -107,4 +217,3 @@ def prepare_image_folder(
         if created is not None:  # leave no half-written dataset that a later run could mistake for a prepared one
             shutil.rmtree(created, ignore_errors=True)
         raise
-    return skipped

@@ -1,0 +1,79 @@
+"""Preparing an ImageNet-style folder in the paper's format: shorter side scaled, centre square, JPEG;
+what real ImageNet holds (greyscale, CMYK, a PNG named .JPEG, tiny and large photos, a corrupt file);
+a prepare that stopped continues from its cache."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import datasets
+from alexnet_jax.prepare import Encoding, centre_square, prepare_image_folder
+
+SIZE = 32
+
+
+def write_imagenet_style_folder(root):
+    """train/ and validation/ with two wnid classes; the centre of every photo is the class colour,
+    its sides (cropped away) another colour."""
+    colours = {"n01440764": (200, 30, 30), "n01443537": (30, 30, 200)}
+    sizes = [(300, 200), (40, 60), (1200, 900)]  # landscape, tiny portrait, large
+    for split in ("train", "validation"):
+        for wnid, colour in colours.items():
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for i, (width, height) in enumerate(sizes):
+                pixels = np.full((height, width, 3), (0, 160, 0), np.uint8)
+                side = min(width, height)
+                top, left = (height - side) // 2, (width - side) // 2
+                pixels[top : top + side, left : left + side] = colour
+                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG", quality=95)
+            square = np.full((80, 80, 3), colour, np.uint8)
+            Image.fromarray(square).convert("CMYK").save(folder / f"{wnid}_cmyk.JPEG")
+            Image.fromarray(square).save(folder / f"{wnid}_png.JPEG", format="PNG")  # a PNG under a .JPEG name
+            Image.fromarray(square).convert("L").save(folder / f"{wnid}_grey.JPEG")
+    (root / "train" / "n01440764" / "n01440764_broken.JPEG").write_bytes(b"\xff\xd8 truncated")
+    return root
+
+
+def test_centre_square_keeps_the_middle_at_the_size():
+    image = Image.fromarray(np.arange(40 * 100 * 3, dtype=np.uint32).reshape(40, 100, 3).astype(np.uint8))
+    assert centre_square(image, SIZE).size == (SIZE, SIZE)
+    assert centre_square(Image.new("RGB", (7, 3)), SIZE).size == (SIZE, SIZE)  # tiny images are scaled up
+
+
+def test_an_imagenet_style_folder_prepares_in_the_papers_format(tmp_path, monkeypatch):
+    folder = write_imagenet_style_folder(tmp_path / "imagenet")
+    data_dir = tmp_path / "tfds"
+    bad = folder / "train" / "n01440764" / "n01440764_broken.JPEG"
+    with pytest.raises(datasets.DatasetError, match=f"cannot decode image {bad}.*kept in .*prepare_cache"):
+        prepare_image_folder(str(folder), "tiny_imagenet", str(data_dir), image_size=SIZE, workers=1)
+    # Run again: only what is not in the cache yet is encoded (here, the broken file, skipped now).
+    encoded = []
+    original = Encoding.encode
+    monkeypatch.setattr(Encoding, "encode", lambda self, path: encoded.append(path) or original(self, path))
+    skipped = prepare_image_folder(
+        str(folder), "tiny_imagenet", str(data_dir), skip_bad_images=True, image_size=SIZE, workers=1
+    )
+    assert skipped == [bad] and encoded == [bad]
+    assert not (data_dir / ".prepare_cache").exists()  # removed once the dataset is written
+    config = datasets_config("tiny_imagenet", data_dir)
+    train = datasets.load_split(config, "train", stream=True)
+    assert len(train) == 12 and train.image_shape == (SIZE, SIZE, 3)
+    assert train.class_names == ("n01440764", "n01443537")
+    records = train.source.__getitems__(list(range(len(train))))
+    assert all(r["image"][:2] == b"\xff\xd8" for r in records)  # stored as JPEG
+    names = [r["file_name"].decode() for r in records]  # TFDS Text reads back as bytes
+    assert "train/n01440764/n01440764_cmyk.JPEG" in names and len(set(names)) == 12
+    batch = train.read(np.arange(len(train)))
+    colour = np.array([(200, 30, 30), (30, 30, 200)])[batch["label"]]
+    # The centre square is the class colour: the green sides were cropped away. Greyscale keeps its grey.
+    is_grey = np.array([name.endswith("_grey.JPEG") for name in names])
+    centre = batch["image"][:, 2:-2, 2:-2].reshape(len(train), -1, 3).mean(1)
+    assert np.abs(centre - colour)[~is_grey].max() < 12
+    assert np.abs(centre[is_grey] - centre[is_grey].mean(-1, keepdims=True)).max() < 2
+
+
+def datasets_config(name, data_dir):
+    import ml_collections
+
+    return ml_collections.ConfigDict({"name": name, "data_dir": str(data_dir), "download": False})
