@@ -60,10 +60,30 @@ def validate(config, num_devices: int):
     _require(
         0 <= opt.label_smoothing < 1, f"--config.optimizer.label_smoothing={opt.label_smoothing} must be in [0, 1)"
     )
-    _require(
-        config.augment.crop_padding >= 0, f"--config.augment.crop_padding={config.augment.crop_padding} must be >= 0"
-    )
+    _check_augmentation(config)
     _check_model_and_schedule(config)
+
+
+def check_crop(config, image_shape):
+    """The crops must fit in the stored images."""
+    size = config.augment.crop_size
+    _require(
+        size is None or size <= min(image_shape[:2]),
+        f"--config.augment.crop_size={size} is larger than the dataset's {image_shape[0]}x{image_shape[1]} images; "
+        "use a smaller crop or prepare the images larger (--image_size)",
+    )
+
+
+def _check_augmentation(config):
+    aug = config.augment
+    _require(aug.crop_padding >= 0, f"--config.augment.crop_padding={aug.crop_padding} must be >= 0")
+    _require(aug.crop_size is None or aug.crop_size >= 1, f"--config.augment.crop_size={aug.crop_size} must be >= 1")
+    _require(aug.pca_noise >= 0, f"--config.augment.pca_noise={aug.pca_noise} must be >= 0")
+    _one_of("eval_crops", config.eval_crops, (1, 10))
+    _require(
+        config.eval_crops == 1 or aug.crop_size is not None,
+        "--config.eval_crops=10 takes crops of --config.augment.crop_size: set it (224 for ImageNet)",
+    )
 
 
 def _positive(key: str, value, upper=None):

@@ -32,9 +32,18 @@ def step_constants(config, num_classes: int) -> StepConstants:
         num_classes=num_classes,
         label_smoothing=config.optimizer.label_smoothing,
         crop_padding=config.augment.crop_padding,
+        crop_size=config.augment.crop_size,
         flip=config.augment.flip,
+        pca_noise=config.augment.pca_noise,
         normalization=config.dataset.normalization,
+        eval_crops=config.eval_crops,
     )
+
+
+def model_input_shape(config, image_shape) -> tuple[int, ...]:
+    """What the model sees: ``crop_size`` crops of the stored images, or the images whole."""
+    size = config.augment.crop_size
+    return tuple(image_shape) if size is None else (size, size, image_shape[-1])
 
 
 def create_state(config, num_classes: int, image_shape, steps_per_epoch: int):
@@ -42,7 +51,8 @@ def create_state(config, num_classes: int, image_shape, steps_per_epoch: int):
     model = models.create_model(config.model, num_classes)
     schedule = optim.create_schedule(config, steps_per_epoch)
     tx = optim.create_optimizer(config, schedule)
-    return create_train_state(model, tx, image_shape, jax.random.key(config.seed)), schedule
+    state = create_train_state(model, tx, model_input_shape(config, image_shape), jax.random.key(config.seed))
+    return state, schedule
 
 
 class StopRequests:
@@ -134,6 +144,7 @@ def load_run(config, workdir: pathlib.Path) -> Run:
         raise config_checks.ConfigError(
             f"--config.batch_size={config.batch_size} exceeds the {len(train_split)} training examples; lower it"
         )
+    config_checks.check_crop(config, train_split.image_shape)
     steps_per_epoch = len(train_split) // config.batch_size
     return Run(config, workdir, DataParallel(config.parallel), train_split, val_split, steps_per_epoch)
 

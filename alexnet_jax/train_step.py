@@ -32,8 +32,11 @@ class StepConstants:
     num_classes: int
     label_smoothing: float = 0.0
     crop_padding: int = 0
+    crop_size: int | None = None  # train: random crops of this size; evaluation: centre or ten crops
     flip: bool = False
+    pca_noise: float = 0.0  # std of the paper's colour-noise coefficients (0.1 in the paper)
     normalization: str = "cifar10"
+    eval_crops: int = 1  # 1: one view; 10: the paper's ten crops, softmax averaged
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, rng) -> TrainState:
@@ -69,8 +72,12 @@ def train_step(
     step_key = jax.random.fold_in(rng, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
     example_keys = jax.vmap(jax.random.fold_in, (None, 0))(augment_key, _global_positions(local_batch))
-    images = augment.augment_batch(images, example_keys, constants.crop_padding, constants.flip)
-    inputs = augment.normalize(images, constants.normalization)
+    images = augment.augment_batch(images, example_keys, constants.crop_padding, constants.flip, constants.crop_size)
+    pixels = images.astype(jnp.float32)
+    if constants.pca_noise > 0:
+        noise_keys = jax.vmap(jax.random.fold_in, (0, None))(example_keys, 2)
+        pixels = pixels + jax.vmap(augment.pca_noise, (0, None))(noise_keys, constants.pca_noise)[:, None, None, :]
+    inputs = augment.normalize(pixels, constants.normalization)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, constants.num_classes), constants.label_smoothing)
     dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(AXIS))
 
@@ -96,17 +103,33 @@ def eval_step(
 
     Returns global sums (``loss``, ``top1``, ``top5``, ``count``), and this device's predictions and labels.
     """
-    inputs = augment.normalize(batch["image"], constants.normalization)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-    logits = apply_fn({"params": params}, inputs, train=False)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    log_probs = eval_log_probabilities(params, batch["image"], apply_fn, constants)
+    loss = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
     sums = {
         "loss": jnp.sum(loss * mask),
-        "top1": jnp.sum(_topk_correct(logits, labels, 1) * mask),
-        "top5": jnp.sum(_topk_correct(logits, labels, 5) * mask),
+        "top1": jnp.sum(_topk_correct(log_probs, labels, 1) * mask),
+        "top5": jnp.sum(_topk_correct(log_probs, labels, 5) * mask),
         "count": jnp.sum(mask),
     }
-    return jax.lax.psum(sums, AXIS), jnp.argmax(logits, -1), labels
+    return jax.lax.psum(sums, AXIS), jnp.argmax(log_probs, -1), labels
+
+
+def eval_log_probabilities(params: Any, images: jax.Array, apply_fn, constants: StepConstants) -> jax.Array:
+    """Log class probabilities of uint8 NHWC ``images`` at test time: of one view (the centre
+    ``crop_size`` crop, or the whole image), or of the mean softmax over the paper's ten crops."""
+
+    def log_softmax(views):
+        logits = apply_fn({"params": params}, augment.normalize(views, constants.normalization), train=False)
+        return jax.nn.log_softmax(logits, axis=-1)
+
+    if constants.eval_crops == 10:
+        crops = augment.ten_crops(images, constants.crop_size)  # [10, N, size, size, C]
+        per_crop = log_softmax(crops.reshape(-1, *crops.shape[2:])).reshape(10, images.shape[0], -1)
+        return jax.nn.logsumexp(per_crop, axis=0) - jnp.log(10.0)  # log of the mean probability
+    if constants.crop_size is not None:
+        images = augment.centre_crop(images, constants.crop_size)
+    return log_softmax(images)
 
 
 def resident_batch(data: dict[str, jax.Array], order: jax.Array, start: jax.Array, local_batch: int):

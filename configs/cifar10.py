@@ -43,8 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dropout_rate = 0.5
 
     config.augment = ml_collections.ConfigDict()
-    config.augment.crop_padding = 4
+    config.augment.crop_padding = 4  # pad, then crop back to the image size
+    config.augment.crop_size = config_dict.placeholder(int)  # else: random crops of this size (no padding)
     config.augment.flip = True
+    config.augment.pca_noise = 0.0  # std of the paper's PCA colour noise (0.1 in the paper)
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rate = 0.05
@@ -65,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 30
     config.batch_size = 512  # global, over all devices
     config.eval_batch_size = 1000
+    config.eval_crops = 1  # 1: one view (centre crop_size crop, or the whole image); 10: the paper's ten crops
     config.parallel = "shard_map"  # shard_map | pmap
     config.log_every_steps = 50
     config.eval_every_epochs = 1
