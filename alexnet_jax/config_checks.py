@@ -108,6 +108,16 @@ def _check_model_and_schedule(config):
             f"num_epochs={config.num_epochs}); leave it unset for 1/3 and 2/3 of the run",
         )
         _positive("schedule.step_factor", config.schedule.step_factor)
+    if config.schedule.name == "plateau":
+        _positive("schedule.step_factor", config.schedule.step_factor, upper=1)
+        _require(
+            isinstance(config.schedule.patience, int) and config.schedule.patience >= 1,
+            f"--config.schedule.patience={config.schedule.patience!r} must be a whole number >= 1",
+        )
+        _require(
+            isinstance(config.schedule.max_reductions, int) and config.schedule.max_reductions >= 0,
+            f"--config.schedule.max_reductions={config.schedule.max_reductions!r} must be a whole number >= 0",
+        )
     if config.schedule.name == "warmup_cosine":
         warmup = config.schedule.warmup_epochs
         _require(

@@ -1,9 +1,12 @@
-"""Learning-rate schedules and the paper's SGD, built from config values with Optax."""
+"""Learning-rate schedules, the paper's plateau rule and the paper's SGD, built from config values with Optax."""
+
+import dataclasses
+import math
 
 import jax
 import optax
 
-SCHEDULES = ("constant", "step", "warmup_cosine", "onecycle")
+SCHEDULES = ("constant", "step", "warmup_cosine", "onecycle", "plateau")
 
 
 def step_epochs(config) -> tuple[float, ...]:
@@ -20,7 +23,7 @@ def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     base = config.optimizer.learning_rate
     schedule = config.schedule
     total_steps = config.num_epochs * steps_per_epoch
-    if schedule.name == "constant":
+    if schedule.name in ("constant", "plateau"):  # plateau: the rate changes only by the rule's decisions
         return optax.constant_schedule(base)
     if schedule.name == "step":
         boundaries = {round(epoch * steps_per_epoch): schedule.step_factor for epoch in step_epochs(config)}
@@ -50,11 +53,65 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
         v <- momentum * v - lr * (grad + weight_decay * w);   w <- w + v
 
     The learning rate sits inside the momentum buffer, so a schedule change takes effect
-    gradually, as in the paper, rather than rescaling the whole buffer at once.
+    gradually, as in the paper, rather than rescaling the whole buffer at once. The rate is an
+    injected hyperparameter (``optax.inject_hyperparams``): the optimizer state holds the rate of
+    the last update, and with the plateau rule the rate itself, which the loop divides.
     """
     opt = config.optimizer
-    return optax.chain(
-        optax.add_decayed_weights(opt.weight_decay, mask=_is_kernel),
-        optax.scale_by_learning_rate(schedule),
-        optax.trace(decay=opt.momentum, nesterov=opt.nesterov),
-    )
+
+    def paper_sgd(learning_rate):
+        return optax.chain(
+            optax.add_decayed_weights(opt.weight_decay, mask=_is_kernel),
+            optax.scale_by_learning_rate(learning_rate),
+            optax.trace(decay=opt.momentum, nesterov=opt.nesterov),
+        )
+
+    rate = opt.learning_rate if config.schedule.name == "plateau" else schedule
+    return optax.inject_hyperparams(paper_sgd)(learning_rate=rate)
+
+
+def learning_rate(opt_state) -> jax.Array:
+    """The rate in the optimizer state (of the last update; with the plateau rule, the current one)."""
+    return opt_state.hyperparams["learning_rate"]
+
+
+def with_learning_rate(opt_state, rate: jax.Array):
+    """The optimizer state with the rate replaced (the plateau rule's division)."""
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": rate})
+
+
+@dataclasses.dataclass
+class Plateau:
+    """The paper's rule: multiply the rate by ``factor`` (0.1) when the validation error has not
+    improved for ``patience`` evaluations, at most ``max_reductions`` times. Its fields go into checkpoints."""
+
+    patience: int
+    factor: float
+    max_reductions: int
+    best_error: float = math.inf
+    evaluations_without_improvement: int = 0
+    reductions: int = 0
+
+    def observe(self, error: float) -> bool:
+        """Takes one evaluation's validation error; returns whether to lower the rate now."""
+        if error < self.best_error:
+            self.best_error, self.evaluations_without_improvement = error, 0
+            return False
+        self.evaluations_without_improvement += 1
+        if self.evaluations_without_improvement < self.patience or self.reductions >= self.max_reductions:
+            return False
+        self.reductions, self.evaluations_without_improvement = self.reductions + 1, 0
+        return True
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "best_error": None if math.isinf(self.best_error) else self.best_error}
+
+    @classmethod
+    def from_config(cls, config, saved: dict | None = None) -> "Plateau":
+        rule = config.schedule
+        fields = {"patience": rule.patience, "factor": rule.step_factor, "max_reductions": rule.max_reductions}
+        if saved:
+            best = saved["best_error"]
+            counters = ("evaluations_without_improvement", "reductions")
+            fields.update(best_error=math.inf if best is None else best, **{k: saved[k] for k in counters})
+        return cls(**fields)

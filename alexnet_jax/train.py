@@ -13,7 +13,7 @@ import threading
 import time
 
 import jax
-import optax
+import numpy as np
 import tqdm
 
 from alexnet_jax import config_checks, datasets, metrics_log, models, optim, plots, runtime
@@ -180,19 +180,21 @@ def _check_resumable(run: Run, checkpoints: Checkpoints):
 
 
 def _restore_latest(checkpoints: Checkpoints, state, rng):
+    """The latest checkpoint's (state, rng, data), or the given ones and no data."""
     latest = checkpoints.latest_step()
     if latest is None:
-        return state, rng
-    state, rng, _ = checkpoints.restore(latest, state, rng)
-    return state, rng
+        return state, rng, {}
+    return checkpoints.restore(latest, state, rng)
 
 
 class _Trainer:
     """The loop's moving parts on the devices: state, keys, the feed and its compiled step, the evaluator."""
 
-    def __init__(self, run: Run, state, rng, schedule: optax.Schedule, checkpoints: Checkpoints):
+    def __init__(self, run: Run, state, rng, saved: dict, checkpoints: Checkpoints):
         parallel, constants = run.parallel, step_constants(run.config, run.num_classes)
-        self.run, self.schedule, self.checkpoints, self.rng = run, schedule, checkpoints, rng
+        self.run, self.checkpoints, self.rng = run, checkpoints, rng
+        plateau = run.config.schedule.name == "plateau"
+        self.plateau = optim.Plateau.from_config(run.config, saved.get("plateau")) if plateau else None
         self.step = int(state.step)
         self.last_saved = self.step
         self.state = parallel.replicate(state)
@@ -213,9 +215,24 @@ class _Trainer:
         self.step += 1
         return metrics
 
+    def learning_rate(self) -> float:
+        return float(jax.device_get(self.run.parallel.unreplicate(optim.learning_rate(self.state.opt_state))))
+
+    def follow_plateau_rule(self, top1: float):
+        """With the plateau rule: divides the rate if this evaluation says so."""
+        if self.plateau is None or not self.plateau.observe(1.0 - top1):
+            return
+        rate = np.float32(self.learning_rate() * self.plateau.factor)
+        opt_state = optim.with_learning_rate(self.state.opt_state, self.run.parallel.replicate(rate))
+        self.state = self.state.replace(opt_state=opt_state)
+        tqdm.tqdm.write(f"validation error stopped improving: learning rate now {rate:.3g}")
+
     def save(self, metrics: dict | None = None):
         host_state = self.run.parallel.unreplicate(self.state)
-        self.checkpoints.save(host_state, self.rng, self.run.checkpoint_data(self.step), metrics, force=True)
+        data = self.run.checkpoint_data(self.step)
+        if self.plateau is not None:
+            data["plateau"] = self.plateau.to_json()
+        self.checkpoints.save(host_state, self.rng, data, metrics, force=True)
         self.last_saved = self.step
 
     def evaluate(self, log: metrics_log.MetricsLog | None):
@@ -257,7 +274,7 @@ class _ThroughputWindow:
 def _log_train(trainer: _Trainer, window: _ThroughputWindow, log: metrics_log.MetricsLog, bar: tqdm.tqdm):
     step = trainer.step
     values = {"epoch": step / trainer.run.steps_per_epoch, **window.means()}
-    record = log.write("train", step, {**values, "learning_rate": trainer.schedule(step - 1)})
+    record = log.write("train", step, {**values, "learning_rate": trainer.learning_rate()})
     bar.set_postfix(epoch=f"{record['epoch']:.2f}", loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
     window.restart()
 
@@ -276,6 +293,7 @@ def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple |
             _log_train(trainer, window, log, bar)
         if run.evaluates_at(step):  # before honouring a stop, so no evaluation is ever skipped
             last_eval = trainer.evaluate(log)
+            trainer.follow_plateau_rule(last_eval[0]["top1"])
             trainer.save({"val_top1": last_eval[0]["top1"]})
             window.restart()  # evaluation time is not training throughput
         elif step % config.checkpoint_every_steps == 0 or (stopping and step != trainer.last_saved):
@@ -308,10 +326,10 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
     run.workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
     _check_resumable(run, checkpoints)
-    state, schedule = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
+    state, _ = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
     runtime.warn_if_accelerator_config_on_cpu(config, state.params)
     rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-    state, rng = _restore_latest(checkpoints, state, rng)
+    state, rng, saved = _restore_latest(checkpoints, state, rng)
     step = int(state.step)
     if step >= run.total_steps and _report_is_complete(run):
         checkpoints.close()
@@ -321,7 +339,7 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
     if 0 < step < run.total_steps:
         print(f"resuming from step {step} of {run.total_steps} (epoch {step // run.steps_per_epoch})")
     log = metrics_log.MetricsLog(run.workdir, resume_step=step)
-    trainer = _Trainer(run, state, rng, schedule, checkpoints)
+    trainer = _Trainer(run, state, rng, saved, checkpoints)
     with stop or StopRequests() as stop:
         try:
             last_eval = _train_loop(trainer, log, stop) if step < run.total_steps else None

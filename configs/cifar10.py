@@ -56,13 +56,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.label_smoothing = 0.1
 
     config.schedule = ml_collections.ConfigDict()
-    config.schedule.name = "onecycle"  # constant | step | warmup_cosine | onecycle
+    config.schedule.name = "onecycle"  # constant | step | warmup_cosine | onecycle | plateau
     config.schedule.pct_start = 0.25  # onecycle: fraction of steps spent warming up
     config.schedule.warmup_epochs = 1.0  # warmup_cosine
     # step: multiply the rate by step_factor at these epochs; None: at 1/3 and 2/3 of num_epochs.
     # Override with e.g. --config.schedule.step_epochs='(10, 20)'.
     config.schedule.step_epochs = config_dict.placeholder(tuple)
-    config.schedule.step_factor = 0.1
+    config.schedule.step_factor = 0.1  # step and plateau: the factor the rate is multiplied by
+    # plateau (the paper's rule): divide when validation error has not improved for `patience` evaluations
+    config.schedule.patience = 2
+    config.schedule.max_reductions = 3
 
     config.num_epochs = 30
     config.batch_size = 512  # global, over all devices
