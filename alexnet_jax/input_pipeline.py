@@ -12,6 +12,7 @@ devices, inside the compiled step. Each process reads only its own block of each
 
 import dataclasses
 import io
+import os
 from collections.abc import Callable
 
 import grain
@@ -97,8 +98,10 @@ class EvalBatch:
         return {**batch, "mask": real.astype(np.int32)}
 
 
-def pipeline(batch_fn: Callable, start: int, stop: int, workers: int) -> grain.IterDataset:
-    """Elements ``batch_fn(i)`` for i in [start, stop), made by ``workers`` processes (0: this one)."""
+def pipeline(batch_fn: Callable, start: int, stop: int, workers: int | None) -> grain.IterDataset:
+    """Elements ``batch_fn(i)`` for i in [start, stop), made by ``workers`` processes (0: this one;
+    None: one per core)."""
+    workers = os.cpu_count() if workers is None else workers
     dataset = grain.MapDataset.range(start, stop).map(batch_fn)
     # One thread per process: parallelism comes from worker processes, one batch at a time each.
     dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))

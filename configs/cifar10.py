@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     # resident: the whole split on every device, batches gathered there (fast, for data that fits);
     # streaming: Grain worker processes read and decode each batch (for data that does not).
     config.input.pipeline = "resident"
-    config.input.workers = 0  # streaming: decoding processes; 0 decodes in the training process
+    config.input.workers = config_dict.placeholder(int)  # streaming: decoding processes; None: one per core
+    config.input.workers = 0  # 0: decode in the training process
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "alexnet_cifar"  # alexnet_cifar | alexnet2012 | alexnet_owt

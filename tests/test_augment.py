@@ -45,19 +45,22 @@ def test_ten_crop_scores_are_the_mean_softmax_of_the_crops_one_by_one():
     images = np.random.default_rng(0).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
     with jax.enable_x64(True):  # float64, so agreement means ~1e-15 and a tight bound is principled
         model = models.AlexNetCIFAR(num_classes=5, width=0.125, fc_features=64, dropout_rate=0.0, dtype=jnp.float64)
-        params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+        params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
         params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
         constants = StepConstants(num_classes=5, crop_size=16, normalization="imagenet", eval_crops=10)
-        got = np.asarray(eval_log_probabilities(params, jnp.asarray(images), model.apply, constants))
+        scores = jax.jit(eval_log_probabilities, static_argnums=(2, 3))
+        got = np.asarray(scores(params, jnp.asarray(images), model.apply, constants))
+
+        apply = jax.jit(model.apply)
 
         def probabilities(crop):
-            logits = model.apply({"params": params}, augment.normalize(jnp.asarray(crop), "imagenet"))
+            logits = apply({"params": params}, augment.normalize(jnp.asarray(crop), "imagenet"))
             return np.asarray(jax.nn.softmax(logits, axis=-1))
 
         crops = numpy_ten_crops(images, 16)
         per_crop = [probabilities(crop) for crop in crops]
         centre_constants = StepConstants(num_classes=5, crop_size=16, normalization="imagenet")
-        centre = np.asarray(eval_log_probabilities(params, jnp.asarray(images), model.apply, centre_constants))
+        centre = np.asarray(scores(params, jnp.asarray(images), model.apply, centre_constants))
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, np.log(np.mean(per_crop, axis=0)), rtol=1e-12, atol=1e-12)
     assert not np.allclose(

@@ -2,6 +2,8 @@
 what real ImageNet holds (greyscale, CMYK, a PNG named .JPEG, tiny and large photos, a corrupt file);
 a prepare that stopped continues from its cache."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -77,3 +79,35 @@ def datasets_config(name, data_dir):
     import ml_collections
 
     return ml_collections.ConfigDict({"name": name, "data_dir": str(data_dir), "download": False})
+
+
+def test_the_paper_config_runs_from_the_command_line(tmp_path, cli):
+    """prepare -> streamed training with the paper's augmentation and rule -> ten-crop evaluation. A
+    small model stands in for alexnet2012 (whose 224 crops the suite cannot afford); the README
+    gives the command with the full model."""
+    folder = write_imagenet_style_folder(tmp_path / "imagenet")
+    prepare = ["--mode=prepare", f"--image_folder={folder}", "--dataset_name=tiny_imagenet_40"]
+    code, out, err = cli(*prepare, f"--data_dir={tmp_path / 'tfds'}", "--image_size=40", "--skip_bad_images")
+    assert code == 0 and "skipped 1 bad images" in out, err[-2000:]
+    run = [
+        "--config=configs/imagenet2012_paper.py",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.dataset.name=tiny_imagenet_40",
+        f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+        "--config.model.name=alexnet_cifar",
+        "--config.model.width=0.125",
+        "--config.model.fc_features=256",
+        "--config.augment.crop_size=32",
+        "--config.input.workers=0",  # worker processes: see test_streaming.py
+        "--config.batch_size=8",
+        "--config.eval_batch_size=8",
+        "--config.num_epochs=2",
+        "--config.log_every_steps=1",
+    ]
+    code, out, err = cli(*run)
+    assert code == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["step"] == 2  # 12 training images, batches of 8
+    code, out, err = cli(*run, "--mode=evaluate", "--checkpoint=latest")
+    assert code == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["examples"] == 12 and result["split"] == "validation"
