@@ -55,9 +55,12 @@ def check_signature(saved: dict, expected: dict, workdir, remedy: str):
 # The train state is replicated on every device. Orbax's replica-parallel saving would split each
 # array among the replicas, which on CPUs compiles a slice program per array and device (seconds
 # at the first save); Orbax already leaves it off on GPUs. One replica writes each array whole.
+_absl_logger, _level = logging.getLogger("absl"), logging.getLogger("absl").level
+_absl_logger.setLevel(logging.ERROR)  # Orbax warns that the handler replaces its default: that is the point
 ocp.type_handlers.register_type_handler(
     jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
 )
+_absl_logger.setLevel(_level)
 
 
 class Checkpoints:
