@@ -1,4 +1,4 @@
-"""The training loop: device-resident data, data-parallel steps, evaluation, checkpoints, logs.
+"""The training loop: a feed (resident or streamed data), data-parallel steps, evaluation, checkpoints, logs.
 
 A run is resumable at every checkpoint and ends, however often it was stopped, killed or run
 again, with what an uninterrupted run leaves: an evaluation at every evaluated epoch (logged
