@@ -19,7 +19,7 @@ def test_the_rule_lowers_after_patience_evaluations_without_improvement_at_most_
 
 def plateau_config():
     config = tiny_run_config()  # 4 steps per epoch, evaluated every epoch
-    config.num_epochs = 4
+    config.num_epochs = 3
     config.schedule.name, config.schedule.patience, config.schedule.max_reductions = "plateau", 1, 3
     # A rate so small that the parameters, hence the validation error, do not move: every evaluation
     # after the first finds no improvement, and the rule lowers the rate each time.
@@ -42,9 +42,9 @@ def test_the_loop_lowers_the_rate_after_each_evaluation_without_improvement(stra
     evals = [r for r in metrics_log.read_metrics(straight_plateau_run) if r["kind"] == "eval"]
     assert len({r["val_top1"] for r in evals}) == 1  # the error stood still, as intended
     rates = logged_rates(straight_plateau_run)
-    # First evaluation (step 4): the best so far. Lowered after those of steps 8 and 12 (and 16, the end).
+    # First evaluation (step 4): the best so far. Lowered after those of steps 8 and 12 (the end).
     expected = {step: 1e-12 * 0.1 ** max(0, (step - 1) // 4 - 1) for step in rates}
-    assert rates.keys() == set(range(2, 17, 2))
+    assert rates.keys() == set(range(2, 13, 2))
     for step, rate in rates.items():
         assert abs(rate / expected[step] - 1) < 1e-6, (step, rates)  # float32 rates
 
@@ -54,4 +54,5 @@ def test_a_resumed_run_carries_the_rules_state(straight_plateau_run, tmp_path):
     assert train_and_evaluate(config, str(tmp_path), stop=StopAt(10))["stopped"]  # after one lowering
     train_and_evaluate(config, str(tmp_path))
     assert logged_rates(tmp_path) == logged_rates(straight_plateau_run)
-    assert_same_final_state(tmp_path, straight_plateau_run, step=16)  # the rate in the optimizer state too
+    # The final lowering (step 12) shows in the optimizer state only if the rule's counters were restored.
+    assert_same_final_state(tmp_path, straight_plateau_run, step=12)
