@@ -33,7 +33,8 @@ def validate(config, num_devices: int):
     _one_of("input.pipeline", config.input.pipeline, feeds.PIPELINES)
     workers = config.input.workers
     _require(
-        isinstance(workers, int) and workers >= 0, f"--config.input.workers={workers!r} must be a whole number >= 0"
+        workers is None or (isinstance(workers, int) and workers >= 0),
+        f"--config.input.workers={workers!r} must be a whole number >= 0 (0: decode in the training process)",
     )
     for key in (
         "batch_size",

@@ -83,7 +83,8 @@ def prepare_hint(name: str) -> str:
     local = f"my_{name}" if is_catalog_name(name) else name
     return (
         "put the images in <split>/<class>/<image> folders and run "
-        f"`python main.py --mode=prepare --image_folder=DIR --dataset_name={local} --data_dir=DATA_DIR`, "
+        f"`python main.py --mode=prepare --image_folder=DIR --dataset_name={local} --data_dir=DATA_DIR` "
+        "(with --image_size=256 for ImageNet-sized photos), "
         f"then pass --config.dataset.name={local} --config.dataset.data_dir=DATA_DIR"
     )
 
