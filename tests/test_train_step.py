@@ -11,19 +11,17 @@ from both, on any CPU: float32's ~1e-6 reordering noise on some CPUs is what mad
 machine-dependent.
 """
 
-import functools
-
 import jax
 import numpy as np
 import pytest
 from conftest import float64_state
 
 from alexnet_jax import config_checks, datasets
-from alexnet_jax.feeds import compile_train_step
+from alexnet_jax.feeds import compile_batch_step, compile_train_step
 from alexnet_jax.input_pipeline import epoch_order
-from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
+from alexnet_jax.parallel import DataParallel
 from alexnet_jax.train import create_state, step_constants
-from alexnet_jax.train_step import StepConstants, train_step
+from alexnet_jax.train_step import StepConstants
 
 STEPS = 3
 RTOL, ATOL = 1e-10, 1e-13  # see the module docstring
@@ -44,13 +42,9 @@ def agreement_config(config):
 
 
 def host_batch_steps(config, parallel: DataParallel, split, start_state, steps=STEPS):
-    """Trains ``steps`` steps on consecutive host batches; returns host params and per-step losses."""
-    step = parallel.wrap(
-        functools.partial(train_step, constants=step_constants(config, len(split.class_names))),
-        (REPLICATED, SHARDED, REPLICATED),
-        (REPLICATED, REPLICATED),
-        donate_argnums=(0,),
-    )
+    """Trains ``steps`` steps on consecutive host batches (the streaming path's step); returns host
+    params and per-step losses."""
+    step = compile_batch_step(parallel, step_constants(config, len(split.class_names)))
     state, rng, losses = parallel.replicate(start_state), parallel.replicate(jax.random.key(7)), []
     for i in range(steps):
         rows = slice(i * config.batch_size, (i + 1) * config.batch_size)
