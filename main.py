@@ -2,7 +2,8 @@
 
   python main.py --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu
   python main.py --mode=evaluate --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu --checkpoint=best
-  python main.py --mode=prepare --image_folder=DIR --dataset_name=NAME --data_dir=DATA_DIR [--image_size=256]
+  python main.py --mode=prepare --image_folder=DIR --dataset_name=NAME --data_dir=DATA_DIR \
+      [--image_size=256 | --image_format=jpeg]
 
 Any config field can be overridden with --config.<key>=<value>. Every mistake the program can
 recognise (see README, "Troubleshooting") ends in one line on stderr, ``error: ...``, and exit code 2.
@@ -33,6 +34,7 @@ class Args:
     data_dir: str | None
     skip_bad_images: bool
     image_size: int | None
+    image_format: str
     workers: int | None
 
 
@@ -54,8 +56,16 @@ def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
             "image_size",
             None,
             "prepare: store the paper's format, shorter side to this size and the centre square, as JPEG "
-            "(256 for ImageNet); unset keeps images as they are, lossless (CIFAR).",
+            "(256 for ImageNet); unset keeps the images' sizes, as --image_format.",
             lower_bound=1,
+            **fv,
+        ),
+        "image_format": flags.DEFINE_enum(
+            "image_format",
+            "png",
+            ["png", "jpeg"],
+            "prepare, without --image_size: png stores images lossless (CIFAR); jpeg keeps full-size photos, "
+            "RGB JPEGs byte for byte (ImageNet for torchvision's recipe).",
             **fv,
         ),
         "workers": flags.DEFINE_integer("workers", None, "prepare: encoding processes (default: all cores).", **fv),
@@ -148,6 +158,7 @@ def _prepare(args: Args) -> int:
         args.skip_bad_images,
         image_size=args.image_size,
         workers=args.workers,
+        image_format=args.image_format,
     )
     skipped_note = f"; skipped {len(skipped)} bad images" if skipped else ""
     print(f"prepared {args.dataset_name} in {args.data_dir}{skipped_note}")

@@ -31,6 +31,7 @@ def validate(config, num_devices: int):
     _one_of("parallel", config.parallel, parallel.MODES)
     _one_of("dataset.normalization", config.dataset.normalization, augment.CHANNEL_STATS)
     _one_of("input.pipeline", config.input.pipeline, feeds.PIPELINES)
+    _one_of("optimizer.update_rule", config.optimizer.update_rule, optim.UPDATE_RULES)
     workers = config.input.workers
     _require(
         workers is None or (isinstance(workers, int) and workers >= 0),
@@ -62,6 +63,7 @@ def validate(config, num_devices: int):
         0 <= opt.label_smoothing < 1, f"--config.optimizer.label_smoothing={opt.label_smoothing} must be in [0, 1)"
     )
     _check_augmentation(config)
+    _check_host_views(config.input)
     _check_model_and_schedule(config)
 
 
@@ -85,6 +87,30 @@ def _check_augmentation(config):
         config.eval_crops == 1 or aug.crop_size is not None,
         "--config.eval_crops=10 takes crops of --config.augment.crop_size: set it (224 for ImageNet)",
     )
+
+
+def _check_host_views(inputs):
+    crop, resize = inputs.random_resized_crop, inputs.eval_resize
+    for key, value in (("random_resized_crop", crop), ("eval_resize", resize)):
+        if value is not None:
+            _require(
+                isinstance(value, int) and value >= 1, f"--config.input.{key}={value!r} must be a whole number >= 1"
+            )
+            _require(
+                inputs.pipeline == "streaming",
+                f"--config.input.{key} is made on the host while streaming: set --config.input.pipeline=streaming",
+            )
+    if crop is None:
+        return
+    _require(
+        resize is not None,
+        "--config.input.random_resized_crop needs --config.input.eval_resize for the evaluation images "
+        "(256 in torchvision's recipe)",
+    )
+    low, high = inputs.crop_area
+    _require(0 < low <= high <= 1, f"--config.input.crop_area={(low, high)} must satisfy 0 < low <= high <= 1")
+    low, high = inputs.crop_aspect
+    _require(0 < low <= high, f"--config.input.crop_aspect={(low, high)} must satisfy 0 < low <= high")
 
 
 def _positive(key: str, value, upper=None):

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from alexnet_jax.errors import UserError
-from alexnet_jax.input_pipeline import decode_image
+from alexnet_jax.images import decode_image, example_rng
 
 SYNTHETIC = "synthetic"
 _READ_CHUNK = 1024
@@ -41,26 +41,32 @@ class ArraySplit:
     def image_shape(self) -> tuple[int, ...]:
         return self.images.shape[1:]
 
-    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    def read(self, indices: np.ndarray, keys=None) -> dict[str, np.ndarray]:
         return {"image": self.images[indices], "label": self.labels[indices]}
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamSplit:
     """A TFDS split read on demand: ``read`` decodes just the examples asked for (picklable, so
-    Grain workers can read it)."""
+    Grain workers can read it), through the host ``view`` if there is one (``images.py``)."""
 
     source: object  # a TFDS data source that leaves images encoded
     class_names: tuple[str, ...]
-    image_shape: tuple[int, ...]
+    image_shape: tuple[int, ...]  # of the images as batched
     description: str
+    view: object = None
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    def read(self, indices: np.ndarray, keys=None) -> dict[str, np.ndarray]:
+        """The examples at ``indices``; a random view draws from ``keys``, one (seed, step, position) each."""
         records = self.source.__getitems__([int(i) for i in indices])
-        images = [decode_image(r["image"]) for r in records]
+        if self.view is None:
+            images = [decode_image(r["image"]) for r in records]
+        else:
+            rngs = [example_rng(*key) for key in keys] if self.view.random else [None] * len(records)
+            images = [self.view(r["image"], rng) for r, rng in zip(records, rngs, strict=True)]
         if any(image.shape != self.image_shape for image in images):
             odd = next(image.shape for image in images if image.shape != self.image_shape)
             raise DatasetError(
@@ -101,10 +107,10 @@ def unresolvable_hosts(builder) -> list[str]:
     return failed if failed == hosts else []
 
 
-def load_split(dataset_config, split: str, stream: bool = False) -> ArraySplit | StreamSplit:
+def load_split(dataset_config, split: str, stream: bool = False, view=None) -> ArraySplit | StreamSplit:
     """``split`` of the dataset described by ``dataset_config`` (name, data_dir, download): read
-    into host memory, or with ``stream`` opened to be read on demand (synthetic data is always in
-    memory)."""
+    into host memory, or with ``stream`` opened to be read on demand, through the host ``view``
+    if given (synthetic data is always in memory)."""
     if dataset_config.name == SYNTHETIC:
         return synthetic_split(dataset_config, split)
     description = f"{dataset_config.name} {split}"
@@ -113,9 +119,11 @@ def load_split(dataset_config, split: str, stream: bool = False) -> ArraySplit |
     source = tfds_source(dataset_config, split, decoders={"image": tfds.decode.SkipDecoding()})
     _check_not_empty(source, description)
     image_shape = source.dataset_info.features["image"].shape
-    if None in image_shape:  # sizes not declared: take the first image's
+    if view is not None:
+        image_shape = (view.size, view.size, image_shape[-1])
+    elif None in image_shape:  # sizes not declared: take the first image's
         image_shape = decode_image(source[0]["image"]).shape
-    return StreamSplit(source, _class_names(source), tuple(image_shape), description)
+    return StreamSplit(source, _class_names(source), tuple(image_shape), description, view)
 
 
 def _class_names(source) -> tuple[str, ...]:

@@ -6,11 +6,11 @@ import re
 
 import jax
 
-from alexnet_jax import config_checks, datasets, runtime
+from alexnet_jax import config_checks, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_signature
 from alexnet_jax.evaluation import create_evaluator, write_report
 from alexnet_jax.parallel import DataParallel
-from alexnet_jax.train import create_state, model_signature, step_constants
+from alexnet_jax.train import create_state, load_split, model_signature, step_constants
 
 
 def resolve_checkpoint(checkpoints: Checkpoints, which: str, directory) -> int:
@@ -50,7 +50,7 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     print(runtime.platform_line(), flush=True)
     checkpoints = Checkpoints(directory, config.keep_checkpoints, async_save=False)
     step = resolve_checkpoint(checkpoints, which, directory)
-    split = datasets.load_split(config.dataset, config.dataset.eval_split, config.input.pipeline == "streaming")
+    split = load_split(config, config.dataset.eval_split, train=False)
     saved = checkpoints.read_data(step)
     expected = {"model": model_signature(config.model), "num_classes": len(split.class_names)}
     check_signature(saved, expected, workdir, "evaluate with the config it was trained with")

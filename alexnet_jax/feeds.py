@@ -12,11 +12,22 @@ rng)``, so the training loop does not depend on which one runs:
 
 import functools
 
-from alexnet_jax import input_pipeline
+from alexnet_jax import images, input_pipeline
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel, process_share
 from alexnet_jax.train_step import StepConstants, resident_train_step, train_step
 
 PIPELINES = ("resident", "streaming")
+
+
+def host_views(input_config) -> tuple:
+    """The host's (training, evaluation) views of streamed images; None: the images as stored."""
+    train_view = eval_view = None
+    if input_config.random_resized_crop is not None:
+        area, aspect = tuple(input_config.crop_area), tuple(input_config.crop_aspect)
+        train_view = images.RandomResizedCrop(input_config.random_resized_crop, area, aspect)
+    if input_config.eval_resize is not None:
+        eval_view = images.CentreSquare(input_config.eval_resize)
+    return train_view, eval_view
 
 
 def compile_train_step(parallel: DataParallel, config, steps_per_epoch: int, constants: StepConstants):

@@ -5,21 +5,20 @@ A batch's contents are a pure function of (seed, step): the epoch's example orde
 ``MapDataset`` indexed by step. A resumed run starts the pipeline at its step and sees exactly the
 batches an uninterrupted run would have; nothing but the step needs saving.
 
-Worker processes read and decode (JPEG with libjpeg-turbo through simplejpeg, other formats with
-PIL) and stack uint8 images; cropping, flipping, colour noise and normalisation happen on the
-devices, inside the compiled step. Each process reads only its own block of each global batch.
+Worker processes read and decode (``images.py``: JPEG with libjpeg-turbo through simplejpeg,
+other formats with PIL), make the split's host view where it has one (torchvision's random
+resized crops, drawn from a key per example), and stack uint8 images; cropping, flipping, colour
+noise and normalisation happen on the devices, inside the compiled step. Each process reads only
+its own block of each global batch.
 """
 
 import dataclasses
-import io
 import os
 from collections.abc import Callable
 
 import grain
 import numpy as np
-import simplejpeg
 from absl import flags
-from PIL import Image
 
 ORDER_STREAM = 1  # the data order's random stream, apart from parameter initialisation and augmentation
 
@@ -28,16 +27,6 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """The order in which epoch ``epoch`` visits the examples: the same on every host and platform."""
     rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, ORDER_STREAM, epoch])))
     return rng.permutation(num_examples).astype(np.int32)
-
-
-def decode_image(encoded) -> np.ndarray:
-    """Encoded bytes (JPEG, PNG, ...) -> uint8 HWC RGB; an array passes through."""
-    if isinstance(encoded, np.ndarray):
-        return encoded
-    if encoded[:2] == b"\xff\xd8" and simplejpeg.is_jpeg(encoded):
-        return simplejpeg.decode_jpeg(encoded, colorspace="RGB")
-    with Image.open(io.BytesIO(encoded)) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +45,7 @@ class ProcessShare:
 class TrainBatch:
     """Step -> this process's block of that step's global batch (picklable, for Grain workers)."""
 
-    read: Callable  # indices -> {"image": [n, H, W, C] uint8, "label": [n] int32}
+    read: Callable  # (indices, keys) -> {"image": [n, H, W, C] uint8, "label": [n] int32}
     num_examples: int
     global_batch: int
     seed: int
@@ -77,7 +66,10 @@ class TrainBatch:
         return batch[self.share.block(self.global_batch)]
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        return self.read(self.indices(int(step)))
+        step = int(step)
+        block = self.share.block(self.global_batch)
+        keys = [(self.seed, step, position) for position in range(block.start, block.stop)]  # host views' keys
+        return self.read(self.indices(step), keys)
 
 
 @dataclasses.dataclass(frozen=True)

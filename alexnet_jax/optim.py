@@ -47,27 +47,33 @@ def _is_kernel(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+UPDATE_RULES = ("paper", "pytorch")
+
+
 def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """SGD with momentum exactly as in the paper (section 5):
+    """SGD with momentum and weight decay, by ``optimizer.update_rule``:
 
-        v <- momentum * v - lr * (grad + weight_decay * w);   w <- w + v
+    * ``paper`` (section 5):  v <- momentum * v - lr * (grad + weight_decay * w);  w <- w + v
+      The rate sits inside the momentum buffer, so a schedule change takes effect gradually.
+    * ``pytorch`` (``torch.optim.SGD``):  b <- momentum * b + grad + weight_decay * w;  w <- w - lr * b
+      The same updates at a constant rate; a rate change rescales the whole buffer at once.
 
-    The learning rate sits inside the momentum buffer, so a schedule change takes effect
-    gradually, as in the paper, rather than rescaling the whole buffer at once. The rate is an
-    injected hyperparameter (``optax.inject_hyperparams``): the optimizer state holds the rate of
-    the last update, and with the plateau rule the rate itself, which the loop divides.
+    Weight decay applies to kernels only (cuda-convnet's), or to biases too with
+    ``optimizer.decay_biases`` (PyTorch's). The rate is an injected hyperparameter
+    (``optax.inject_hyperparams``): the optimizer state holds the rate of the last update, and with
+    the plateau rule the rate itself, which the loop divides.
     """
     opt = config.optimizer
 
-    def paper_sgd(learning_rate):
-        return optax.chain(
-            optax.add_decayed_weights(opt.weight_decay, mask=_is_kernel),
-            optax.scale_by_learning_rate(learning_rate),
-            optax.trace(decay=opt.momentum, nesterov=opt.nesterov),
-        )
+    def sgd(learning_rate):
+        decay = optax.add_decayed_weights(opt.weight_decay, mask=None if opt.decay_biases else _is_kernel)
+        momentum = optax.trace(decay=opt.momentum, nesterov=opt.nesterov)
+        rate = optax.scale_by_learning_rate(learning_rate)
+        steps = (decay, momentum, rate) if opt.update_rule == "pytorch" else (decay, rate, momentum)
+        return optax.chain(*steps)
 
     rate = opt.learning_rate if config.schedule.name == "plateau" else schedule
-    return optax.inject_hyperparams(paper_sgd)(learning_rate=rate)
+    return optax.inject_hyperparams(sgd)(learning_rate=rate)
 
 
 def learning_rate(opt_state) -> jax.Array:

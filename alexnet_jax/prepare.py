@@ -1,11 +1,14 @@
 """Turns an image folder ``<root>/<split>/<class>/<image>`` into a TFDS dataset on disk.
 
-Two formats:
+Three formats:
 
-* as they are (``image_size`` None, for CIFAR-sized data): RGB, original size, lossless PNG;
+* as they are, lossless (``image_size`` None, format ``png``; for CIFAR-sized data): RGB PNG;
 * the paper's (``image_size`` 256, for ImageNet): shorter side scaled to 256 (bicubic, antialiased),
   the central 256x256 kept, stored as JPEG at ``JPEG_QUALITY``. Training takes random 224 crops of
-  these, as Krizhevsky et al. (2012) did, so the host only has to decode a 256x256 JPEG per image.
+  these, as Krizhevsky et al. (2012) did, so the host only has to decode a 256x256 JPEG per image;
+* full size (``image_size`` None, format ``jpeg``; torchvision's recipe, whose random resized crops
+  need the whole photo): RGB JPEGs kept byte for byte, anything else (greyscale, CMYK, PNG)
+  converted to RGB and stored as JPEG at ``JPEG_QUALITY``.
 
 Images are encoded in parallel over all cores (PIL opens any format by content: greyscale, CMYK,
 a PNG named .JPEG) into a cache beside the dataset, one file per image written atomically, so a
@@ -31,6 +34,7 @@ import tqdm
 from PIL import Image
 
 from alexnet_jax.datasets import DatasetError, is_catalog_name
+from alexnet_jax.images import centre_square
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -68,37 +72,43 @@ def scan_image_folder(root: pathlib.Path) -> tuple[dict[str, list[tuple[pathlib.
 JPEG_QUALITY = 90
 
 
+FORMATS = ("png", "jpeg")
+
+
 @dataclasses.dataclass(frozen=True)
 class Encoding:
-    """How images are stored: as they are (PNG), or scaled and centre-cropped to ``size`` (JPEG)."""
+    """How images are stored: scaled and centre-cropped to ``size`` (JPEG), or at their size as
+    ``format`` (PNG: lossless; JPEG: RGB JPEGs as they are)."""
 
     size: int | None = None
+    format: str = "png"
     quality: int = JPEG_QUALITY
+
+    def __post_init__(self):
+        if self.size:
+            object.__setattr__(self, "format", "jpeg")
 
     @property
     def suffix(self) -> str:
-        return ".jpg" if self.size else ".png"
+        return ".jpg" if self.format == "jpeg" else ".png"
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.size or 'original'}-{self.format}-q{self.quality}"
 
     def encode(self, path: pathlib.Path) -> bytes:
         with Image.open(path) as image:
             if self.size:
                 image.draft("RGB", (self.size, self.size))  # JPEG: decode big photos at a reduced scale
+            image.load()  # a broken file fails here, whatever the format
+            if self.format == "jpeg" and not self.size and image.format == "JPEG" and image.mode == "RGB":
+                return path.read_bytes()
             image = image.convert("RGB")
         buffer = io.BytesIO()
         if self.size:
-            centre_square(image, self.size).save(buffer, format="JPEG", quality=self.quality)
-        else:
-            image.save(buffer, format="PNG")
+            image = centre_square(image, self.size)
+        image.save(buffer, format=self.format.upper(), **({"quality": self.quality} if self.format == "jpeg" else {}))
         return buffer.getvalue()
-
-
-def centre_square(image: Image.Image, size: int) -> Image.Image:
-    """Scales the shorter side to ``size`` and keeps the central ``size`` x ``size``."""
-    width, height = image.size
-    scale = size / min(width, height)
-    width, height = max(size, round(width * scale)), max(size, round(height * scale))
-    left, top = (width - size) // 2, (height - size) // 2
-    return image.resize((width, height), Image.Resampling.BICUBIC).crop((left, top, left + size, top + size))
 
 
 def _encode_into_cache(job: tuple[Encoding, pathlib.Path, pathlib.Path]) -> str | None:
@@ -158,10 +168,12 @@ def prepare_image_folder(
     image_size: int | None = None,
     workers: int | None = None,
     version: str = "1.0.0",
+    image_format: str = "png",
 ) -> list[pathlib.Path]:
     """Writes the TFDS dataset ``name`` under ``data_dir``; returns the paths of skipped images.
 
-    ``image_size``: None keeps images as they are (PNG); a size stores the paper's format (JPEG).
+    ``image_size``: a size stores the paper's format (JPEG); None keeps the images' sizes, stored
+    as ``image_format`` (png: lossless; jpeg: full-size photos).
     ``workers``: encoding processes (None: one per core).
     """
     if is_catalog_name(name):
@@ -171,9 +183,9 @@ def prepare_image_folder(
         )
     root = pathlib.Path(image_folder).expanduser()
     splits, class_names = scan_image_folder(root)
-    encoding = Encoding(image_size)
+    encoding = Encoding(image_size, image_format)
     data_root = pathlib.Path(data_dir).expanduser()
-    cache = data_root / ".prepare_cache" / f"{name}-{image_size or 'original'}-q{encoding.quality}"
+    cache = data_root / ".prepare_cache" / f"{name}-{encoding.cache_name}"
     jobs = [
         (encoding, path, (cache / path.relative_to(root)).with_suffix(encoding.suffix))
         for files in splits.values()
@@ -194,7 +206,7 @@ def _write_dataset(name, version, root, data_root, splits, class_names, cache, e
     shape = (encoding.size, encoding.size, 3) if encoding.size else (None, None, 3)
     features = tfds.features.FeaturesDict(
         {
-            "image": tfds.features.Image(shape=shape, encoding_format="jpeg" if encoding.size else "png"),
+            "image": tfds.features.Image(shape=shape, encoding_format=encoding.format),
             "label": tfds.features.ClassLabel(names=class_names),
             "file_name": tfds.features.Text(),
         }

@@ -1,5 +1,7 @@
 """The training loop: a feed (resident or streamed data), data-parallel steps, evaluation, checkpoints, logs.
 
+After each step the loop runs its periodic actions in order (log, evaluate at epoch ends,
+checkpoint), small named pieces in the spirit of CLU's; a stop request is honoured after them.
 A run is resumable at every checkpoint and ends, however often it was stopped, killed or run
 again, with what an uninterrupted run leaves: an evaluation at every evaluated epoch (logged
 once), the final report and the curves.
@@ -20,7 +22,7 @@ from alexnet_jax import config_checks, datasets, metrics_log, models, optim, plo
 from alexnet_jax.checkpointing import Checkpoints, check_signature
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.evaluation import create_evaluator, write_report
-from alexnet_jax.feeds import create_feed
+from alexnet_jax.feeds import create_feed, host_views
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.train_step import StepConstants, create_train_state
 
@@ -132,19 +134,26 @@ class Run:
         return {**position, "train_split": self.config.dataset.train_split, **self.signature()}
 
 
+def load_split(config, split: str, train: bool) -> ArraySplit | StreamSplit:
+    """A split as the config's input pipeline reads it for training or evaluation; checks the crops fit."""
+    views = host_views(config.input)
+    stream = config.input.pipeline == "streaming"
+    loaded = datasets.load_split(config.dataset, split, stream, views[0] if train else views[1])
+    config_checks.check_crop(config, loaded.image_shape)
+    return loaded
+
+
 def load_run(config, workdir: pathlib.Path) -> Run:
     """Checks the config and the workdir and reads the data; raises ``UserError`` before writing anything."""
     config_checks.validate(config, jax.device_count())
     runtime.check_workdir(workdir)
     print(runtime.platform_line(), flush=True)
-    stream = config.input.pipeline == "streaming"
-    train_split = datasets.load_split(config.dataset, config.dataset.train_split, stream)
-    val_split = datasets.load_split(config.dataset, config.dataset.eval_split, stream)
+    train_split = load_split(config, config.dataset.train_split, train=True)
+    val_split = load_split(config, config.dataset.eval_split, train=False)
     if config.batch_size > len(train_split):
         raise config_checks.ConfigError(
             f"--config.batch_size={config.batch_size} exceeds the {len(train_split)} training examples; lower it"
         )
-    config_checks.check_crop(config, train_split.image_shape)
     steps_per_epoch = len(train_split) // config.batch_size
     return Run(config, workdir, DataParallel(config.parallel), train_split, val_split, steps_per_epoch)
 
@@ -271,37 +280,66 @@ class _ThroughputWindow:
         return {**values, "images_per_s": self.steps * self.batch_size / elapsed}
 
 
-def _log_train(trainer: _Trainer, window: _ThroughputWindow, log: metrics_log.MetricsLog, bar: tqdm.tqdm):
-    step = trainer.step
-    values = {"epoch": step / trainer.run.steps_per_epoch, **window.means()}
-    record = log.write("train", step, {**values, "learning_rate": trainer.learning_rate()})
-    bar.set_postfix(epoch=f"{record['epoch']:.2f}", loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
-    window.restart()
+class _LogTrain:
+    """Periodic action: every ``log_every_steps`` and at each epoch's end, the window's means and the
+    rate go to the log and the progress bar."""
+
+    def __init__(self, log: metrics_log.MetricsLog, window: _ThroughputWindow, bar: tqdm.tqdm):
+        self.log, self.window, self.bar = log, window, bar
+
+    def __call__(self, trainer: "_Trainer", stopping: bool):
+        step, run = trainer.step, trainer.run
+        if step % run.config.log_every_steps and step % run.steps_per_epoch:
+            return
+        values = {"epoch": step / run.steps_per_epoch, **self.window.means()}
+        record = self.log.write("train", step, {**values, "learning_rate": trainer.learning_rate()})
+        postfix = {"epoch": f"{record['epoch']:.2f}", "loss": f"{record['loss']:.3f}"}
+        self.bar.set_postfix(**postfix, img_s=f"{record['images_per_s']:.0f}")
+        self.window.restart()
+
+
+class _EvaluateEpochs:
+    """Periodic action: at each evaluated epoch's end (even when stopping, so none is skipped), scores
+    the parameters, applies the plateau rule and saves; keeps the last result for the report."""
+
+    def __init__(self, log: metrics_log.MetricsLog, window: _ThroughputWindow):
+        self.log, self.window, self.last = log, window, None
+
+    def __call__(self, trainer: "_Trainer", stopping: bool):
+        if not trainer.run.evaluates_at(trainer.step):
+            return
+        self.last = trainer.evaluate(self.log)
+        trainer.follow_plateau_rule(self.last[0]["top1"])
+        trainer.save({"val_top1": self.last[0]["top1"]})
+        self.window.restart()  # evaluation time is not training throughput
+
+
+def _save_checkpoint(trainer: "_Trainer", stopping: bool):
+    """Periodic action: saves every ``checkpoint_every_steps``, unless just saved (the loop's caller
+    saves the step it stops at)."""
+    if trainer.step % trainer.run.config.checkpoint_every_steps == 0 and trainer.last_saved != trainer.step:
+        trainer.save()
 
 
 def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple | None:
-    """Trains until the end or a stop request; returns the last evaluation (metrics, predictions)."""
-    run, config = trainer.run, trainer.run.config
+    """Trains until the end or a stop request, running the periodic actions after each step, in
+    order; returns the last evaluation (metrics, predictions, labels)."""
+    run = trainer.run
     tqdm.tqdm.write(f"compiled the train step in {trainer.compile():.1f} s")
-    window, last_eval = _ThroughputWindow(run.parallel, config.batch_size), None
+    window = _ThroughputWindow(run.parallel, run.config.batch_size)
     bar = tqdm.tqdm(total=run.total_steps, initial=trainer.step, desc="train", unit="step", disable=None)
+    evaluate = _EvaluateEpochs(log, window)
+    actions = (_LogTrain(log, window, bar), evaluate, _save_checkpoint)
     while trainer.step < run.total_steps:
         window.add(trainer.train_step())
         bar.update(1)
-        step, stopping = trainer.step, stop.poll(trainer.step)
-        if step % config.log_every_steps == 0 or step % run.steps_per_epoch == 0:
-            _log_train(trainer, window, log, bar)
-        if run.evaluates_at(step):  # before honouring a stop, so no evaluation is ever skipped
-            last_eval = trainer.evaluate(log)
-            trainer.follow_plateau_rule(last_eval[0]["top1"])
-            trainer.save({"val_top1": last_eval[0]["top1"]})
-            window.restart()  # evaluation time is not training throughput
-        elif step % config.checkpoint_every_steps == 0 or (stopping and step != trainer.last_saved):
-            trainer.save()
+        stopping = stop.poll(trainer.step)
+        for action in actions:
+            action(trainer, stopping)
         if stopping:
             break
     bar.close()
-    return last_eval
+    return evaluate.last
 
 
 def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | None):

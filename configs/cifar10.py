@@ -33,6 +33,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.input.pipeline = "resident"
     config.input.workers = config_dict.placeholder(int)  # streaming: decoding processes; None: one per core
     config.input.workers = 0  # 0: decode in the training process
+    # streaming, for full-size photos (torchvision's recipe): the host scales each training image's
+    # random box (crop_area fraction, crop_aspect width/height) to this size, and each evaluation
+    # image's shorter side to eval_resize, keeping the centre square. None: images as stored.
+    config.input.random_resized_crop = config_dict.placeholder(int)
+    config.input.crop_area = (0.08, 1.0)
+    config.input.crop_aspect = (3 / 4, 4 / 3)
+    config.input.eval_resize = config_dict.placeholder(int)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "alexnet_cifar"  # alexnet_cifar | alexnet2012 | alexnet_owt
@@ -54,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = True
     config.optimizer.weight_decay = 5e-4
+    config.optimizer.decay_biases = False  # weight decay on kernels only, as cuda-convnet; True: PyTorch's
+    config.optimizer.update_rule = "paper"  # paper | pytorch: where the rate sits (optim.create_optimizer)
     config.optimizer.label_smoothing = 0.1
 
     config.schedule = ml_collections.ConfigDict()

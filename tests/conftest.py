@@ -195,3 +195,37 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+IMAGENET_STYLE_COLOURS = {"n01440764": (200, 30, 30), "n01443537": (30, 30, 200)}
+
+
+def write_imagenet_style_folder(root):
+    """What real ImageNet holds: train/ and validation/ with two wnid classes; JPEG photos (landscape,
+    tiny portrait, large) whose centre square is the class colour and sides another colour;
+    a CMYK JPEG, a PNG named .JPEG, a greyscale JPEG, and a corrupt file."""
+    import numpy as np
+    from PIL import Image
+
+    colours = IMAGENET_STYLE_COLOURS
+    sizes = [(300, 200), (40, 60), (1200, 900)]  # landscape, tiny portrait, large
+    for split in ("train", "validation"):
+        for wnid, colour in colours.items():
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for i, (width, height) in enumerate(sizes):
+                pixels = np.full((height, width, 3), (0, 160, 0), np.uint8)
+                side = min(width, height)
+                top, left = (height - side) // 2, (width - side) // 2
+                pixels[top : top + side, left : left + side] = colour
+                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG", quality=95)
+            square = np.full((80, 80, 3), colour, np.uint8)
+            Image.fromarray(square).convert("CMYK").save(folder / f"{wnid}_cmyk.JPEG")
+            Image.fromarray(square).save(folder / f"{wnid}_png.JPEG", format="PNG")  # a PNG under a .JPEG name
+            Image.fromarray(square).convert("L").save(folder / f"{wnid}_grey.JPEG")
+    (root / "train" / "n01440764" / "n01440764_broken.JPEG").write_bytes(b"\xff\xd8 truncated")
+    return root
+
+
+# A small model standing in for the ImageNet networks in command-line tests (224 crops cost too much here).
+STAND_IN_MODEL = ("--config.model.name=alexnet_cifar", "--config.model.width=0.125", "--config.model.fc_features=256")

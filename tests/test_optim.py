@@ -30,9 +30,12 @@ def test_warmup_cosine_and_onecycle_shapes(config):
     assert values[0] < values.max() / 10 and values[-1] < values.max() / 1000
 
 
-def test_sgd_follows_the_papers_update_rule(config):
-    """v <- m v - lr (g + wd w); w <- w + v, with the rate changing between steps; biases not decayed."""
+@pytest.mark.parametrize("rule, decay_biases", [("paper", False), ("pytorch", True)])
+def test_sgd_follows_the_papers_or_pytorchs_update_rule(config, rule, decay_biases):
+    """paper: v <- m v - lr (g + wd w); w <- w + v, biases not decayed. pytorch: b <- m b + g + wd w;
+    w <- w - lr b, biases decayed too. The rate changes between steps, where the two differ."""
     config.optimizer.momentum, config.optimizer.weight_decay, config.optimizer.nesterov = 0.9, 0.01, False
+    config.optimizer.update_rule, config.optimizer.decay_biases = rule, decay_biases
     rates = [0.1, 0.05, 0.025]
     tx = optim.create_optimizer(config, lambda step: jnp.asarray(rates)[step])
     params = {"kernel": jnp.array([[1.0, -2.0]]), "bias": jnp.array([0.5])}
@@ -43,8 +46,12 @@ def test_sgd_follows_the_papers_update_rule(config):
     for lr, g in zip(rates, grads, strict=True):
         updates, state = tx.update(g, state, params)
         params = optax.apply_updates(params, updates)
-        decay = {"kernel": 0.01, "bias": 0.0}
-        velocity = {k: 0.9 * velocity[k] - lr * (np.asarray(g[k]) + decay[k] * want[k]) for k in want}
-        want = {k: want[k] + velocity[k] for k in want}
+        decay = {"kernel": 0.01, "bias": 0.01 if decay_biases else 0.0}
+        if rule == "paper":
+            velocity = {k: 0.9 * velocity[k] - lr * (np.asarray(g[k]) + decay[k] * want[k]) for k in want}
+            want = {k: want[k] + velocity[k] for k in want}
+        else:
+            velocity = {k: 0.9 * velocity[k] + np.asarray(g[k]) + decay[k] * want[k] for k in want}
+            want = {k: want[k] - lr * velocity[k] for k in want}
     for k in want:
         np.testing.assert_allclose(params[k], want[k], rtol=1e-6)

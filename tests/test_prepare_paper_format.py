@@ -6,35 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import STAND_IN_MODEL, write_imagenet_style_folder
 from PIL import Image
 
 from alexnet_jax import datasets
-from alexnet_jax.prepare import Encoding, centre_square, prepare_image_folder
+from alexnet_jax.images import centre_square
+from alexnet_jax.prepare import Encoding, prepare_image_folder
 
 SIZE = 32
-
-
-def write_imagenet_style_folder(root):
-    """train/ and validation/ with two wnid classes; the centre of every photo is the class colour,
-    its sides (cropped away) another colour."""
-    colours = {"n01440764": (200, 30, 30), "n01443537": (30, 30, 200)}
-    sizes = [(300, 200), (40, 60), (1200, 900)]  # landscape, tiny portrait, large
-    for split in ("train", "validation"):
-        for wnid, colour in colours.items():
-            folder = root / split / wnid
-            folder.mkdir(parents=True)
-            for i, (width, height) in enumerate(sizes):
-                pixels = np.full((height, width, 3), (0, 160, 0), np.uint8)
-                side = min(width, height)
-                top, left = (height - side) // 2, (width - side) // 2
-                pixels[top : top + side, left : left + side] = colour
-                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG", quality=95)
-            square = np.full((80, 80, 3), colour, np.uint8)
-            Image.fromarray(square).convert("CMYK").save(folder / f"{wnid}_cmyk.JPEG")
-            Image.fromarray(square).save(folder / f"{wnid}_png.JPEG", format="PNG")  # a PNG under a .JPEG name
-            Image.fromarray(square).convert("L").save(folder / f"{wnid}_grey.JPEG")
-    (root / "train" / "n01440764" / "n01440764_broken.JPEG").write_bytes(b"\xff\xd8 truncated")
-    return root
 
 
 def test_centre_square_keeps_the_middle_at_the_size():
@@ -94,9 +73,7 @@ def test_the_paper_config_runs_from_the_command_line(tmp_path, cli):
         f"--workdir={tmp_path / 'run'}",
         "--config.dataset.name=tiny_imagenet_40",
         f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-        "--config.model.name=alexnet_cifar",
-        "--config.model.width=0.125",
-        "--config.model.fc_features=256",
+        *STAND_IN_MODEL,
         "--config.augment.crop_size=32",
         "--config.input.workers=0",  # worker processes: see test_streaming.py
         "--config.batch_size=8",

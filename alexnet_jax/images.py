@@ -1,0 +1,115 @@
+"""Decoding stored images on the host, and the views the host makes of them before batching.
+
+JPEGs are decoded with libjpeg-turbo (simplejpeg), at a reduced DCT scale (1/2, 1/4, 1/8) where
+the view needs fewer pixels than the photo has; other formats with PIL. Two views make
+variable-sized images batchable (torchvision's ImageNet recipe, on full-size images):
+
+* ``RandomResizedCrop``: training; a random box of the image scaled to ``size`` x ``size``;
+* ``CentreSquare``: evaluation; shorter side scaled to ``size``, the central square kept.
+
+With no view, images must be stored at one size (the paper's 256x256, CIFAR's 32x32) and are
+cropped on the devices. No JAX here: Grain worker processes import this module.
+"""
+
+import dataclasses
+import io
+import math
+
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+HOST_AUGMENT_STREAM = 2  # random stream of the host's views, apart from the data order's (1)
+
+
+def _is_jpeg(encoded: bytes) -> bool:
+    return encoded[:2] == b"\xff\xd8" and simplejpeg.is_jpeg(encoded)
+
+
+def decode_image(encoded, min_width: int = 0, min_height: int = 0) -> np.ndarray:
+    """Encoded bytes (JPEG, PNG, ...) -> uint8 HWC RGB; an array passes through. A JPEG is decoded
+    at the smallest DCT scale that keeps at least ``min_width`` x ``min_height`` pixels (0: full size)."""
+    if isinstance(encoded, np.ndarray):
+        return encoded
+    if _is_jpeg(encoded):
+        return simplejpeg.decode_jpeg(encoded, colorspace="RGB", min_width=min_width, min_height=min_height)
+    with Image.open(io.BytesIO(encoded)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def image_dimensions(encoded) -> tuple[int, int]:
+    """(width, height) of an encoded image, from its header."""
+    if isinstance(encoded, np.ndarray):
+        return encoded.shape[1], encoded.shape[0]
+    if _is_jpeg(encoded):
+        height, width, _, _ = simplejpeg.decode_jpeg_header(encoded)
+        return width, height
+    with Image.open(io.BytesIO(encoded)) as image:
+        return image.size
+
+
+def centre_square(image: Image.Image, size: int, resample=Image.Resampling.BICUBIC) -> Image.Image:
+    """Scales the shorter side to ``size`` (antialiased) and keeps the central ``size`` x ``size``."""
+    width, height = image.size
+    scale = size / min(width, height)
+    width, height = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.resize((width, height), resample).crop((left, top, left + size, top + size))
+
+
+def example_rng(seed: int, step: int, position: int) -> np.random.Generator:
+    """The host's random stream for the example at ``position`` of global batch ``step``: the same
+    whichever process or worker reads it."""
+    return np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, HOST_AUGMENT_STREAM, step, position])))
+
+
+@dataclasses.dataclass(frozen=True)
+class CentreSquare:
+    """Evaluation view: shorter side scaled to ``size`` (bilinear, as torchvision's ``Resize``), the
+    central ``size`` x ``size`` kept."""
+
+    size: int
+    random: bool = dataclasses.field(default=False, init=False)
+
+    def __call__(self, encoded, rng=None) -> np.ndarray:
+        width, height = image_dimensions(encoded)
+        scale = self.size / min(width, height)
+        pixels = decode_image(encoded, math.ceil(width * scale), math.ceil(height * scale))
+        return np.asarray(centre_square(Image.fromarray(pixels), self.size, Image.Resampling.BILINEAR))
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomResizedCrop:
+    """Training view of torchvision's recipe: a box covering a uniform ``area`` fraction of the
+    image, with a log-uniform ``aspect`` ratio (width / height), at a uniform position, scaled to
+    ``size`` x ``size`` (bilinear, antialiased). Ten draws that do not fit fall back to the whole
+    image cut to the nearest allowed aspect ratio, centred."""
+
+    size: int
+    area: tuple[float, float] = (0.08, 1.0)
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    random: bool = dataclasses.field(default=True, init=False)
+
+    def box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(left, top, box width, box height) in the image's pixels."""
+        log_aspect = (math.log(self.aspect[0]), math.log(self.aspect[1]))
+        for _ in range(10):
+            area = width * height * rng.uniform(*self.area)
+            ratio = math.exp(rng.uniform(*log_aspect))
+            box_width, box_height = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+            if 0 < box_width <= width and 0 < box_height <= height:
+                left = int(rng.integers(0, width - box_width + 1))
+                return left, int(rng.integers(0, height - box_height + 1)), box_width, box_height
+        ratio = min(max(width / height, self.aspect[0]), self.aspect[1])
+        box_width, box_height = min(width, round(height * ratio)), min(height, round(width / ratio))
+        return (width - box_width) // 2, (height - box_height) // 2, box_width, box_height
+
+    def __call__(self, encoded, rng: np.random.Generator) -> np.ndarray:
+        width, height = image_dimensions(encoded)
+        left, top, box_width, box_height = self.box(width, height, rng)
+        needed = (math.ceil(width * self.size / box_width), math.ceil(height * self.size / box_height))
+        pixels = decode_image(encoded, *needed)
+        scale_x, scale_y = pixels.shape[1] / width, pixels.shape[0] / height
+        box = (left * scale_x, top * scale_y, (left + box_width) * scale_x, (top + box_height) * scale_y)
+        resized = Image.fromarray(pixels).resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(resized)
