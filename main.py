@@ -4,6 +4,8 @@
   python main.py --mode=evaluate --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu --checkpoint=best
   python main.py --mode=prepare --image_folder=DIR --dataset_name=NAME --data_dir=DATA_DIR \
       [--image_size=256 | --image_format=jpeg]
+  python main.py --mode=prepare --tfds_source=imagenet2012 --manual_dir=TARS --dataset_name=NAME \
+      --data_dir=DATA_DIR [--image_size=256]
 
 Any config field can be overridden with --config.<key>=<value>. Every mistake the program can
 recognise (see README, "Troubleshooting") ends in one line on stderr, ``error: ...``, and exit code 2.
@@ -30,6 +32,9 @@ class Args:
     workdir: str | None
     checkpoint: str
     image_folder: str | None
+    tfds_source: str | None
+    manual_dir: str | None
+    splits: list[str]
     dataset_name: str | None
     data_dir: str | None
     skip_bad_images: bool
@@ -49,6 +54,13 @@ def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
         "workdir": flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints, plots.", **fv),
         "checkpoint": flags.DEFINE_string("checkpoint", "best", "evaluate: 'best', 'latest' or a step number.", **fv),
         "image_folder": flags.DEFINE_string("image_folder", None, "prepare: <split>/<class>/<image> folder.", **fv),
+        "tfds_source": flags.DEFINE_string(
+            "tfds_source", None, "prepare: a TFDS dataset to re-encode instead of a folder, e.g. imagenet2012.", **fv
+        ),
+        "manual_dir": flags.DEFINE_string(
+            "manual_dir", None, "prepare: where --tfds_source's builder finds its files (ImageNet's tars).", **fv
+        ),
+        "splits": flags.DEFINE_list("splits", ["train", "validation"], "prepare: --tfds_source's splits.", **fv),
         "dataset_name": flags.DEFINE_string("dataset_name", None, "prepare: name of the TFDS dataset to write.", **fv),
         "data_dir": flags.DEFINE_string("data_dir", None, "prepare: TFDS data directory to write into.", **fv),
         "skip_bad_images": flags.DEFINE_bool("skip_bad_images", False, "prepare: skip undecodable images.", **fv),
@@ -145,21 +157,26 @@ def parse_args(argv: list[str]) -> Args:
 
 
 def _prepare(args: Args) -> int:
+    from alexnet_jax import prepare
     from alexnet_jax.errors import UserError
-    from alexnet_jax.prepare import prepare_image_folder
 
-    for name in ("image_folder", "dataset_name", "data_dir"):
+    for name in ("dataset_name", "data_dir"):
         if not getattr(args, name):
             raise UserError(f"--mode=prepare needs --{name}")
-    skipped = prepare_image_folder(
-        args.image_folder,
-        args.dataset_name,
-        args.data_dir,
-        args.skip_bad_images,
-        image_size=args.image_size,
-        workers=args.workers,
-        image_format=args.image_format,
-    )
+    if (args.image_folder is None) == (args.tfds_source is None):
+        raise UserError(
+            "--mode=prepare needs one of --image_folder (a folder of images) or --tfds_source (a TFDS name)"
+        )
+    options = {"image_size": args.image_size, "workers": args.workers, "image_format": args.image_format}
+    if args.tfds_source:
+        sources = prepare.open_tfds_splits(args.tfds_source, args.data_dir, args.splits, args.manual_dir)
+        skipped = prepare.prepare_tfds_splits(
+            sources, args.dataset_name, args.data_dir, args.skip_bad_images, **options
+        )
+    else:
+        skipped = prepare.prepare_image_folder(
+            args.image_folder, args.dataset_name, args.data_dir, args.skip_bad_images, **options
+        )
     skipped_note = f"; skipped {len(skipped)} bad images" if skipped else ""
     print(f"prepared {args.dataset_name} in {args.data_dir}{skipped_note}")
     return 0

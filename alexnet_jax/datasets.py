@@ -7,6 +7,8 @@ in memory, for smoke runs, tests and throughput benchmarks.
 """
 
 import dataclasses
+import pathlib
+import shutil
 import socket
 import urllib.parse
 import zlib
@@ -90,7 +92,8 @@ def prepare_hint(name: str) -> str:
     return (
         "put the images in <split>/<class>/<image> folders and run "
         f"`python main.py --mode=prepare --image_folder=DIR --dataset_name={local} --data_dir=DATA_DIR` "
-        "(with --image_size=256 for ImageNet-sized photos), "
+        "(with --image_size=256 for ImageNet-sized photos; ImageNet's tars: --tfds_source=imagenet2012 "
+        "--manual_dir=TARS instead of --image_folder), "
         f"then pass --config.dataset.name={local} --config.dataset.data_dir=DATA_DIR"
     )
 
@@ -135,34 +138,62 @@ def _check_not_empty(source, description: str):
         raise DatasetError(f"{description} has no examples; check the split slicing")
 
 
-def tfds_source(dataset_config, split: str, decoders=None):
-    """Opens a TFDS split as a random-access data source, downloading only where allowed."""
+def tfds_source(dataset_config, split: str, decoders=None, manual_dir: str | None = None):
+    """Opens a TFDS split as a random-access data source, downloading only where allowed, or
+    building it from the files in ``manual_dir`` (ImageNet's tars)."""
     name, data_dir = dataset_config.name, dataset_config.data_dir or None
     try:
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError:
         raise DatasetError(f"no TFDS dataset {name!r} under data_dir={data_dir}; {prepare_hint(name)}") from None
     if not builder.is_prepared():
-        if not dataset_config.download:
-            raise DatasetError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; {prepare_hint(name)}")
-        offline = unresolvable_hosts(builder)
-        if offline:  # fail now rather than after TFDS's minutes of retries
-            raise DatasetError(
-                f"cannot download TFDS dataset {name!r}: {', '.join(offline)} does not resolve (no internet?); "
-                f"to work offline, {prepare_hint(name)}"
-            )
-        try:
-            builder.download_and_prepare(file_format="array_record")
-        except Exception as e:  # network and filesystem errors alike: say how to work offline
-            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise DatasetError(
-                f"could not download TFDS dataset {name!r} ({reason}); to work offline, {prepare_hint(name)}"
-            ) from None
+        if manual_dir is not None:
+            _build_from_manual_dir(builder, manual_dir)
+        else:
+            _download(builder, dataset_config.download)
     try:
         return builder.as_data_source(split=split, decoders=decoders)
     except (ValueError, KeyError, AssertionError) as e:
         splits = ", ".join(builder.info.splits.keys())
         raise DatasetError(f"bad split {split!r} for {name!r} (splits: {splits}): {e}") from None
+
+
+def _download(builder, allowed: bool):
+    name = builder.name
+    if not allowed:
+        raise DatasetError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; {prepare_hint(name)}")
+    offline = unresolvable_hosts(builder)
+    if offline:  # fail now rather than after TFDS's minutes of retries
+        raise DatasetError(
+            f"cannot download TFDS dataset {name!r}: {', '.join(offline)} does not resolve (no internet?); "
+            f"to work offline, {prepare_hint(name)}"
+        )
+    try:
+        builder.download_and_prepare(file_format="array_record")
+    except Exception as e:  # network and filesystem errors alike: say how to work offline
+        raise DatasetError(
+            f"could not download TFDS dataset {name!r} ({_first_line(e)}); to work offline, {prepare_hint(name)}"
+        ) from None
+
+
+def _build_from_manual_dir(builder, manual_dir: str):
+    """TFDS builds the dataset from ``manual_dir``; on failure, the folders it made are removed."""
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    root = pathlib.Path(builder.data_dir_root)
+    made = [p for p in (root, root / builder.name, root / "downloads") if not p.exists()]
+    try:
+        builder.download_and_prepare(file_format="array_record", download_config=config)
+    except Exception as e:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise DatasetError(
+            f"could not build TFDS dataset {builder.name!r} from --manual_dir={manual_dir} ({_first_line(e)}); put "
+            "the files its builder needs there (imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)"
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
 def read_all(source, description: str) -> ArraySplit:

@@ -81,7 +81,7 @@ def test_bad_image_is_reported_with_its_path(tmp_path):
     with pytest.raises(datasets.DatasetError, match=f"cannot decode image {bad}.*--skip_bad_images"):
         prepare_image_folder(str(folder), "bad_folder", str(tmp_path / "tfds"))
     skipped = prepare_image_folder(str(folder), "bad_folder_skip", str(tmp_path / "tfds"), skip_bad_images=True)
-    assert skipped == [bad]
+    assert skipped == [str(bad)]
 
 
 def test_empty_or_missing_image_folder_is_a_clear_error(tmp_path):

@@ -110,6 +110,15 @@ CASES = [
     ("corrupt image", lambda p: p["prepare"]("corrupt"), "/train/dog/broken.png (UnidentifiedImageError"),
     ("corrupt image, the rest kept", lambda p: p["prepare"]("corrupt"), "images encoded so far are kept in"),
     ("class a split lacks", lambda p: p["prepare"]("lacking"), "/val has no images of class(es) ['ship']"),
+    (
+        "ImageNet's tars missing",
+        lambda p: (
+            [*p["prepare"]("x")[:1], "--tfds_source=imagenet2012", f"--manual_dir={p['empty_data_dir']}"]
+            + p["prepare"]("x")[2:]
+        ),
+        "could not build TFDS dataset 'imagenet2012' from --manual_dir=",
+    ),
+    ("folder and TFDS source", lambda p: [*p["prepare"]("empty"), "--tfds_source=mnist"], "needs one of --image_f"),
     ("prepare without data_dir", lambda p: ["--mode=prepare", "--image_folder=x", "--dataset_name=y"], "--data_dir"),
     ("workdir under a file", lambda p: [*TINY, f"--workdir={p['a_file']}/run"], "a_file is a file, not a directory"),
     ("workdir not writable", lambda p: [*TINY, "--workdir=/proc/self/run"], "/proc/self is not writable"),

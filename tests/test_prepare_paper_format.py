@@ -35,7 +35,7 @@ def test_an_imagenet_style_folder_prepares_in_the_papers_format(tmp_path, monkey
     skipped = prepare_image_folder(
         str(folder), "tiny_imagenet", str(data_dir), skip_bad_images=True, image_size=SIZE, workers=1
     )
-    assert skipped == [bad] and encoded == [bad]
+    assert skipped == [str(bad)] and encoded == [bad]
     assert not (data_dir / ".prepare_cache").exists()  # removed once the dataset is written
     config = datasets_config("tiny_imagenet", data_dir)
     train = datasets.load_split(config, "train", stream=True)
@@ -88,3 +88,25 @@ def test_the_paper_config_runs_from_the_command_line(tmp_path, cli):
     assert code == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
     assert result["examples"] == 12 and result["split"] == "validation"
+
+
+def test_tfds_imagenet2012_prepares_in_the_papers_format(tmp_path):
+    """TFDS's imagenet2012 (its builder run on the manual dir, mocked by TFDS: a few random photos per
+    split) -> the paper's format, labels, class names and file names kept."""
+    import tensorflow_datasets as tfds
+
+    from alexnet_jax.prepare import open_tfds_splits, prepare_tfds_splits
+
+    data_dir, splits = tmp_path / "tfds", ["train", "validation"]
+    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+        sources = open_tfds_splits("imagenet2012", str(data_dir), splits, manual_dir=str(tmp_path / "tars"))
+        originals = {split: [source[i] for i in range(len(source))] for split, source in sources.items()}
+    assert prepare_tfds_splits(sources, "imagenet2012_mock", str(data_dir), image_size=SIZE, workers=1) == []
+    for split in splits:
+        prepared = datasets.load_split(datasets_config("imagenet2012_mock", data_dir), split, stream=True)
+        assert len(prepared) == 6 and prepared.image_shape == (SIZE, SIZE, 3)
+        assert len(prepared.class_names) == 1000 and prepared.class_names[:2] == ("n01440764", "n01443537")
+        records = prepared.source.__getitems__(list(range(6)))
+        labels = {r["file_name"].decode(): int(r["label"]) for r in records}
+        assert labels == {f"{split}/{r['file_name']}": int(r["label"]) for r in originals[split]}
+        assert prepared.read(np.arange(6))["image"].shape == (6, SIZE, SIZE, 3)

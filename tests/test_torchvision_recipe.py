@@ -4,6 +4,7 @@ centre squares made on the host, the config run from the command line with a ten
 import io
 import json
 import math
+import pathlib
 
 import numpy as np
 from conftest import STAND_IN_MODEL, write_imagenet_style_folder
@@ -70,7 +71,7 @@ def test_full_size_prepare_keeps_rgb_jpegs_byte_for_byte(tmp_path):
     skipped = prepare_image_folder(
         str(folder), "full", str(tmp_path / "tfds"), skip_bad_images=True, workers=1, image_format="jpeg"
     )
-    assert [p.name for p in skipped] == ["n01440764_broken.JPEG"]
+    assert [pathlib.Path(p).name for p in skipped] == ["n01440764_broken.JPEG"]
     split = datasets.load_split(datasets_config("full", tmp_path / "tfds"), "train", stream=True)
     records = split.source.__getitems__(list(range(len(split))))
     for record in records:
