@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from alexnet_jax.errors import UserError
-from alexnet_jax.images import decode_image, example_rng
+from alexnet_jax.images import decode_image, decode_into, example_rng
 
 SYNTHETIC = "synthetic"
 _READ_CHUNK = 1024
@@ -64,18 +64,24 @@ class StreamSplit:
     def read(self, indices: np.ndarray, keys=None) -> dict[str, np.ndarray]:
         """The examples at ``indices``; a random view draws from ``keys``, one (seed, step, position) each."""
         records = self.source.__getitems__([int(i) for i in indices])
-        if self.view is None:
-            images = [decode_image(r["image"]) for r in records]
-        else:
-            rngs = [example_rng(*key) for key in keys] if self.view.random else [None] * len(records)
-            images = [self.view(r["image"], rng) for r, rng in zip(records, rngs, strict=True)]
-        if any(image.shape != self.image_shape for image in images):
-            odd = next(image.shape for image in images if image.shape != self.image_shape)
-            raise DatasetError(
-                f"{self.description} has images of size {odd} besides {self.image_shape}; streamed batches need "
-                "one size: prepare the dataset again at one size"
-            )
-        return {"image": np.stack(images), "label": np.asarray([r["label"] for r in records], np.int32)}
+        images = np.empty((len(records), *self.image_shape), np.uint8)
+        if self.view is not None and self.view.random:
+            rngs = [example_rng(*key) for key in keys]
+        for i, record in enumerate(records):
+            if self.view is None:
+                shape = decode_into(record["image"], images[i])
+            else:
+                image = self.view(record["image"], rngs[i] if self.view.random else None)
+                shape = image.shape
+                if shape == self.image_shape:
+                    images[i] = image
+            if shape != self.image_shape:
+                raise DatasetError(
+                    f"{self.description} has images of size {shape} besides {self.image_shape}; streamed batches "
+                    "need one size: prepare the dataset at one size (--image_size), or let the host scale them "
+                    "(--config.input.random_resized_crop and eval_resize)"
+                )
+        return {"image": images, "label": np.asarray([r["label"] for r in records], np.int32)}
 
 
 def is_catalog_name(name: str) -> bool:

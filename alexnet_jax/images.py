@@ -28,13 +28,40 @@ def _is_jpeg(encoded: bytes) -> bool:
 
 def decode_image(encoded, min_width: int = 0, min_height: int = 0) -> np.ndarray:
     """Encoded bytes (JPEG, PNG, ...) -> uint8 HWC RGB; an array passes through. A JPEG is decoded
-    at the smallest DCT scale that keeps at least ``min_width`` x ``min_height`` pixels (0: full size)."""
+    at the smallest scale of 1, 1/2, 1/4 or 1/8 that keeps at least ``min_width`` x ``min_height``
+    pixels (0: full size)."""
     if isinstance(encoded, np.ndarray):
         return encoded
     if _is_jpeg(encoded):
+        if min_width or min_height:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(encoded)
+            min_width, min_height = _power_of_two_scale(width, height, min_width, min_height)
         return simplejpeg.decode_jpeg(encoded, colorspace="RGB", min_width=min_width, min_height=min_height)
     with Image.open(io.BytesIO(encoded)) as image:
         return np.asarray(image.convert("RGB"))
+
+
+def decode_into(encoded, out: np.ndarray) -> tuple[int, ...]:
+    """Decodes an image into ``out`` (uint8 HWC) if it has that shape, a JPEG straight into it (no
+    copy); returns the image's shape, which the caller checks."""
+    if not isinstance(encoded, np.ndarray) and _is_jpeg(encoded):
+        height, width, _, _ = simplejpeg.decode_jpeg_header(encoded)
+        if (height, width, 3) == out.shape:
+            simplejpeg.decode_jpeg(encoded, colorspace="RGB", buffer=out)
+            return out.shape
+    image = decode_image(encoded)
+    if image.shape == out.shape:
+        out[...] = image
+    return image.shape
+
+
+def _power_of_two_scale(width: int, height: int, min_width: int, min_height: int) -> tuple[int, int]:
+    """The ``min_width``, ``min_height`` to ask libjpeg-turbo for so that it scales by 1/2, 1/4 or 1/8
+    (fast inverse DCTs; its other factors, such as 7/8, decode slower than full size), or (0, 0): full size."""
+    factor = 1
+    while factor < 8 and width // (2 * factor) >= min_width and height // (2 * factor) >= min_height:
+        factor *= 2
+    return (0, 0) if factor == 1 else (-(-width // factor), -(-height // factor))
 
 
 def image_dimensions(encoded) -> tuple[int, int]:

@@ -1,13 +1,14 @@
-"""Host input throughput for the paper path: prepare rate, JPEG decoding, and the Grain pipeline.
+"""Host input throughput for both ImageNet paths: prepare rate, JPEG decoding, and the Grain pipeline.
 
   python benchmarks/input_pipeline.py --folder=/tmp/imagenet-sample --workers=0,1,2
 
 ``--folder`` holds JPEG photos (any layout, e.g. the 500 ImageNet sample photos unpacked); without
 it the script writes stand-ins (smooth random images of ImageNet's typical 500x375 size, which
-decode at another speed than photos). It prepares them in the paper's format (256x256 JPEG) into a
-temporary TFDS dataset, then prints a Markdown table of images/s: preparing (one process), decoding
-alone (one core, per decoder), and the whole streaming pipeline (read from ArrayRecord, decode,
-batch) with each number of worker processes, per core used.
+decode at another speed than photos). For each of ``--paths`` it prepares them into a temporary TFDS
+dataset: ``paper``, 256x256 JPEG; ``torchvision``, full size (RGB JPEGs kept as they are). Then it
+prints a Markdown table of images/s: preparing (one process), decoding or making the host's view
+alone (one core), and the whole streaming pipeline (read from ArrayRecord, decode, view, batch)
+with each number of worker processes, per core used.
 """
 
 import io
@@ -23,6 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from alexnet_jax import datasets, input_pipeline  # noqa: E402
+from alexnet_jax.images import CentreSquare, RandomResizedCrop, example_rng  # noqa: E402
 from alexnet_jax.prepare import Encoding, prepare_image_folder  # noqa: E402
 
 _FOLDER = flags.DEFINE_string("folder", None, "Folder of JPEG photos; unset: generated stand-ins.")
@@ -30,6 +32,7 @@ _COUNT = flags.DEFINE_integer("count", 500, "Photos to use (stand-ins to generat
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker processes to measure (0: in-process).")
 _BATCH = flags.DEFINE_integer("batch", 128, "Images per batch.")
 _BATCHES = flags.DEFINE_integer("batches", 24, "Timed batches per pipeline (after 4 untimed).")
+_PATHS = flags.DEFINE_list("paths", ["paper", "torchvision"], "Which ImageNet paths to measure.")
 
 
 def stand_ins(root: pathlib.Path, count: int) -> list[pathlib.Path]:
@@ -93,6 +96,45 @@ def pipeline_rate(split, workers: int, batch: int, batches: int) -> float:
     return batches * batch / elapsed
 
 
+def pipeline_rows(photos, work: pathlib.Path, name: str, encoding: Encoding, view=None) -> list[tuple]:
+    """Prepares the photos with ``encoding``, then times the pipeline with each number of workers."""
+    import ml_collections
+
+    folder = work / f"folder_{name}"
+    prepare_image_folder(
+        str(image_folder(photos, folder)), name, str(work / "tfds"), image_size=encoding.size, image_format="jpeg"
+    )
+    config = ml_collections.ConfigDict({"name": name, "data_dir": str(work / "tfds"), "download": False})
+    split = datasets.load_split(config, "train", stream=True, view=view)
+    rows = []
+    for workers in map(int, _WORKERS.value):
+        processes = "worker process" if workers == 1 else "worker processes"
+        label = f"{name} pipeline: read + decode + batch {_BATCH.value}, {workers or 'no'} {processes}"
+        rows.append((label, pipeline_rate(split, workers, _BATCH.value, _BATCHES.value), max(workers, 1)))
+    return rows
+
+
+def paper_rows(photos, work: pathlib.Path) -> list[tuple]:
+    encoding = Encoding(256)
+    rows = [("prepare: decode, scale, centre-crop, encode 256x256 q90 (1 process)", rate(encoding.encode, photos), 1)]
+    prepared = [encoding.encode(p) for p in photos]
+    for name, decode in decoders().items():
+        rows.append((f"decode 256x256 q90, {name}", rate(decode, prepared), 1))
+    return rows + pipeline_rows(photos, work, "paper_256", encoding)
+
+
+def torchvision_rows(photos, work: pathlib.Path) -> list[tuple]:
+    encoding = Encoding(None, "jpeg")
+    rows = [("prepare full size: check, keep RGB JPEGs, convert others (1 process)", rate(encoding.encode, photos), 1)]
+    originals = [encoding.encode(p) for p in photos]
+    rows.append(("decode full size, simplejpeg", rate(decoders()["simplejpeg (libjpeg-turbo)"], originals), 1))
+    crop, centre = RandomResizedCrop(224), CentreSquare(256)
+    keyed = [(image, example_rng(0, 0, i)) for i, image in enumerate(originals)]
+    rows.append(("random resized crop 224 from full size (train view)", rate(lambda k: crop(*k), keyed), 1))
+    rows.append(("centre square 256 from full size (evaluation view)", rate(centre, originals), 1))
+    return rows + pipeline_rows(photos, work, "full_size", encoding, view=crop)
+
+
 def main(argv):
     del argv
     work = pathlib.Path(tempfile.mkdtemp(prefix="input_bench_"))
@@ -102,23 +144,12 @@ def main(argv):
     else:
         (work / "standins").mkdir()
         photos, source = stand_ins(work / "standins", _COUNT.value), f"{_COUNT.value} generated 500x375 stand-ins"
-    encoding = Encoding(256)
-    rows = [("prepare: decode, scale, centre-crop, encode 256x256 q90 (1 process)", rate(encoding.encode, photos), 1)]
-    prepared = [encoding.encode(p) for p in photos]
-    originals = [p.read_bytes() for p in photos]
-    for name, decode in decoders().items():
-        rows.append((f"decode 256x256 q90, {name}", rate(decode, prepared), 1))
-    rows.append(("decode full size, simplejpeg", rate(decoders()["simplejpeg (libjpeg-turbo)"], originals), 1))
-    prepare_image_folder(str(image_folder(photos, work / "folder")), "bench_256", str(work / "tfds"), image_size=256)
-    config = {"name": "bench_256", "data_dir": str(work / "tfds"), "download": False}
-    import ml_collections
-
-    split = datasets.load_split(ml_collections.ConfigDict(config), "train", stream=True)
-    for workers in map(int, _WORKERS.value):
-        processes = "worker process" if workers == 1 else "worker processes"
-        label = f"pipeline: ArrayRecord read + decode + batch {_BATCH.value}, {workers or 'no'} {processes}"
-        rows.append((label, pipeline_rate(split, workers, _BATCH.value, _BATCHES.value), max(workers, 1)))
-    print(f"\nsource: {source}; mean prepared size {np.mean([len(b) for b in prepared]) / 1e3:.1f} KB\n")
+    rows = []
+    if "paper" in _PATHS.value:
+        rows += paper_rows(photos, work)
+    if "torchvision" in _PATHS.value:
+        rows += torchvision_rows(photos, work)
+    print(f"\nsource: {source}; mean file size {np.mean([p.stat().st_size for p in photos]) / 1e3:.1f} KB\n")
     print("| what | images/s | processes | images/s per process |")
     print("|---|---:|---:|---:|")
     for label, value, processes in rows:

@@ -109,3 +109,28 @@ def test_a_stopped_streamed_run_resumes_to_the_same_parameters(prepared, straigh
     assert train_and_evaluate(config, str(tmp_path), stop=StopAt(4))["stopped"]
     assert train_and_evaluate(config, str(tmp_path))["step"] == 6
     assert_same_final_state(tmp_path, straight_stream_run[0], step=6)
+
+
+class EncodedRecords(list):
+    """A stand-in TFDS data source of encoded records (what ``StreamSplit`` reads)."""
+
+    def __getitems__(self, keys):
+        return [self[k] for k in keys]
+
+
+def test_streamed_images_of_another_size_are_named_and_jpegs_decode_in_place():
+    import io
+
+    from PIL import Image
+
+    def encoded(size, fmt):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((size, size, 3), 100, np.uint8)).save(buffer, format=fmt)
+        return {"image": buffer.getvalue(), "label": 1}
+
+    source = EncodedRecords([encoded(8, "JPEG"), encoded(8, "PNG"), encoded(9, "JPEG")])
+    split = datasets.StreamSplit(source, ("a", "b"), (8, 8, 3), "photos train")
+    batch = split.read(np.array([0, 1]))
+    assert batch["image"].shape == (2, 8, 8, 3) and np.abs(batch["image"].astype(int) - 100).max() <= 2
+    with pytest.raises(datasets.DatasetError, match=r"photos train has images of size \(9, 9, 3\) besides"):
+        split.read(np.array([0, 2]))
