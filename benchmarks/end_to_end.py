@@ -57,7 +57,8 @@ def measure_rows(config, parallel: DataParallel, warmup: int, steps: int, worker
     constants = step_constants(config, len(stream_split.class_names))
     steps_per_epoch = len(stream_split) // config.batch_size
     state, _ = create_state(config, constants.num_classes, stream_split.image_shape, steps_per_epoch)
-    fresh, rng = (lambda: parallel.replicate(state)), parallel.replicate(jax.random.key(0))
+    host_state = jax.device_get(state)  # host copies: each row's step donates (deletes) its device state
+    fresh, rng = (lambda: parallel.replicate(host_state)), parallel.replicate(jax.random.key(0))
     rows = []
     for count in workers:
         config.input.workers = count

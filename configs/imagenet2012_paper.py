@@ -8,6 +8,9 @@ Commands, for a user with ImageNet as an image folder ``/data/imagenet/{train,va
       --config.dataset.data_dir=/data/tfds
   python main.py --mode=evaluate --config=configs/imagenet2012_paper.py --workdir=runs/alexnet2012 \\
       --config.dataset.data_dir=/data/tfds --checkpoint=best
+Straight from the ILSVRC2012 tars instead of a folder (TFDS's imagenet2012 builder reads them):
+  python main.py --mode=prepare --tfds_source=imagenet2012 --manual_dir=/data/ilsvrc2012_tars \\
+      --dataset_name=imagenet2012_256 --data_dir=/data/tfds --image_size=256
 
 What is the paper's (Sections 3-5) and where it lives: README, "The 2012 recipe, point by point".
 Training images are stored once at 256x256 (shorter side 256, centre crop, JPEG) and streamed by
@@ -17,7 +20,10 @@ when the validation error stops improving (at most 3 times), 90 epochs; evaluati
 ten crops.
 
 Reference results (ILSVRC-2012 validation, one CNN): the paper, 40.7% top-1 / 18.2% top-5 error.
-Measured with this config: not yet (no ImageNet run has been made; no GPU measurement yet).
+Measured with this config: no ImageNet run yet (not yet measured on a GPU). What was run: the
+suite trains it for a few steps and evaluates it on ten crops from the command line on a tiny
+ImageNet-style folder, with a small model standing in (tests/test_prepare_paper_format.py); its
+host input rate on 500 ImageNet photos is in BENCHMARKS.md ("Host input"), with the command.
 """
 
 from configs import cifar10

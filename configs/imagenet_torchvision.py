@@ -8,6 +8,10 @@ Commands, for a user with ImageNet as an image folder ``/data/imagenet/{train,va
       --config.dataset.data_dir=/data/tfds
   python main.py --mode=evaluate --config=configs/imagenet_torchvision.py --workdir=runs/alexnet_owt \\
       --config.dataset.data_dir=/data/tfds --checkpoint=best
+Straight from the ILSVRC2012 tars instead of a folder (TFDS's imagenet2012 builder reads them;
+the full-size dataset it builds on the way can be read as it is, --config.dataset.name=imagenet2012):
+  python main.py --mode=prepare --tfds_source=imagenet2012 --manual_dir=/data/ilsvrc2012_tars \\
+      --dataset_name=imagenet2012_full --data_dir=/data/tfds --image_format=jpeg
 
 The recipe: ``alexnet_owt`` (torchvision.models.alexnet), SGD batch 256, momentum 0.9, weight
 decay 1e-4 on every parameter, PyTorch's SGD update, rate 0.01 multiplied by 0.1 every 30
@@ -21,7 +25,11 @@ PIL backend uses.
 
 Reference results (ILSVRC-2012 validation, centre crop): torchvision's IMAGENET1K_V1 weights,
 56.52% top-1 / 79.07% top-5 accuracy.
-Measured with this config: not yet (no ImageNet run has been made; not yet measured on a GPU).
+Measured with this config: no ImageNet run yet (not yet measured on a GPU). What was run: the
+suite trains it for a few steps and evaluates it (centre crop and ten crops) from the command line
+on a tiny ImageNet-style folder prepared at full size, with a small model standing in
+(tests/test_torchvision_recipe.py); its host input rate on 500 ImageNet photos is in
+BENCHMARKS.md ("Host input"), with the command.
 """
 
 from configs import cifar10

@@ -74,6 +74,16 @@ CASES = [
         lambda p: [*TINY, "--config.augment.crop_size=40"],
         "--config.augment.crop_size=40 is larger than the dataset's 32x32 images",
     ),
+    (
+        "host view while resident",
+        lambda p: [*TINY, "--config.input.random_resized_crop=24"],
+        "--config.input.random_resized_crop is made on the host while streaming: set --config.input.pipeline=stre",
+    ),
+    (
+        "random resized crop without eval_resize",
+        lambda p: [*TINY, "--config.input.pipeline=streaming", "--config.input.random_resized_crop=24"],
+        "random_resized_crop needs --config.input.eval_resize",
+    ),
     ("ten crops without a crop size", lambda p: [*TINY, "--config.eval_crops=10"], "eval_crops=10 takes crops"),
     (
         "plateau without patience",
