@@ -14,7 +14,7 @@ machine-dependent.
 import jax
 import numpy as np
 import pytest
-from conftest import float64_state
+from conftest import float64_state, tiny_config
 
 from alexnet_jax import config_checks, datasets
 from alexnet_jax.feeds import compile_batch_step, compile_train_step
@@ -67,13 +67,20 @@ def resident_steps(config, parallel: DataParallel, split, start_state):
     return jax.device_get(parallel.unreplicate(state).params), losses
 
 
-@pytest.mark.parametrize("path", [host_batch_steps, resident_steps], ids=["host batches", "resident data"])
-def test_one_device_pmap_and_shard_map_agree_in_float64(config, path):
-    assert jax.device_count() == 8
-    config = agreement_config(config)
+@pytest.fixture(scope="module")
+def agreement_start():
+    """(config, split, float64 start state), shared by both paths' agreement tests."""
+    config = agreement_config(tiny_config())
     split = datasets.load_split(config.dataset, "train")
     with jax.enable_x64(True):
-        start = float64_state(config, split, len(split) // config.batch_size)
+        return config, split, float64_state(config, split, len(split) // config.batch_size)
+
+
+@pytest.mark.parametrize("path", [host_batch_steps, resident_steps], ids=["host batches", "resident data"])
+def test_one_device_pmap_and_shard_map_agree_in_float64(agreement_start, path):
+    assert jax.device_count() == 8
+    config, split, start = agreement_start
+    with jax.enable_x64(True):
         one_device = path(config, DataParallel("shard_map", jax.devices()[:1]), split, start)
         runs = {"pmap x8": path(config, DataParallel("pmap"), split, start)}
         runs["shard_map x8"] = path(config, DataParallel("shard_map"), split, start)
