@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-EXIT_USER_ERROR, EXIT_STOPPED = 2, 130
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_STOPPED = 2, 3, 130
 _CONFIG_MODULE = "config_config"  # where ml_collections loads the --config file (sys.modules key)
 
 
@@ -203,8 +203,9 @@ def run(args: Args) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """The whole command: parse, run, and turn a ``UserError`` into one line and exit code 2."""
-    from alexnet_jax.errors import UserError
+    """The whole command: parse, run, and turn a ``UserError`` into one line and exit code 2, a
+    ``TrainingDiverged`` into one line and exit code 3."""
+    from alexnet_jax.errors import TrainingDiverged, UserError
 
     if any(arg in ("-h", "--help", "--helpfull", "-?") for arg in argv[1:]):
         flag_values = flags.FlagValues()
@@ -216,6 +217,9 @@ def main(argv: list[str]) -> int:
     except UserError as e:  # bad flag, config, dataset, workdir or checkpoint: one line, what to do
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except TrainingDiverged as e:  # a non-finite step: one line, the step and the last good checkpoint
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, the latest checkpoint stays
         return EXIT_STOPPED
 

@@ -32,6 +32,7 @@ def validate(config, num_devices: int):
     _one_of("dataset.normalization", config.dataset.normalization, augment.CHANNEL_STATS)
     _one_of("input.pipeline", config.input.pipeline, feeds.PIPELINES)
     _one_of("optimizer.update_rule", config.optimizer.update_rule, optim.UPDATE_RULES)
+    _one_of("nonfinite_updates", config.nonfinite_updates, optim.NONFINITE_UPDATES)
     workers = config.input.workers
     _require(
         workers is None or (isinstance(workers, int) and workers >= 0),

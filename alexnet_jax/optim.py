@@ -7,6 +7,7 @@ import jax
 import optax
 
 SCHEDULES = ("constant", "step", "warmup_cosine", "onecycle", "plateau")
+NONFINITE_UPDATES = ("stop", "skip")  # what the loop does after a step whose gradients were not finite
 
 
 def step_epochs(config) -> tuple[float, ...]:
@@ -61,7 +62,10 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
     Weight decay applies to kernels only (cuda-convnet's), or to biases too with
     ``optimizer.decay_biases`` (PyTorch's). The rate is an injected hyperparameter
     (``optax.inject_hyperparams``): the optimizer state holds the rate of the last update, and with
-    the plateau rule the rate itself, which the loop divides.
+    the plateau rule the rate itself, which the loop divides. Around it, ``optax.apply_if_finite``
+    skips any update whose gradients are not all finite (a NaN or an infinite loss), leaving
+    parameters and optimizer state as they were; its ``last_finite`` says whether the last one was
+    applied, and the loop stops or goes on (``nonfinite_updates``).
     """
     opt = config.optimizer
 
@@ -73,17 +77,18 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
         return optax.chain(*steps)
 
     rate = opt.learning_rate if config.schedule.name == "plateau" else schedule
-    return optax.inject_hyperparams(sgd)(learning_rate=rate)
+    return optax.apply_if_finite(optax.inject_hyperparams(sgd)(learning_rate=rate), max_consecutive_errors=2**30)
 
 
 def learning_rate(opt_state) -> jax.Array:
     """The rate in the optimizer state (of the last update; with the plateau rule, the current one)."""
-    return opt_state.hyperparams["learning_rate"]
+    return opt_state.inner_state.hyperparams["learning_rate"]
 
 
 def with_learning_rate(opt_state, rate: jax.Array):
     """The optimizer state with the rate replaced (the plateau rule's division)."""
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": rate})
+    hyperparams = {**opt_state.inner_state.hyperparams, "learning_rate": rate}
+    return opt_state._replace(inner_state=opt_state.inner_state._replace(hyperparams=hyperparams))
 
 
 @dataclasses.dataclass

@@ -1,7 +1,10 @@
 """The training loop: a feed (resident or streamed data), data-parallel steps, evaluation, checkpoints, logs.
 
-After each step the loop runs its periodic actions in order (log, evaluate at epoch ends,
-checkpoint), small named pieces in the spirit of CLU's; a stop request is honoured after them.
+After each step the loop runs its periodic actions in order (check the step was finite, log,
+evaluate at epoch ends, checkpoint), small named pieces in the spirit of CLU's; a stop request is
+honoured after them. A step whose loss or gradients are not finite changes nothing but the step
+count (``optax.apply_if_finite``); by default the run then stops with ``TrainingDiverged``, saving
+nothing after the last good checkpoint, or it goes on counting such steps (``nonfinite_updates``).
 A run is resumable at every checkpoint and ends, however often it was stopped, killed or run
 again, with what an uninterrupted run leaves: an evaluation at every evaluated epoch (logged
 once), the final report and the curves.
@@ -21,6 +24,7 @@ import tqdm
 from alexnet_jax import config_checks, datasets, metrics_log, models, optim, plots, runtime
 from alexnet_jax.checkpointing import Checkpoints, check_signature
 from alexnet_jax.datasets import ArraySplit, StreamSplit
+from alexnet_jax.errors import TrainingDiverged
 from alexnet_jax.evaluation import create_evaluator, write_report
 from alexnet_jax.feeds import create_feed, host_views
 from alexnet_jax.parallel import DataParallel
@@ -211,6 +215,7 @@ class _Trainer:
         self.feed = create_feed(parallel, run.config, run.train_split, run.steps_per_epoch, self.step, constants)
         self.evaluator = create_evaluator(parallel, state.apply_fn, constants, run.val_split, run.config)
         self._compiled = None
+        self._unchecked = []  # (step, metrics) of steps whose skipped_updates flag has not been read
 
     def compile(self) -> float:
         """Compiles the train step ahead of time (so no throughput window includes it); returns seconds."""
@@ -222,7 +227,29 @@ class _Trainer:
     def train_step(self):
         self.state, metrics = self._compiled(self.state, *self.feed.inputs(self.step), self.device_rng)
         self.step += 1
+        if self.run.config.nonfinite_updates == "stop":
+            self._unchecked.append((self.step, metrics))
         return metrics
+
+    def check_finite(self, latest: bool):
+        """With ``nonfinite_updates="stop"``: raises ``TrainingDiverged`` for the first step whose update
+        the optimizer skipped. Reads every step's flag but the latest's, so that the host stays one
+        step ahead of the devices, or all of them with ``latest`` (before saving)."""
+        unchecked, self._unchecked = self._unchecked, ([] if latest else self._unchecked[-1:])
+        for step, metrics in unchecked[: len(unchecked) - len(self._unchecked)]:
+            if float(np.max(jax.device_get(metrics["skipped_updates"]))) > 0:
+                self._unchecked = []
+                raise self._diverged(step)
+
+    def _diverged(self, step: int) -> TrainingDiverged:
+        latest = self.checkpoints.latest_step()
+        where = self.checkpoints.manager.directory
+        saved = f"step {latest} in {where}" if latest is not None else "none (a new run starts afresh)"
+        return TrainingDiverged(
+            f"the loss or the gradients were not finite at step {step}; training stopped there and saved nothing "
+            f"after it; the last good checkpoint: {saved}. Lower the learning rate, or pass "
+            "--config.nonfinite_updates=skip to skip such steps and go on"
+        )
 
     def learning_rate(self) -> float:
         return float(jax.device_get(self.run.parallel.unreplicate(optim.learning_rate(self.state.opt_state))))
@@ -237,6 +264,7 @@ class _Trainer:
         tqdm.tqdm.write(f"validation error stopped improving: learning rate now {rate:.3g}")
 
     def save(self, metrics: dict | None = None):
+        self.check_finite(latest=True)  # a checkpoint never holds a step after a non-finite one
         host_state = self.run.parallel.unreplicate(self.state)
         data = self.run.checkpoint_data(self.step)
         if self.plateau is not None:
@@ -274,9 +302,10 @@ class _ThroughputWindow:
         self.steps += 1
 
     def means(self) -> dict:
+        """Means over the window's steps, and ``skipped_updates`` as a count."""
         sums = jax.device_get(self.parallel.unreplicate(self.sums))
         elapsed = time.perf_counter() - self.started
-        values = {k: float(v) / self.steps for k, v in sums.items()}
+        values = {k: float(v) if k == "skipped_updates" else float(v) / self.steps for k, v in sums.items()}
         return {**values, "images_per_s": self.steps * self.batch_size / elapsed}
 
 
@@ -314,6 +343,11 @@ class _EvaluateEpochs:
         self.window.restart()  # evaluation time is not training throughput
 
 
+def _check_finite(trainer: "_Trainer", stopping: bool):
+    """Periodic action, first: stops at a step whose loss or gradients were not finite (read one step late)."""
+    trainer.check_finite(latest=False)
+
+
 def _save_checkpoint(trainer: "_Trainer", stopping: bool):
     """Periodic action: saves every ``checkpoint_every_steps``, unless just saved (the loop's caller
     saves the step it stops at)."""
@@ -329,7 +363,7 @@ def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple |
     window = _ThroughputWindow(run.parallel, run.config.batch_size)
     bar = tqdm.tqdm(total=run.total_steps, initial=trainer.step, desc="train", unit="step", disable=None)
     evaluate = _EvaluateEpochs(log, window)
-    actions = (_LogTrain(log, window, bar), evaluate, _save_checkpoint)
+    actions = (_check_finite, _LogTrain(log, window, bar), evaluate, _save_checkpoint)
     while trainer.step < run.total_steps:
         window.add(trainer.train_step())
         bar.update(1)
@@ -381,6 +415,12 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
     with stop or StopRequests() as stop:
         try:
             last_eval = _train_loop(trainer, log, stop) if step < run.total_steps else None
+            trainer.check_finite(latest=True)
+        except TrainingDiverged:
+            checkpoints.wait()  # the last good checkpoint may still be being written
+            checkpoints.close()
+            log.close()
+            raise
         finally:
             trainer.feed.close()  # stops the streaming workers
         if trainer.last_saved != trainer.step:

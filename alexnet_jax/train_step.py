@@ -64,8 +64,9 @@ def train_step(
 
     ``rng`` is the run's base key; the step folds in ``state.step``, so the same key is passed
     every step. Returns the new state and global means: ``loss`` (the objective, with label
-    smoothing), ``cross_entropy`` (against the true labels, comparable with evaluation) and
-    ``accuracy``.
+    smoothing), ``cross_entropy`` (against the true labels, comparable with evaluation),
+    ``accuracy``, and ``skipped_updates``: 1 if the gradients were not finite and the optimizer
+    skipped the update (the step count still advances), else 0.
     """
     images, labels = batch["image"], batch["label"]
     local_batch = images.shape[0]
@@ -93,7 +94,9 @@ def train_step(
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
     }
     metrics = jax.lax.pmean(metrics, AXIS)
-    return state.apply_gradients(grads=grads), metrics
+    state = state.apply_gradients(grads=grads)
+    metrics["skipped_updates"] = 1.0 - state.opt_state.last_finite.astype(jnp.float32)  # optax.apply_if_finite
+    return state, metrics
 
 
 def eval_step(

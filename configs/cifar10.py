@@ -87,4 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 2  # latest kept, besides the best by validation top-1
     config.async_checkpointing = True
+    # A step whose loss or gradients are not finite is never applied (optax.apply_if_finite); then
+    # stop: end the run there (exit code 3), saving nothing after the last good checkpoint;
+    # skip: go on, counting such steps in the train metrics (skipped_updates).
+    config.nonfinite_updates = "stop"
     return config

@@ -68,6 +68,7 @@ CASES = [
     ("unknown schedule", lambda p: [*TINY, "--config.schedule.name=poly"], "--config.schedule.name='poly' is not one"),
     ("unknown parallel mode", lambda p: [*TINY, "--config.parallel=xmap"], "--config.parallel='xmap' is not one of"),
     ("unknown pipeline", lambda p: [*TINY, "--config.input.pipeline=tfdata"], "input.pipeline='tfdata' is not"),
+    ("unknown non-finite rule", lambda p: [*TINY, "--config.nonfinite_updates=ignore"], "nonfinite_updates='ignore'"),
     ("negative workers", lambda p: [*TINY, "--config.input.workers=-1"], "--config.input.workers=-1 must be a whole"),
     (
         "crop larger than the images",
