@@ -31,7 +31,9 @@ import pytest  # noqa: E402
 from configs import smoke  # noqa: E402
 
 # The slowest test files, slowest first (measured with --durations): run first, so that xdist's
-# on-demand scheduling of whole files ends the workers at about the same time.
+# on-demand scheduling of whole files ends the workers at about the same time. xdist starts each
+# worker on two files, dealt in turn: test_run.py and test_errors.py, both using the session's
+# trained run (straight_run), go to the same worker of two, which then makes that run once.
 SLOWEST_FILES = ("test_run.py", "test_train_step.py", "test_errors.py", "test_streaming.py", "test_data.py")
 
 

@@ -4,6 +4,7 @@ final step, a death during the final report, one evaluation per evaluated epoch.
 import json
 import pathlib
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -147,3 +148,21 @@ def test_running_again_after_dying_during_the_report_completes_it(tmp_path, monk
     assert saved_steps(tmp_path)[-1] == TOTAL_STEPS and not (tmp_path / "validation_report.json").exists()
     train_and_evaluate(tiny_run_config(), str(tmp_path))
     assert_complete(tmp_path)  # the final evaluation is logged once, not again
+
+
+def test_the_first_throughput_window_excludes_compilation(straight_run):
+    speeds = [r["images_per_s"] for r in metrics_log.read_metrics(straight_run[0]) if r["kind"] == "train"]
+    # Compiling takes seconds, a step of this net milliseconds: a window holding the compilation
+    # would be tens of times slower than the others.
+    assert speeds[0] > 0.25 * statistics.median(speeds[1:]), speeds
+
+
+def test_curves_compare_plain_cross_entropy_on_both_sides(straight_run):
+    records = metrics_log.read_metrics(straight_run[0])
+    train = [r for r in records if r["kind"] == "train"]
+    figure = plots.curves_figure(records)
+    loss_axes = figure.axes[0]
+    train_line = loss_axes.get_lines()[0]
+    assert list(train_line.get_ydata()) == [r["cross_entropy"] for r in train]  # not the smoothed objective
+    assert "no smoothing" in loss_axes.get_ylabel()
+    assert any(r["loss"] != r["cross_entropy"] for r in train)  # smoke.py trains with label smoothing 0.1
