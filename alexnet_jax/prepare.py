@@ -220,6 +220,12 @@ def prepare_image_folder(
 def open_tfds_splits(source_name: str, data_dir: str, splits, manual_dir: str | None = None) -> dict:
     """Data sources (images left encoded) of ``splits`` of the TFDS dataset ``source_name``, built
     first if it is not (imagenet2012: from the ILSVRC2012 tars in ``manual_dir``)."""
+    sliced = [split for split in splits if not split.isidentifier()]
+    if sliced:
+        raise DatasetError(
+            f"--splits={','.join(splits)}: {sliced[0]!r} is not a split name; prepare whole splits "
+            "(e.g. train,validation) and slice them when training (--config.dataset.train_split='train[:90%]')"
+        )
     config = types.SimpleNamespace(name=source_name, data_dir=data_dir, download=manual_dir is None)
     skip = {"image": tfds.decode.SkipDecoding()}
     return {split: tfds_source(config, split, skip, manual_dir) for split in splits}
@@ -256,10 +262,10 @@ def prepare_tfds_splits(
     def examples(split, source):
         for index in range(len(source)):
             record = source[index]
-            file_name = f"{split}/{_text(record['file_name'])}"
-            if file_name not in bad:
+            file_name = _text(record["file_name"])  # as the source names it
+            if f"{split}/{file_name}" not in bad:
                 image = output.cached(pathlib.Path(split, f"{index:09d}")).read_bytes()
-                yield file_name, {"image": image, "label": int(record["label"]), "file_name": file_name}
+                yield f"{split}/{index}", {"image": image, "label": int(record["label"]), "file_name": file_name}
 
     class_names = next(iter(sources.values())).dataset_info.features["label"].names
     description = f"TFDS {', '.join(sources)} re-encoded by alexnet_jax."

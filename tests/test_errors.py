@@ -129,6 +129,13 @@ CASES = [
         ),
         "could not build TFDS dataset 'imagenet2012' from --manual_dir=",
     ),
+    (
+        "sliced TFDS source split",
+        lambda p: (
+            [*p["prepare"]("x")[:1], "--tfds_source=imagenet2012", "--splits=train[:10%]"] + p["prepare"]("x")[2:]
+        ),
+        "--splits=train[:10%]: 'train[:10%]' is not a split name",
+    ),
     ("folder and TFDS source", lambda p: [*p["prepare"]("empty"), "--tfds_source=mnist"], "needs one of --image_f"),
     ("prepare without data_dir", lambda p: ["--mode=prepare", "--image_folder=x", "--dataset_name=y"], "--data_dir"),
     ("workdir under a file", lambda p: [*TINY, f"--workdir={p['a_file']}/run"], "a_file is a file, not a directory"),
