@@ -1,4 +1,4 @@
-"""alexnet_jax command line: train (default), evaluate, or prepare an image folder.
+"""alexnet_jax command line: train (default), evaluate, or prepare a dataset.
 
   python main.py --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu
   python main.py --mode=evaluate --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu --checkpoint=best
@@ -8,7 +8,9 @@
       --data_dir=DATA_DIR [--image_size=256]
 
 Any config field can be overridden with --config.<key>=<value>. Every mistake the program can
-recognise (see README, "Troubleshooting") ends in one line on stderr, ``error: ...``, and exit code 2.
+recognise (see README, "Troubleshooting") ends in one line on stderr, ``error: ...``, and exit code 2;
+a training step whose loss or gradients are not finite, in one such line and exit code 3; a stop
+signal saves and exits with 130.
 """
 
 import dataclasses
