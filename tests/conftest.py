@@ -238,5 +238,23 @@ def write_imagenet_style_folder(root):
     return root
 
 
-# A small model standing in for the ImageNet networks in command-line tests (224 crops cost too much here).
-STAND_IN_MODEL = ("--config.model.name=alexnet_cifar", "--config.model.width=0.125", "--config.model.fc_features=256")
+# A small run of an ImageNet config on write_imagenet_style_folder's data, from the command line: a
+# small model stands in for the ImageNet networks (224 crops cost too much here), and decoding
+# stays in the process (worker processes: see test_streaming.py).
+SMALL_IMAGENET_RUN = (
+    "--config.model.name=alexnet_cifar",
+    "--config.model.width=0.125",
+    "--config.model.fc_features=256",
+    "--config.input.workers=0",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=8",
+    "--config.num_epochs=2",
+    "--config.log_every_steps=1",
+)
+
+
+def datasets_config(name, data_dir, download=False):
+    """The dataset part of a config: a TFDS name and its data_dir."""
+    import ml_collections
+
+    return ml_collections.ConfigDict({"name": name, "data_dir": str(data_dir), "download": download})

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import CLASSES, write_image_folder
+from conftest import CLASSES, datasets_config, write_image_folder
 
 from alexnet_jax import datasets
 from alexnet_jax.prepare import prepare_image_folder
@@ -90,12 +90,6 @@ def test_empty_or_missing_image_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
     with pytest.raises(datasets.DatasetError, match="no images under"):
         prepare_image_folder(str(tmp_path / "empty"), "x", str(tmp_path))
-
-
-def datasets_config(name, data_dir, download=False):
-    import ml_collections
-
-    return ml_collections.ConfigDict({"name": name, "data_dir": str(data_dir), "download": download})
 
 
 def test_tfds_cifar10_path_with_mock_data(tmp_path, monkeypatch):

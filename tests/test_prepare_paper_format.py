@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import STAND_IN_MODEL, write_imagenet_style_folder
+from conftest import SMALL_IMAGENET_RUN, datasets_config, write_imagenet_style_folder
 from PIL import Image
 
 from alexnet_jax import datasets
@@ -54,12 +54,6 @@ def test_an_imagenet_style_folder_prepares_in_the_papers_format(tmp_path, monkey
     assert np.abs(centre[is_grey] - centre[is_grey].mean(-1, keepdims=True)).max() < 2
 
 
-def datasets_config(name, data_dir):
-    import ml_collections
-
-    return ml_collections.ConfigDict({"name": name, "data_dir": str(data_dir), "download": False})
-
-
 def test_the_paper_config_runs_from_the_command_line(tmp_path, cli):
     """prepare -> streamed training with the paper's augmentation and rule -> ten-crop evaluation. A
     small model stands in for alexnet2012 (whose 224 crops the suite cannot afford); the README
@@ -73,13 +67,8 @@ def test_the_paper_config_runs_from_the_command_line(tmp_path, cli):
         f"--workdir={tmp_path / 'run'}",
         "--config.dataset.name=tiny_imagenet_40",
         f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-        *STAND_IN_MODEL,
+        *SMALL_IMAGENET_RUN,
         "--config.augment.crop_size=32",
-        "--config.input.workers=0",  # worker processes: see test_streaming.py
-        "--config.batch_size=8",
-        "--config.eval_batch_size=8",
-        "--config.num_epochs=2",
-        "--config.log_every_steps=1",
     ]
     code, out, err = cli(*run)
     assert code == 0, err[-3000:]

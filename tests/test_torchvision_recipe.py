@@ -7,7 +7,7 @@ import math
 import pathlib
 
 import numpy as np
-from conftest import STAND_IN_MODEL, write_imagenet_style_folder
+from conftest import SMALL_IMAGENET_RUN, datasets_config, write_imagenet_style_folder
 from PIL import Image
 
 from alexnet_jax import datasets
@@ -85,12 +85,6 @@ def test_full_size_prepare_keeps_rgb_jpegs_byte_for_byte(tmp_path):
     assert {(300, 200), (40, 60), (1200, 900), (80, 80)} == sizes
 
 
-def datasets_config(name, data_dir):
-    import ml_collections
-
-    return ml_collections.ConfigDict({"name": name, "data_dir": str(data_dir), "download": False})
-
-
 def test_the_torchvision_config_runs_from_the_command_line(tmp_path, cli):
     """prepare (full size) -> host random resized crops -> training with the step schedule -> a ten-crop
     evaluation of centre squares (``--mode=evaluate`` itself: see the paper config's test)."""
@@ -103,17 +97,12 @@ def test_the_torchvision_config_runs_from_the_command_line(tmp_path, cli):
         f"--workdir={tmp_path / 'run'}",
         "--config.dataset.name=tiny_imagenet_full",
         f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-        *STAND_IN_MODEL,
+        *SMALL_IMAGENET_RUN,
         "--config.input.random_resized_crop=32",
         "--config.input.eval_resize=40",
         "--config.augment.crop_size=32",
-        "--config.input.workers=0",
-        "--config.batch_size=8",
-        "--config.eval_batch_size=8",
-        "--config.num_epochs=2",
         "--config.schedule.step_epochs=(1,)",
         "--config.eval_crops=10",
-        "--config.log_every_steps=1",
     ]
     code, out, err = cli(*run)
     assert code == 0, err[-3000:]
