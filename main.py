@@ -6,6 +6,8 @@
       [--image_size=256 | --image_format=jpeg]
   python main.py --mode=prepare --tfds_source=imagenet2012 --manual_dir=TARS --dataset_name=NAME \
       --data_dir=DATA_DIR [--image_size=256]
+  python main.py --config=... --workdir=SHARED_DIR --coordinator_address=HOST0:PORT --num_processes=N \
+      --process_id=I     (one process per host; on SLURM, TPU pods, ... JAX finds the three itself)
 
 Any config field can be overridden with --config.<key>=<value>. Every mistake the program can
 recognise (see README, "Troubleshooting") ends in one line on stderr, ``error: ...``, and exit code 2;
@@ -15,6 +17,7 @@ signal saves and exits with 130.
 
 import dataclasses
 import json
+import pathlib
 import re
 import sys
 
@@ -43,6 +46,11 @@ class Args:
     image_size: int | None
     image_format: str
     workers: int | None
+    coordinator_address: str | None
+    num_processes: int | None
+    process_id: int | None
+    initialization_timeout: int
+    heartbeat_timeout: int
 
 
 def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
@@ -83,6 +91,25 @@ def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
             **fv,
         ),
         "workers": flags.DEFINE_integer("workers", None, "prepare: encoding processes (default: all cores).", **fv),
+        "coordinator_address": flags.DEFINE_string(
+            "coordinator_address", None, "Several processes: process 0's host:port, the same for every process.", **fv
+        ),
+        "num_processes": flags.DEFINE_integer(
+            "num_processes", None, "Several processes: how many (one per host).", lower_bound=1, **fv
+        ),
+        "process_id": flags.DEFINE_integer(
+            "process_id", None, "Several processes: this one's id, 0..num_processes-1.", lower_bound=0, **fv
+        ),
+        "initialization_timeout": flags.DEFINE_integer(
+            "initialization_timeout", 300, "Several processes: seconds to wait for all of them at start.", **fv
+        ),
+        "heartbeat_timeout": flags.DEFINE_integer(
+            "heartbeat_timeout",
+            100,
+            "Several processes: seconds after which a silent process counts as dead and the others stop.",
+            lower_bound=1,
+            **fv,
+        ),
         "verbosity": flags.DEFINE_integer("verbosity", -1, "absl logging level: -1 warnings, 0 info, 1 debug.", **fv),
     }
 
@@ -184,6 +211,27 @@ def _prepare(args: Args) -> int:
     return 0
 
 
+def _join_processes(args: Args):
+    """Joins the other processes, if any, and checks that all run the same thing on equal devices
+    and share the workdir."""
+    import jax
+
+    from alexnet_jax import distributed
+
+    launch = distributed.Launch(
+        args.coordinator_address,
+        args.num_processes,
+        args.process_id,
+        args.initialization_timeout,
+        args.heartbeat_timeout,
+    )
+    distributed.initialize(launch)
+    if jax.process_count() > 1:
+        distributed.check_device_layout()
+        distributed.check_same_everywhere(distributed.run_description(args.config))
+        distributed.check_shared_directory(pathlib.Path(args.workdir))
+
+
 def run(args: Args) -> int:
     """Does what ``args.mode`` says; returns the exit code."""
     from alexnet_jax.errors import UserError
@@ -192,11 +240,14 @@ def run(args: Args) -> int:
         return _prepare(args)
     if args.config is None or not args.workdir:
         raise UserError(f"--mode={args.mode} needs --config=configs/<name>.py and --workdir=DIR")
+    _join_processes(args)
     if args.mode == "train":
+        from alexnet_jax.distributed import is_main_process
         from alexnet_jax.train import train_and_evaluate
 
         summary = train_and_evaluate(args.config, args.workdir)
-        print(json.dumps(summary))
+        if is_main_process():
+            print(json.dumps(summary))
         return EXIT_STOPPED if summary.get("stopped") else 0
     from alexnet_jax.evaluate import evaluate_checkpoint
 

@@ -63,6 +63,17 @@ ocp.type_handlers.register_type_handler(
 _absl_logger.setLevel(_level)
 
 
+def _items(state, rng) -> dict:
+    """What a checkpoint's ``state`` item holds. The step and the key are host (numpy) values, which
+    Orbax writes once, from process 0; the parameters and optimizer state are device arrays."""
+    return {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "step": np.asarray(jax.device_get(state.step)),
+        "rng": np.asarray(jax.random.key_data(rng)),
+    }
+
+
 class Checkpoints:
     """Saves and restores train states under ``directory``."""
 
@@ -96,24 +107,20 @@ class Checkpoints:
 
     def save(self, state, rng, data_position: dict, metrics: dict | None = None, force: bool = False) -> bool:
         """Starts saving ``state`` at its step (in the background); returns whether it saves."""
-        items = {
-            "params": state.params,
-            "opt_state": state.opt_state,
-            "step": state.step,
-            "rng": jax.random.key_data(rng),
-        }
-        args = ocp.args.Composite(state=ocp.args.StandardSave(items), data=ocp.args.JsonSave(data_position))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(_items(state, rng)), data=ocp.args.JsonSave(data_position)
+        )
         return self.manager.save(int(state.step), args=args, metrics=metrics, force=force)
 
-    def restore(self, step: int, state, rng):
-        """Restores checkpoint ``step`` into the structure of ``state``; returns (state, rng, data)."""
-        target = {
-            "params": state.params,
-            "opt_state": state.opt_state,
-            "step": state.step,
-            "rng": jax.random.key_data(rng),
-        }
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    def restore(self, step: int, state, rng, sharding: jax.sharding.Sharding | None = None):
+        """Restores checkpoint ``step`` into the structure of ``state``; returns (state, rng, data).
+
+        The arrays come back with ``sharding`` (e.g. on every device of every process), or on this
+        process's first device."""
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        as_target = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)  # noqa: E731
+        target = _items(state, rng)
+        abstract = {**jax.tree.map(as_target, target), "step": target["step"], "rng": target["rng"]}
         try:
             restored = self.manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())

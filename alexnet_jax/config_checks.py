@@ -49,13 +49,7 @@ def validate(config, num_devices: int):
     ):
         value = config[key]
         _require(isinstance(value, int) and value >= 1, f"--config.{key}={value!r} must be a whole number >= 1")
-    for key in ("batch_size", "eval_batch_size"):
-        value = config[key]
-        _require(
-            value % num_devices == 0,
-            f"--config.{key}={value} is not divisible by the {num_devices} devices; "
-            f"use a multiple of {num_devices}, e.g. {value + (-value % num_devices)}",
-        )
+    _check_device_layout(config, num_devices)
     opt = config.optimizer
     _require(opt.learning_rate > 0, f"--config.optimizer.learning_rate={opt.learning_rate} must be > 0")
     _require(0 <= opt.momentum < 1, f"--config.optimizer.momentum={opt.momentum} must be in [0, 1)")
@@ -66,6 +60,23 @@ def validate(config, num_devices: int):
     _check_augmentation(config)
     _check_host_views(config.input)
     _check_model_and_schedule(config)
+
+
+def _check_device_layout(config, num_devices: int):
+    """Batches split evenly over the devices of every process; several processes need shard_map."""
+    processes = jax.process_count()
+    layout = f" ({processes} processes x {num_devices // processes})" if processes > 1 else ""
+    for key in ("batch_size", "eval_batch_size"):
+        value = config[key]
+        _require(
+            value % num_devices == 0,
+            f"--config.{key}={value} is not divisible by the {num_devices} devices{layout}; "
+            f"use a multiple of {num_devices}, e.g. {value + (-value % num_devices)}",
+        )
+    _require(
+        processes == 1 or config.parallel == "shard_map",
+        f"--config.parallel={config.parallel} runs in one process; with {processes} use --config.parallel=shard_map",
+    )
 
 
 def check_crop(config, image_shape):

@@ -8,6 +8,7 @@ import jax
 
 from alexnet_jax import config_checks, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_signature
+from alexnet_jax.distributed import is_main_process
 from alexnet_jax.evaluation import create_evaluator, write_report
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.train import create_state, load_split, model_signature, step_constants
@@ -47,7 +48,8 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     directory = workdir / "checkpoints"
     if not directory.is_dir():
         raise CheckpointError(f"no checkpoints in {directory}; train first with --mode=train and the same --workdir")
-    print(runtime.platform_line(), flush=True)
+    if is_main_process():
+        print(runtime.platform_line(), flush=True)
     checkpoints = Checkpoints(directory, config.keep_checkpoints, async_save=False)
     step = resolve_checkpoint(checkpoints, which, directory)
     split = load_split(config, config.dataset.eval_split, train=False)
@@ -55,15 +57,17 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     expected = {"model": model_signature(config.model), "num_classes": len(split.class_names)}
     check_signature(saved, expected, workdir, "evaluate with the config it was trained with")
     state, _ = create_state(config, len(split.class_names), split.image_shape, steps_per_epoch=1)
-    state, _, _ = checkpoints.restore(step, state, jax.random.key(0))
-    checkpoints.close()
     parallel = DataParallel(config.parallel)
+    state, _, _ = checkpoints.restore(step, state, jax.random.key(0), parallel.replicated_sharding)
+    checkpoints.close()
     constants = step_constants(config, len(split.class_names))
     evaluator = create_evaluator(parallel, state.apply_fn, constants, split, config)
     metrics, predictions, labels = evaluator(parallel.replicate(state.params))
     dataset, split_name = config.dataset.name, config.dataset.eval_split
     name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{dataset}_{split_name}").strip("_")
     header = {"checkpoint_step": step, "dataset": dataset, "split": split_name}
+    if not is_main_process():
+        return {**header, **metrics, "examples": len(split)}
     report = write_report(workdir, name, split, predictions, labels, {**header, **metrics})
     print(json.dumps({k: report[k] for k in (*header, "loss", "top1", "top5", "examples")}))
     return report

@@ -31,7 +31,11 @@ class MetricsLog:
     """Appends events. On resume it first drops the events logged after the restored step, in
     metrics.jsonl (rewritten by rename) and in TensorBoard (its purge step hides them)."""
 
-    def __init__(self, workdir: str | pathlib.Path, resume_step: int = 0):
+    def __init__(self, workdir: str | pathlib.Path, resume_step: int = 0, enabled: bool = True):
+        """``enabled=False`` (processes other than 0): records are made and returned, nothing is written."""
+        self._file = self._tensorboard = None
+        if not enabled:
+            return
         workdir = pathlib.Path(workdir)
         kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
         self._path = workdir / METRICS_FILE
@@ -43,6 +47,8 @@ class MetricsLog:
     def write(self, kind: str, step: int, values: dict) -> dict:
         """Logs ``values`` (plain numbers) under ``kind`` ('train' or 'eval') at ``step``."""
         record = {"kind": kind, "step": int(step), **{k: float(v) for k, v in values.items()}}
+        if self._file is None:
+            return record
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         for key, value in values.items():
@@ -50,5 +56,6 @@ class MetricsLog:
         return record
 
     def close(self):
-        self._file.close()
-        self._tensorboard.close()
+        if self._file is not None:
+            self._file.close()
+            self._tensorboard.close()

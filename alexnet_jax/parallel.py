@@ -4,6 +4,10 @@ Arguments are either *replicated* (the same value on every device: train state, 
 keys) or *sharded* (split along the leading axis: a batch). ``DataParallel`` places arguments in
 the layout its wrapper expects and turns results back into plain global values, so the training
 loop does not depend on which wrapper runs.
+
+With several processes (shard_map only), the mesh spans every device of every process: each
+process gives ``shard`` its own block of the global batch, and ``unshard`` gathers the global
+batch from all of them.
 """
 
 from collections.abc import Callable, Sequence
@@ -11,6 +15,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -47,27 +52,42 @@ class DataParallel:
     def num_devices(self) -> int:
         return len(self.devices)
 
+    @property
+    def replicated_sharding(self) -> NamedSharding:
+        """The layout of a value every device holds whole (shard_map's replicated arguments)."""
+        return self._whole
+
     def replicate(self, tree):
         """Puts the same value on every device (pmap: with a leading device axis)."""
         if self.mode == "pmap":
             return self._stack(tree)
-        return jax.device_put(tree, self._whole)
+        return jax.tree.map(self._put_whole, tree)
+
+    def _put_whole(self, x):
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            # PRNG keys cannot be put on other processes' devices; their raw data can.
+            return jax.random.wrap_key_data(self._put_whole(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        return jax.device_put(x, self._whole)
 
     def shard(self, tree):
-        """Splits the leading (batch) axis across devices (pmap: reshaped to [devices, local, ...])."""
+        """Splits the leading (batch) axis across devices (pmap: reshaped to [devices, local, ...]).
+
+        With several processes, ``tree`` is this process's block of the global batch."""
         if self.mode == "pmap":
             split = lambda x: x.reshape(self.num_devices, -1, *x.shape[1:])  # noqa: E731
-            tree = jax.tree.map(split, tree)
-        return jax.device_put(tree, self._split)
+            return jax.device_put(jax.tree.map(split, tree), self._split)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split, x), tree)
 
     def unreplicate(self, tree):
         """One copy of a replicated value."""
         return self._first(tree) if self.mode == "pmap" else tree
 
     def unshard(self, tree):
-        """A sharded value as one global batch."""
+        """A sharded value as one global batch (with several processes: gathered from all, on the host)."""
         if self.mode == "pmap":
             return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+        if jax.process_count() > 1:
+            return multihost_utils.process_allgather(tree, tiled=True)
         return tree
 
     def wrap(

@@ -8,12 +8,17 @@ nothing after the last good checkpoint, or it goes on counting such steps (``non
 A run is resumable at every checkpoint and ends, however often it was stopped, killed or run
 again, with what an uninterrupted run leaves: an evaluation at every evaluated epoch (logged
 once), the final report and the curves.
+
+With several processes every one runs this loop in step with the others; process 0 alone writes
+logs, plots and reports and prints, checkpoints are written by all together (Orbax), and a stop
+requested on any process stops all of them at the same step.
 """
 
 import dataclasses
 import json
 import pathlib
 import signal
+import sys
 import threading
 import time
 
@@ -21,9 +26,10 @@ import jax
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, datasets, metrics_log, models, optim, plots, runtime
+from alexnet_jax import config_checks, datasets, distributed, metrics_log, models, optim, plots, runtime
 from alexnet_jax.checkpointing import Checkpoints, check_signature
 from alexnet_jax.datasets import ArraySplit, StreamSplit
+from alexnet_jax.distributed import AgreedStop, is_main_process
 from alexnet_jax.errors import TrainingDiverged
 from alexnet_jax.evaluation import create_evaluator, write_report
 from alexnet_jax.feeds import create_feed, host_views
@@ -53,12 +59,23 @@ def model_input_shape(config, image_shape) -> tuple[int, ...]:
 
 
 def create_state(config, num_classes: int, image_shape, steps_per_epoch: int):
-    """Model, optimizer and freshly initialised train state; returns (state, schedule)."""
+    """Model, optimizer and freshly initialised train state; returns (state, schedule).
+
+    ``model.dtype=float64`` keeps the parameters and the optimizer state in float64 too (for
+    numerical checks: results that differ only in the order of sums then agree to ~1e-15)."""
     model = models.create_model(config.model, num_classes)
     schedule = optim.create_schedule(config, steps_per_epoch)
     tx = optim.create_optimizer(config, schedule)
-    state = create_train_state(model, tx, model_input_shape(config, image_shape), jax.random.key(config.seed))
-    return state, schedule
+    param_dtype = np.float64 if config.model.get("dtype") == "float64" else np.float32
+    rng = jax.random.key(config.seed)
+    return create_train_state(model, tx, model_input_shape(config, image_shape), rng, param_dtype), schedule
+
+
+def say(message: str):
+    """Prints ``message`` above the progress bar, from process 0 only."""
+    if is_main_process():
+        tqdm.tqdm.write(message)
+        sys.stdout.flush()
 
 
 class StopRequests:
@@ -151,7 +168,7 @@ def load_run(config, workdir: pathlib.Path) -> Run:
     """Checks the config and the workdir and reads the data; raises ``UserError`` before writing anything."""
     config_checks.validate(config, jax.device_count())
     runtime.check_workdir(workdir)
-    print(runtime.platform_line(), flush=True)
+    say(runtime.platform_line())
     train_split = load_split(config, config.dataset.train_split, train=True)
     val_split = load_split(config, config.dataset.eval_split, train=False)
     if config.batch_size > len(train_split):
@@ -192,12 +209,12 @@ def _check_resumable(run: Run, checkpoints: Checkpoints):
         check_signature(checkpoints.read_data(latest), run.signature(), run.workdir, remedy)
 
 
-def _restore_latest(checkpoints: Checkpoints, state, rng):
+def _restore_latest(run: Run, checkpoints: Checkpoints, state, rng):
     """The latest checkpoint's (state, rng, data), or the given ones and no data."""
     latest = checkpoints.latest_step()
     if latest is None:
         return state, rng, {}
-    return checkpoints.restore(latest, state, rng)
+    return checkpoints.restore(latest, state, rng, run.parallel.replicated_sharding)
 
 
 class _Trainer:
@@ -261,7 +278,7 @@ class _Trainer:
         rate = np.float32(self.learning_rate() * self.plateau.factor)
         opt_state = optim.with_learning_rate(self.state.opt_state, self.run.parallel.replicate(rate))
         self.state = self.state.replace(opt_state=opt_state)
-        tqdm.tqdm.write(f"validation error stopped improving: learning rate now {rate:.3g}")
+        say(f"validation error stopped improving: learning rate now {rate:.3g}")
 
     def save(self, metrics: dict | None = None):
         self.check_finite(latest=True)  # a checkpoint never holds a step after a non-finite one
@@ -280,7 +297,7 @@ class _Trainer:
         if log is not None:
             epoch = self.step / self.run.steps_per_epoch
             log.write("eval", self.step, {"epoch": epoch, **{f"val_{k}": v for k, v in metrics.items()}})
-            tqdm.tqdm.write(
+            say(
                 f"epoch {round(epoch)}/{self.run.config.num_epochs} step {self.step}: validation top-1 "
                 f"{metrics['top1']:.4f} top-5 {metrics['top5']:.4f} cross-entropy {metrics['loss']:.4f}"
             )
@@ -356,12 +373,13 @@ def _save_checkpoint(trainer: "_Trainer", stopping: bool):
 
 
 def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple | None:
-    """Trains until the end or a stop request, running the periodic actions after each step, in
-    order; returns the last evaluation (metrics, predictions, labels)."""
-    run = trainer.run
-    tqdm.tqdm.write(f"compiled the train step in {trainer.compile():.1f} s")
+    """Trains until the end or a stop request (agreed by all processes), running the periodic
+    actions after each step, in order; returns the last evaluation (metrics, predictions, labels)."""
+    run, stop = trainer.run, AgreedStop(stop, trainer.run.parallel)
+    say(f"compiled the train step in {trainer.compile():.1f} s")
     window = _ThroughputWindow(run.parallel, run.config.batch_size)
-    bar = tqdm.tqdm(total=run.total_steps, initial=trainer.step, desc="train", unit="step", disable=None)
+    hidden = None if is_main_process() else True  # None: shown on a terminal
+    bar = tqdm.tqdm(total=run.total_steps, initial=trainer.step, desc="train", unit="step", disable=hidden)
     evaluate = _EvaluateEpochs(log, window)
     actions = (_check_finite, _LogTrain(log, window, bar), evaluate, _save_checkpoint)
     while trainer.step < run.total_steps:
@@ -380,12 +398,28 @@ def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | N
     """The final report and curves; evaluates only if this process has not just done so."""
     run = trainer.run
     if last_eval is None:
-        records = metrics_log.read_metrics(run.workdir)
+        records = metrics_log.read_metrics(run.workdir) if is_main_process() else []
         logged = any(r["kind"] == "eval" and r["step"] == run.total_steps for r in records)
-        last_eval = trainer.evaluate(None if logged else log)
+        last_eval = trainer.evaluate(None if distributed.agree(logged) else log)
+    if not is_main_process():
+        return
     metrics, predictions, labels = last_eval
     plots.plot_curves(metrics_log.read_metrics(run.workdir), run.workdir / "curves.png")
     write_report(run.workdir, REPORT, run.val_split, predictions, labels, {"step": run.total_steps, **metrics})
+
+
+def _start(config, workdir: str):
+    """Checks and reads everything a run needs; returns (run, checkpoints, state, rng, saved data),
+    the state and key restored from the latest checkpoint if there is one."""
+    run = load_run(config, pathlib.Path(workdir))
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
+    _check_resumable(run, checkpoints)
+    state, _ = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
+    if is_main_process():
+        runtime.warn_if_accelerator_config_on_cpu(config, state.params)
+    rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+    return run, checkpoints, *_restore_latest(run, checkpoints, state, rng)
 
 
 def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -> dict:
@@ -394,23 +428,17 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
     ``stop`` defaults to SIGINT/SIGTERM handling; anything with ``poll(step) -> bool`` and the
     context-manager methods can stand in for it.
     """
-    run = load_run(config, pathlib.Path(workdir))
-    run.workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
-    _check_resumable(run, checkpoints)
-    state, _ = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
-    runtime.warn_if_accelerator_config_on_cpu(config, state.params)
-    rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-    state, rng, saved = _restore_latest(checkpoints, state, rng)
+    run, checkpoints, state, rng, saved = _start(config, workdir)
     step = int(state.step)
-    if step >= run.total_steps and _report_is_complete(run):
+    if step >= run.total_steps and distributed.agree(is_main_process() and _report_is_complete(run)):
         checkpoints.close()
-        print(f"{run.workdir} has finished all {run.total_steps} steps; nothing to train (--mode=evaluate scores it)")
+        say(f"{run.workdir} has finished all {run.total_steps} steps; nothing to train (--mode=evaluate scores it)")
         return _summary(run)
-    (run.workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    if is_main_process():
+        (run.workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
     if 0 < step < run.total_steps:
-        print(f"resuming from step {step} of {run.total_steps} (epoch {step // run.steps_per_epoch})")
-    log = metrics_log.MetricsLog(run.workdir, resume_step=step)
+        say(f"resuming from step {step} of {run.total_steps} (epoch {step // run.steps_per_epoch})")
+    log = metrics_log.MetricsLog(run.workdir, resume_step=step, enabled=is_main_process())
     trainer = _Trainer(run, state, rng, saved, checkpoints)
     with stop or StopRequests() as stop:
         try:
@@ -429,7 +457,7 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
         checkpoints.close()
         if trainer.step < run.total_steps:
             log.close()
-            print(f"\nstopped by a signal at step {trainer.step}; checkpoint saved, run the same command to resume")
+            say(f"\nstopped by a signal at step {trainer.step}; checkpoint saved, run the same command to resume")
             return {**_summary(run), "step": trainer.step, "stopped": True}
         _finish(trainer, log, last_eval)
     log.close()

@@ -39,12 +39,18 @@ class StepConstants:
     eval_crops: int = 1  # 1: one view; 10: the paper's ten crops, softmax averaged
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, rng) -> TrainState:
-    """Initialises float32 parameters and optimizer state for ``image_shape`` = (H, W, C)."""
-    variables = jax.jit(model.init, static_argnames="train")(
-        rng, jnp.zeros((1, *image_shape), jnp.float32), train=False
-    )
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, image_shape, rng, param_dtype=jnp.float32
+) -> TrainState:
+    """Initialises parameters (``param_dtype``) and optimizer state for ``image_shape`` = (H, W, C),
+    in one compiled program."""
+
+    def init(rng):
+        params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)["params"]
+        params = jax.tree.map(lambda x: x.astype(param_dtype), params)
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+    return jax.jit(init)(rng)
 
 
 def _global_positions(local_batch: int) -> jax.Array:

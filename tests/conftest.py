@@ -5,6 +5,8 @@ start), and small shared configs."""
 import os
 import pathlib
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 
@@ -34,7 +36,14 @@ from configs import smoke  # noqa: E402
 # on-demand scheduling of whole files ends the workers at about the same time. xdist starts each
 # worker on two files, dealt in turn: test_run.py and test_errors.py, both using the session's
 # trained run (straight_run), go to the same worker of two, which then makes that run once.
-SLOWEST_FILES = ("test_run.py", "test_train_step.py", "test_errors.py", "test_streaming.py", "test_data.py")
+SLOWEST_FILES = (
+    "test_multihost.py",
+    "test_run.py",
+    "test_train_step.py",
+    "test_errors.py",
+    "test_streaming.py",
+    "test_data.py",
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -92,19 +101,23 @@ TINY = [
 ]
 
 
-def tiny_run_config():
-    """The config ``main.py`` builds from ``TINY``."""
+def tiny_run_config(*overrides):
+    """The config ``main.py`` builds from ``TINY`` and then ``overrides``."""
     import main
 
-    return main.parse_args(["main.py", *TINY]).config
+    return main.parse_args(["main.py", *TINY, *overrides]).config
 
 
 def final_arrays(workdir, step):
-    """Every array of checkpoint ``step``'s train state, by path."""
+    """Every array of checkpoint ``step``'s train state, by path, as numpy arrays (whatever the
+    devices and processes that wrote it)."""
+    import jax
     import numpy as np
     import orbax.checkpoint as ocp
 
-    restored = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
+    checkpointer, path = ocp.StandardCheckpointer(), (workdir / "checkpoints" / str(step) / "state").absolute()
+    saved = checkpointer.metadata(path).item_metadata
+    restored = checkpointer.restore(path, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), saved))
     return {"/".join(map(str, path)): np.asarray(x) for path, x in _flatten(restored)}
 
 
@@ -143,6 +156,64 @@ class StopAt:
 
     def __exit__(self, *exc):
         pass
+
+
+# main.py, given its flags after these, sending itself a real signal right after the checkpoint save
+# of a given step starts: SIGKILL then lands while that asynchronous save is being written.
+_SIGNAL_AFTER_SAVE = """
+import os, sys
+sys.path.insert(0, {root!r})
+import main
+from alexnet_jax import checkpointing
+original = checkpointing.Checkpoints.save
+def save_then_signal(self, state, *args, **kwargs):
+    started = original(self, state, *args, **kwargs)
+    if int(state.step) == {step}:
+        os.kill(os.getpid(), {signum})
+    return started
+checkpointing.Checkpoints.save = save_then_signal
+sys.exit(main.main(["main.py", *sys.argv[1:]]))
+"""
+
+
+def main_with_signal_after_save(step: int, signum: int) -> list[str]:
+    """The start of a command line that runs main.py and signals itself after saving ``step``."""
+    return [sys.executable, "-c", _SIGNAL_AFTER_SAVE.format(root=ROOT, step=step, signum=int(signum))]
+
+
+MAIN = [sys.executable, os.path.join(ROOT, "main.py")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_env(devices: int, x64: bool = False) -> dict:
+    """This test run's environment with ``devices`` fake CPU devices per process."""
+    flags = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
+    env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}"}
+    env["PYTHONUNBUFFERED"] = "1"
+    if x64:
+        env["JAX_ENABLE_X64"] = "1"
+    return env
+
+
+def launch_processes(
+    commands: list[list[str]], envs: list[dict], timeout: int = 240
+) -> list[subprocess.CompletedProcess]:
+    """Runs one command per process, process i with ``--process_id=i`` of len(commands), and waits."""
+    address = f"127.0.0.1:{free_port()}"
+    started = []
+    for i, (command, env) in enumerate(zip(commands, envs, strict=True)):
+        flags = [f"--coordinator_address={address}", f"--num_processes={len(commands)}", f"--process_id={i}"]
+        started.append(subprocess.Popen([*command, *flags], env=env, cwd=ROOT, text=True, stdout=-1, stderr=-1))
+    finished = []
+    for process in started:
+        out, err = process.communicate(timeout=timeout)
+        finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return finished
 
 
 @pytest.fixture(scope="session")

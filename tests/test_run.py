@@ -1,21 +1,28 @@
-"""main.py end to end: outputs, exact resume after SIGKILL and SIGTERM, stops at epoch ends and at the
-final step, a death during the final report, one evaluation per evaluated epoch."""
+"""main.py end to end: outputs, exact resume after SIGKILL and after stop requests, stops at epoch ends
+and at the final step, a death during the final report, one evaluation per evaluated epoch. A real
+SIGTERM (stop at a step boundary, exit 130, resume) is sent in test_multihost.py."""
 
 import json
-import pathlib
 import signal
 import statistics
 import subprocess
-import sys
-import textwrap
 
 import pytest
-from conftest import EPOCHS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, StopAt, assert_same_final_state, tiny_run_config
+from conftest import (
+    EPOCHS,
+    ROOT,
+    STEPS_PER_EPOCH,
+    TINY,
+    TOTAL_STEPS,
+    StopAt,
+    assert_same_final_state,
+    main_with_signal_after_save,
+    tiny_run_config,
+)
 
 from alexnet_jax import metrics_log, plots
 from alexnet_jax.train import train_and_evaluate
 
-ROOT = pathlib.Path(__file__).parent.parent
 OUTPUTS = ("curves.png", "validation_confusion.png", "validation_per_class.png", "validation_predictions.png")
 
 
@@ -68,30 +75,9 @@ def test_running_a_finished_run_again_only_reports(straight_run, cli):
     assert (workdir / "metrics.jsonl").read_text() == before
 
 
-# A subprocess that runs main.py and sends itself a real signal right after the checkpoint save
-# of step KILL_AT starts: SIGKILL lands while that asynchronous save is being written.
-_SIGNAL_AFTER_SAVE = """
-import os, signal, sys
-sys.path.insert(0, {root!r})
-import main
-from alexnet_jax import checkpointing
-original = checkpointing.Checkpoints.save
-def save_then_signal(self, state, *args, **kwargs):
-    started = original(self, state, *args, **kwargs)
-    if int(state.step) == {step}:
-        os.kill(os.getpid(), {signum})
-    return started
-checkpointing.Checkpoints.save = save_then_signal
-sys.exit(main.main(["main.py", *{args!r}]))
-"""
-
-
 def run_with_signal_after_save(workdir, step, signum):
-    args = [*TINY, f"--workdir={workdir}"]
-    code = _SIGNAL_AFTER_SAVE.format(root=str(ROOT), step=step, signum=int(signum), args=args)
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
+    command = [*main_with_signal_after_save(step, signum), *TINY, f"--workdir={workdir}"]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
 def test_kill_during_an_async_save_then_resume_gives_the_same_final_state(straight_run, tmp_path, cli):
@@ -104,21 +90,6 @@ def test_kill_during_an_async_save_then_resume_gives_the_same_final_state(straig
     assert code == 0, err[-3000:]
     assert f"resuming from step {resume_from} of {TOTAL_STEPS}" in out
     assert_complete(tmp_path)  # nothing logged twice, nothing missing
-    assert_same_final_state(tmp_path, straight_run[0])
-
-
-def test_sigterm_saves_at_a_step_boundary_exits_130_and_resumes_exactly(straight_run, tmp_path, cli):
-    stopped = run_with_signal_after_save(tmp_path, 2, signal.SIGTERM)
-    assert stopped.returncode == 130, stopped.stderr[-3000:]
-    assert "Traceback" not in stopped.stderr
-    stopped_at = json.loads(stopped.stdout.strip().splitlines()[-1])["step"]
-    assert f"stopped by a signal at step {stopped_at}; checkpoint saved" in stopped.stdout
-    assert 2 < stopped_at < TOTAL_STEPS and saved_steps(tmp_path)[-1] == stopped_at
-
-    code, out, err = cli(*TINY, f"--workdir={tmp_path}")
-    assert code == 0, err[-3000:]
-    assert f"resuming from step {stopped_at} of {TOTAL_STEPS}" in out
-    assert_complete(tmp_path)
     assert_same_final_state(tmp_path, straight_run[0])
 
 

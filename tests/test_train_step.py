@@ -82,8 +82,9 @@ def test_one_device_pmap_and_shard_map_agree_in_float64(agreement_start, path):
     config, split, start = agreement_start
     with jax.enable_x64(True):
         one_device = path(config, DataParallel("shard_map", jax.devices()[:1]), split, start)
-        runs = {"pmap x8": path(config, DataParallel("pmap"), split, start)}
-        runs["shard_map x8"] = path(config, DataParallel("shard_map"), split, start)
+        runs = {"shard_map x8": path(config, DataParallel("shard_map"), split, start)}
+        if path is resident_steps:  # the wrapper is the same for both paths: one suffices (time)
+            runs["pmap x8"] = path(config, DataParallel("pmap"), split, start)
     want_params, want_losses = one_device
     pairs = zip(jax.tree.leaves(want_params), jax.tree.leaves(start.params), strict=True)
     moved = max(float(np.max(np.abs(a - b))) for a, b in pairs)

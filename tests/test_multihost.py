@@ -1,0 +1,92 @@
+"""Several processes on JAX's distributed runtime, as real local processes on 127.0.0.1 with CPU
+collectives (gloo): training in step, a stop agreed by all, a checkpoint that resumes in another
+layout (a dead peer and the mistakes only several hosts can make: test_cross_host_errors.py).
+
+Agreement is checked in float64, as in test_train_step.py: 2 processes x 2 devices and 1 process
+x 8 devices differ only in the order of sums, ~1e-15 relative after these steps in float64 (measured
+5e-15), while any real difference (a process training on another's block of the batch, an
+example scored twice) moves the results by far more than 1e-6. Dropout draws its masks per
+device, so the float64 runs leave it off.
+"""
+
+import json
+import signal
+
+import jax
+import numpy as np
+import pytest
+from conftest import (
+    MAIN,
+    STEPS_PER_EPOCH,
+    TINY,
+    StopAt,
+    final_arrays,
+    launch_processes,
+    main_with_signal_after_save,
+    process_env,
+    tiny_run_config,
+)
+
+from alexnet_jax import metrics_log
+from alexnet_jax.train import train_and_evaluate
+
+RTOL, ATOL = 1e-10, 1e-13
+FLOAT64 = ["--config.model.dtype=float64", "--config.model.dropout_rate=0", "--config.dataset.synthetic_image_size=16"]
+EPOCHS = 2
+STEPS = EPOCHS * STEPS_PER_EPOCH
+STOP_REQUESTED_AT = STEPS_PER_EPOCH - 2  # right after that step's checkpoint starts
+
+
+def records(workdir, kind):
+    return [r for r in metrics_log.read_metrics(workdir) if r["kind"] == kind]
+
+
+@pytest.fixture
+def x64():
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
+
+
+def test_two_processes_train_in_step_stop_together_and_resume_in_one(tmp_path, cli, x64):
+    """2 x 2 devices train until process 1 alone is sent SIGTERM; both stop at the same step (one
+    step after the request: the end of epoch 1, evaluated and saved), and equal there a 1-process
+    run; one process of 8 devices then resumes their checkpoint to the end."""
+    flags = [
+        *TINY,
+        *FLOAT64,
+        f"--config.num_epochs={EPOCHS}",
+        "--heartbeat_timeout=30",
+        f"--workdir={tmp_path / 'two'}",
+    ]
+    two = launch_processes(
+        [[*MAIN, *flags], [*main_with_signal_after_save(STOP_REQUESTED_AT, signal.SIGTERM), *flags]],
+        [process_env(2, x64=True)] * 2,
+    )
+    for i, process in enumerate(two):
+        assert process.returncode == 130 and "Traceback" not in process.stderr, f"process {i}: {process.stderr[-3000:]}"
+    assert json.loads(two[0].stdout.strip().splitlines()[-1])["step"] == STEPS_PER_EPOCH
+    assert f"stopped by a signal at step {STEPS_PER_EPOCH}; checkpoint saved" in two[0].stdout
+    assert "4 x cpu (cpu), 2 processes" in two[0].stdout and "epoch" not in two[1].stdout  # process 0 prints
+    assert [r["step"] for r in records(tmp_path / "two", "eval")] == [STEPS_PER_EPOCH]  # logged once
+
+    one_process = tiny_run_config(*FLOAT64, f"--config.num_epochs={EPOCHS}")
+    train_and_evaluate(one_process, str(tmp_path / "one"), stop=StopAt(STEPS_PER_EPOCH))
+    for kind in ("train", "eval"):
+        assert [r["step"] for r in records(tmp_path / "two", kind)] == [
+            r["step"] for r in records(tmp_path / "one", kind)
+        ]
+    (got,), (want,) = records(tmp_path / "two", "eval"), records(tmp_path / "one", "eval")
+    assert got["val_top1"] == want["val_top1"]  # every validation example scored once, across processes
+    np.testing.assert_allclose(got["val_loss"], want["val_loss"], rtol=RTOL)
+    want, got = final_arrays(tmp_path / "one", STEPS_PER_EPOCH), final_arrays(tmp_path / "two", STEPS_PER_EPOCH)
+    floats = [key for key, value in want.items() if value.dtype.kind == "f"]
+    assert len(floats) > 10 and all(want[key].dtype == np.float64 for key in floats)
+    for key in floats:
+        np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL, err_msg=key)
+
+    code, out, err = cli(*flags)
+    assert code == 0, err[-3000:]
+    assert f"resuming from step {STEPS_PER_EPOCH} of {STEPS}" in out
+    assert [r["step"] for r in records(tmp_path / "two", "eval")] == [STEPS_PER_EPOCH, STEPS]
+    assert json.loads((tmp_path / "two" / "validation_report.json").read_text())["step"] == STEPS
