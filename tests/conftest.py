@@ -210,9 +210,13 @@ def launch_processes(
         flags = [f"--coordinator_address={address}", f"--num_processes={len(commands)}", f"--process_id={i}"]
         started.append(subprocess.Popen([*command, *flags], env=env, cwd=ROOT, text=True, stdout=-1, stderr=-1))
     finished = []
-    for process in started:
-        out, err = process.communicate(timeout=timeout)
-        finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    try:
+        for process in started:
+            out, err = process.communicate(timeout=timeout)
+            finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    finally:  # a hang (processes that disagree wait for each other) must not outlive the test
+        for process in started:
+            process.kill()
     return finished
 
 
