@@ -2,9 +2,12 @@
 (all set before JAX is imported, and inherited by pytest-xdist workers and the subprocesses tests
 start), and small shared configs."""
 
+import json
 import os
 import pathlib
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -97,6 +100,8 @@ TINY = [
     f"--config.num_epochs={EPOCHS}",
     "--config.log_every_steps=2",
     "--config.checkpoint_every_steps=2",
+    "--config.model.dropout_rate=0.1",  # so that resumes must restore the dropout keys too
+    "--config.optimizer.learning_rate=0.01",
 ]
 
 
@@ -181,6 +186,73 @@ def main_with_signal_after_save(step: int, signum: int) -> list[str]:
 
 
 MAIN = [sys.executable, os.path.join(ROOT, "main.py")]
+
+
+def kill_plan(seed: int, save_steps, evaluation_steps, total_steps: int) -> list[tuple[str, int]]:
+    """Seeded moments for ``killed_runs.py`` to SIGKILL a run at, in the order the run reaches them:
+    one inside a checkpoint write, one right after an evaluation, one after a train step.
+
+    Each kill leaves the latest committed checkpoint before its moment, so the restarted run
+    reaches the next moment."""
+    rng = random.Random(seed)
+    plan = [("save", rng.choice(save_steps)), ("evaluation", rng.choice(evaluation_steps))]
+    plan.append(("step", rng.randrange(1, total_steps)))
+    return sorted(plan, key=lambda moment: moment[1])
+
+
+def kill_and_restart(plan, workdir: pathlib.Path, flags) -> list[dict]:
+    """Runs main.py with ``flags`` over ``workdir`` once per moment of ``plan``, SIGKILLed there,
+    then once more to the end; returns per run its plan entry, exit status, checkpoint directory
+    entries after it, and stdout."""
+    outdir = workdir.with_name(workdir.name + "_outputs")
+    outdir.mkdir()
+    command = [sys.executable, os.path.join(ROOT, "tests", "killed_runs.py"), json.dumps(plan), str(outdir)]
+    done = subprocess.run([*command, *flags, f"--workdir={workdir}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads((outdir / "runs.json").read_text())
+    for i, run in enumerate(runs):
+        run["out"] = (outdir / f"run{i}.out").read_text()
+        run["err"] = (outdir / f"run{i}.err").read_text()
+    return runs
+
+
+def assert_survived_the_kills(runs, workdir, reference, total_steps: int):
+    """Every planned kill happened; no restart picked up an uncommitted checkpoint; the run ends as
+    ``reference`` (an uninterrupted run) did: the same final state bit for bit, the same records
+    in metrics.jsonl (every step once, the same values but for the measured speed), the same report."""
+    *killed, last = runs
+    assert last["status"] == 0, last["err"][-3000:]
+    for before, run in zip(runs, runs[1:], strict=False):
+        assert before["status"] == -signal.SIGKILL, (before["plan"], before["err"][-3000:])
+        moment, step = before["plan"]
+        committed = [int(name) for name in before["checkpoints"] if name.isdigit()]
+        if moment == "save":  # killed inside the write: written, not committed
+            assert f"{step}.orbax-checkpoint-tmp" in before["checkpoints"] and step not in committed, before
+        resumed = max(committed, default=0)
+        assert resumed < step, before
+        said = f"resuming from step {resumed} of {total_steps}" if resumed else "resuming"
+        assert (said in run["out"]) == bool(resumed), run["out"]
+    assert_same_final_state(workdir, reference, step=total_steps)
+    assert _saved_data(workdir, total_steps) == _saved_data(reference, total_steps)  # position, plateau rule
+    assert _logged(workdir) == _logged(reference)
+    report = "validation_report.json"
+    assert json.loads((workdir / report).read_text()) == json.loads((reference / report).read_text())
+
+
+def _saved_data(workdir, step) -> dict:
+    from alexnet_jax.checkpointing import Checkpoints
+
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=1)
+    try:
+        return checkpoints.read_data(step)
+    finally:
+        checkpoints.close()
+
+
+def _logged(workdir) -> list[dict]:
+    from alexnet_jax import metrics_log
+
+    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in metrics_log.read_metrics(workdir)]
 
 
 def free_port() -> int:

@@ -1,22 +1,21 @@
-"""main.py end to end: outputs, exact resume after SIGKILL and after stop requests, stops at epoch ends
-and at the final step, a death during the final report, one evaluation per evaluated epoch. A real
-SIGTERM (stop at a step boundary, exit 130, resume) is sent in test_multihost.py."""
+"""main.py end to end: outputs, exact resume after SIGKILLs at random moments and after stop
+requests, stops at epoch ends and at the final step, a death during the final report, one evaluation
+per evaluated epoch. A real SIGTERM (stop at a step boundary, exit 130, resume) is sent in test_multihost.py."""
 
 import json
-import signal
 import statistics
-import subprocess
 
 import pytest
 from conftest import (
     EPOCHS,
-    ROOT,
     STEPS_PER_EPOCH,
     TINY,
     TOTAL_STEPS,
     StopAt,
     assert_same_final_state,
-    main_with_signal_after_save,
+    assert_survived_the_kills,
+    kill_and_restart,
+    kill_plan,
     tiny_run_config,
 )
 
@@ -51,7 +50,9 @@ def test_a_run_leaves_metrics_events_checkpoints_and_plots(straight_run):
     train, evals = records(workdir, "train"), records(workdir, "eval")
     assert {"epoch", "loss", "cross_entropy", "accuracy", "learning_rate", "images_per_s"} <= set(train[0])
     assert {"val_top1", "val_top5", "val_loss"} <= set(evals[0])
-    assert evals[-1]["val_top1"] > 0.3  # 10 synthetic classes: chance is 0.1
+    # 10 synthetic classes, 64 validation examples: chance is 0.1, and 17 or more right by chance
+    # has a probability near 1e-4.
+    assert evals[-1]["val_top1"] > 0.25
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     # Kept: the latest two checkpoints, plus one with the best validation top-1 (ties allowed).
     kept = saved_steps(workdir)
@@ -75,22 +76,11 @@ def test_running_a_finished_run_again_only_reports(straight_run, cli):
     assert (workdir / "metrics.jsonl").read_text() == before
 
 
-def run_with_signal_after_save(workdir, step, signum):
-    command = [*main_with_signal_after_save(step, signum), *TINY, f"--workdir={workdir}"]
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
-
-
-def test_kill_during_an_async_save_then_resume_gives_the_same_final_state(straight_run, tmp_path, cli):
-    killed = run_with_signal_after_save(tmp_path, 6, signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    resume_from = saved_steps(tmp_path)[-1]  # step 6 only if its save finished before the kill
-    assert 0 < resume_from <= 6
-
-    code, out, err = cli(*TINY, f"--workdir={tmp_path}")
-    assert code == 0, err[-3000:]
-    assert f"resuming from step {resume_from} of {TOTAL_STEPS}" in out
-    assert_complete(tmp_path)  # nothing logged twice, nothing missing
-    assert_same_final_state(tmp_path, straight_run[0])
+def test_sigkills_at_random_moments_then_restarts_end_as_an_uninterrupted_run(straight_run, tmp_path):
+    saves, evaluations = range(2, TOTAL_STEPS + 1, 2), range(STEPS_PER_EPOCH, TOTAL_STEPS + 1, STEPS_PER_EPOCH)
+    plan = kill_plan(0, list(saves), list(evaluations), TOTAL_STEPS)
+    runs = kill_and_restart(plan, tmp_path / "run", TINY)
+    assert_survived_the_kills(runs, tmp_path / "run", straight_run[0], TOTAL_STEPS)
 
 
 def test_a_stop_at_an_epoch_end_evaluates_that_epoch_first(straight_run, tmp_path):

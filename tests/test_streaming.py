@@ -1,5 +1,5 @@
 """The streaming input pipeline: batches are a function of (seed, step) alone, the same as the
-resident path's, split between processes without overlap, and a streamed run resumes exactly."""
+resident path's, split between processes without overlap, and a streamed run resumes exactly after SIGKILLs."""
 
 import json
 
@@ -7,7 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import StopAt, assert_same_final_state, tiny_run_config
+from conftest import TINY, assert_survived_the_kills, kill_and_restart, kill_plan, tiny_run_config
 
 from alexnet_jax import datasets, input_pipeline, metrics_log
 from alexnet_jax.feeds import ResidentFeed, StreamingFeed
@@ -60,14 +60,28 @@ def test_eval_batches_cover_the_split_once_and_mask_the_padding():
     assert np.concatenate([b["label"] for b in out])[:20].tolist() == list(range(20))
 
 
+def stream_flags(prepared) -> list[str]:
+    """``TINY``'s run on the prepared folder, streamed: 27 training images, 3 steps per epoch, 2 epochs,
+    the paper's plateau rule for the rate."""
+    return [
+        *TINY,
+        "--config.dataset.name=tiny_folder",
+        f"--config.dataset.data_dir={prepared}",
+        "--config.dataset.train_split=train",
+        "--config.dataset.eval_split=val",
+        "--config.dataset.download=False",
+        "--config.batch_size=8",
+        "--config.eval_batch_size=8",
+        "--config.num_epochs=2",
+        "--config.log_every_steps=1",
+        "--config.schedule.name=plateau",
+        "--config.schedule.patience=1",
+        "--config.input.pipeline=streaming",
+    ]
+
+
 def stream_config(prepared):
-    config = tiny_run_config()
-    config.dataset.update(name="tiny_folder", data_dir=str(prepared), train_split="train", eval_split="val")
-    config.dataset.download = False
-    config.batch_size, config.eval_batch_size, config.num_epochs = 8, 8, 2
-    config.log_every_steps, config.checkpoint_every_steps = 1, 2
-    config.input.pipeline = "streaming"
-    return config
+    return tiny_run_config(*stream_flags(prepared)[len(TINY) :])
 
 
 def test_streaming_and_resident_feeds_give_the_same_batches(prepared):
@@ -104,11 +118,10 @@ def test_a_streamed_run_trains_evaluates_and_reports(straight_stream_run):
     assert [r["step"] for r in metrics_log.read_metrics(workdir) if r["kind"] == "eval"] == [3, 6]
 
 
-def test_a_stopped_streamed_run_resumes_to_the_same_parameters(prepared, straight_stream_run, tmp_path):
-    config = stream_config(prepared)
-    assert train_and_evaluate(config, str(tmp_path), stop=StopAt(4))["stopped"]
-    assert train_and_evaluate(config, str(tmp_path))["step"] == 6
-    assert_same_final_state(tmp_path, straight_stream_run[0], step=6)
+def test_sigkills_at_random_moments_then_restarts_end_as_an_uninterrupted_run(prepared, straight_stream_run, tmp_path):
+    plan = kill_plan(1, [2, 3, 4, 6], [3, 6], 6)  # checkpoints every 2 steps and at the epoch ends
+    runs = kill_and_restart(plan, tmp_path / "run", stream_flags(prepared))
+    assert_survived_the_kills(runs, tmp_path / "run", straight_stream_run[0], 6)
 
 
 class EncodedRecords(list):
