@@ -2,6 +2,8 @@
 (all set before JAX is imported, and inherited by pytest-xdist workers and the subprocesses tests
 start), and small shared configs."""
 
+import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -24,6 +26,8 @@ if not _WORKER:  # workers inherit the controller's settings
     # JAX's persistent cache compiles each program once per pytest run. It lives in a temporary
     # directory that the controlling process removes at the end.
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="alexnet_jax_xla_cache_")
+    # What the workers build once for all of them (see built_once).
+    os.environ["ALEXNET_JAX_TEST_SHARED"] = tempfile.mkdtemp(prefix="alexnet_jax_test_shared_")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -35,17 +39,26 @@ import pytest  # noqa: E402
 
 from configs import smoke  # noqa: E402
 
-# The slowest test files, slowest first (measured with --durations): run first, so that xdist's
-# on-demand scheduling of whole files ends the workers at about the same time. xdist starts each
-# worker on two files, dealt in turn: test_run.py and test_errors.py, both using the session's
-# trained run (straight_run), go to the same worker of two, which then makes that run once.
+# Test files, slowest first (measured with --durations), the order in which xdist hands them out
+# (pyproject.toml turns off its own reordering): each worker starts with one, takes another as soon
+# as it has two tests or fewer left, and the small files at the end fill the gaps, so the workers
+# end at about the same time.
 SLOWEST_FILES = (
     "test_multihost.py",
     "test_run.py",
-    "test_train_step.py",
-    "test_errors.py",
     "test_streaming.py",
+    "test_errors.py",
+    "test_train_step.py",
     "test_data.py",
+    "test_cross_host_errors.py",
+    "test_plateau.py",
+    "test_nonfinite.py",
+    "test_models.py",
+    "test_prepare_paper_format.py",
+    "test_torchvision_recipe.py",
+    "test_augment.py",
+    "test_evaluation.py",
+    "test_optim.py",
 )
 
 
@@ -57,6 +70,22 @@ def pytest_collection_modifyitems(items):
 def pytest_sessionfinish(session, exitstatus):
     if not _WORKER:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+        shutil.rmtree(os.environ["ALEXNET_JAX_TEST_SHARED"], ignore_errors=True)
+
+
+@contextlib.contextmanager
+def built_once(name: str):
+    """A folder shared by this pytest run's workers, and whether it is built already: the first
+    worker to ask builds it inside the ``with`` while the others wait for it (a file lock)."""
+    folder = pathlib.Path(os.environ["ALEXNET_JAX_TEST_SHARED"]) / name
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = (folder / ".built").exists()
+        if not built:  # nothing, or what a failed build left
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+        yield folder, built
+        (folder / ".built").touch()
 
 
 def tiny_config():
@@ -292,12 +321,21 @@ def launch_processes(
 
 
 @pytest.fixture(scope="session")
-def straight_run(tmp_path_factory):
-    """One uninterrupted in-process run of ``TINY``, shared: (workdir, summary, evaluations made)."""
+def straight_run():
+    """One uninterrupted in-process run of ``TINY``, shared by all workers: (workdir, summary,
+    evaluations made)."""
+    with built_once("straight") as (folder, built):
+        if not built:
+            result = _train_counting_evaluations(folder / "run")
+            (folder / "result.json").write_text(json.dumps(result))
+        summary, evaluations = json.loads((folder / "result.json").read_text())
+    return folder / "run", summary, evaluations
+
+
+def _train_counting_evaluations(workdir):
     from alexnet_jax import evaluation
     from alexnet_jax.train import train_and_evaluate
 
-    workdir = tmp_path_factory.mktemp("straight")
     calls = []
     original = evaluation.Evaluator.__call__
     evaluation.Evaluator.__call__ = lambda self, params: calls.append(1) or original(self, params)
@@ -305,7 +343,7 @@ def straight_run(tmp_path_factory):
         summary = train_and_evaluate(tiny_run_config(), str(workdir))
     finally:
         evaluation.Evaluator.__call__ = original
-    return workdir, summary, len(calls)
+    return summary, len(calls)
 
 
 CLASSES = ("cat", "dog", "ship")
@@ -330,14 +368,16 @@ def write_image_folder(root: pathlib.Path, per_class=8, size=16) -> pathlib.Path
 
 
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory):
-    """A small image folder prepared as the TFDS dataset ``tiny_folder``; returns its data_dir."""
-    from alexnet_jax.prepare import prepare_image_folder
+def prepared():
+    """A small image folder prepared as the TFDS dataset ``tiny_folder``, shared by all workers;
+    returns its data_dir."""
+    with built_once("prepared") as (folder, built):
+        if not built:
+            from alexnet_jax.prepare import prepare_image_folder
 
-    folder = write_image_folder(tmp_path_factory.mktemp("images"))
-    data_dir = tmp_path_factory.mktemp("tfds")
-    assert prepare_image_folder(str(folder), "tiny_folder", str(data_dir)) == []
-    return data_dir
+            images = write_image_folder(folder / "images")
+            assert prepare_image_folder(str(images), "tiny_folder", str(folder / "tfds")) == []
+    return folder / "tfds"
 
 
 @pytest.fixture
