@@ -43,12 +43,14 @@ def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, image_shape, rng, param_dtype=jnp.float32
 ) -> TrainState:
     """Initialises parameters (``param_dtype``) and optimizer state for ``image_shape`` = (H, W, C),
-    in one compiled program."""
+    in one compiled program. The step is a strongly typed int32, as a restored one is: a fresh and a
+    resumed state then share one compiled train step."""
 
     def init(rng):
         params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)["params"]
         params = jax.tree.map(lambda x: x.astype(param_dtype), params)
-        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+        state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+        return state.replace(step=jnp.zeros((), jnp.int32))
 
     return jax.jit(init)(rng)
 

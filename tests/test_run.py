@@ -83,32 +83,29 @@ def test_sigkills_at_random_moments_then_restarts_end_as_an_uninterrupted_run(st
     assert_survived_the_kills(runs, tmp_path / "run", straight_run[0], TOTAL_STEPS)
 
 
-def test_a_stop_at_an_epoch_end_evaluates_that_epoch_first(straight_run, tmp_path):
+def test_stops_and_a_death_during_the_report_then_resumes_end_as_an_uninterrupted_run(
+    straight_run, tmp_path, monkeypatch
+):
+    # A stop at an epoch's end evaluates that epoch first.
     summary = train_and_evaluate(tiny_run_config(), str(tmp_path), stop=StopAt(STEPS_PER_EPOCH))
     assert summary["stopped"] and summary["step"] == STEPS_PER_EPOCH
     assert [r["step"] for r in records(tmp_path, "eval")] == [STEPS_PER_EPOCH]
-    train_and_evaluate(tiny_run_config(), str(tmp_path))
-    assert_complete(tmp_path)
-    assert_same_final_state(tmp_path, straight_run[0])
 
-
-def test_a_stop_on_the_final_step_still_leaves_the_report(tmp_path):
-    summary = train_and_evaluate(tiny_run_config(), str(tmp_path), stop=StopAt(TOTAL_STEPS))
-    assert not summary.get("stopped") and summary["step"] == TOTAL_STEPS
-    assert_complete(tmp_path)
-
-
-def test_running_again_after_dying_during_the_report_completes_it(tmp_path, monkeypatch):
+    # A stop on the final step still goes on to the report; here the process dies writing it.
     def die(*args, **kwargs):
         raise RuntimeError("killed while plotting")
 
     with monkeypatch.context() as patch:
         patch.setattr(plots, "plot_curves", die)
         with pytest.raises(RuntimeError, match="killed while plotting"):
-            train_and_evaluate(tiny_run_config(), str(tmp_path))
+            train_and_evaluate(tiny_run_config(), str(tmp_path), stop=StopAt(TOTAL_STEPS))
     assert saved_steps(tmp_path)[-1] == TOTAL_STEPS and not (tmp_path / "validation_report.json").exists()
-    train_and_evaluate(tiny_run_config(), str(tmp_path))
-    assert_complete(tmp_path)  # the final evaluation is logged once, not again
+
+    # Running again completes the report, logging the final evaluation once, not again.
+    summary = train_and_evaluate(tiny_run_config(), str(tmp_path))
+    assert not summary.get("stopped") and summary["step"] == TOTAL_STEPS
+    assert_complete(tmp_path)
+    assert_same_final_state(tmp_path, straight_run[0])
 
 
 def test_the_first_throughput_window_excludes_compilation(straight_run):
