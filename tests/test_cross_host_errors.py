@@ -1,8 +1,10 @@
 """What only several processes can get wrong, with real local processes on 127.0.0.1: a peer that
-dies, processes started with different configs or devices, a workdir they do not share, a
-coordinator that does not answer. Each ends every process with one line, or for a dead peer with
-JAX's own message, within a bounded time."""
+dies, processes started with different configs, code or devices, a process count that does not
+divide the batch, a workdir they do not share, a coordinator that does not answer. Each ends
+every process with one line, or for a dead peer with JAX's own message, within a bounded time."""
 
+import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +28,7 @@ while True:
     time.sleep(0.05)
 """
 HEARTBEAT = 3
+REFUSED_WITHIN = 60  # seconds: refusals come before any training
 
 
 def test_a_dead_peer_stops_the_other_within_the_heartbeat_timeout(tmp_path):
@@ -55,7 +58,7 @@ def test_a_dead_peer_stops_the_other_within_the_heartbeat_timeout(tmp_path):
             assert line, (tmp_path / "1.out").read_text()[-3000:]
         victim.kill()
         killed = time.monotonic()
-        survivor.wait(timeout=60)
+        survivor.wait(timeout=REFUSED_WITHIN)
         waited = time.monotonic() - killed
     finally:
         for process in started:
@@ -69,7 +72,9 @@ def test_a_dead_peer_stops_the_other_within_the_heartbeat_timeout(tmp_path):
 
 def test_processes_started_with_different_configs_refuse_to_start(tmp_path):
     flags = [*MAIN, *TINY, f"--workdir={tmp_path}"]
-    started = launch_processes([[*flags, "--config.seed=0"], [*flags, "--config.seed=1"]], [process_env(1)] * 2)
+    started = launch_processes(
+        [[*flags, "--config.seed=0"], [*flags, "--config.seed=1"]], [process_env(1)] * 2, timeout=REFUSED_WITHIN
+    )
     assert [p.returncode for p in started] == [2, 2], started[0].stderr[-3000:]
     for process in started:
         assert process.stderr.strip().splitlines()[-1] == (
@@ -79,9 +84,36 @@ def test_processes_started_with_different_configs_refuse_to_start(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_processes_running_different_code_refuse_to_start(tmp_path):
+    other = tmp_path / "other_checkout"  # process 1 runs a copy of the code with one file changed
+    for package in ("alexnet_jax", "configs"):
+        shutil.copytree(pathlib.Path(ROOT) / package, other / package)
+    shutil.copy(pathlib.Path(ROOT) / "main.py", other / "main.py")
+    with (other / "alexnet_jax" / "optim.py").open("a") as f:
+        f.write("# changed on one host\n")
+    flags = [*TINY, f"--workdir={tmp_path / 'run'}"]
+    started = launch_processes(
+        [[*MAIN, *flags], [sys.executable, str(other / "main.py"), *flags]],
+        [process_env(1)] * 2,
+        timeout=REFUSED_WITHIN,
+    )
+    assert [p.returncode for p in started] == [2, 2], started[0].stderr[-3000:]
+    assert "error: process 1 was started differently from process 0: alexnet_jax/optim.py is " in started[0].stderr
+
+
+def test_a_process_count_that_does_not_divide_the_batch_is_refused(tmp_path):
+    flags = [*MAIN, *TINY, f"--workdir={tmp_path}"]  # batches of 64
+    started = launch_processes([flags, flags], [process_env(3)] * 2, timeout=REFUSED_WITHIN)
+    assert [p.returncode for p in started] == [2, 2], started[0].stderr[-3000:]
+    assert started[0].stderr.strip().splitlines()[-1] == (
+        "error: --config.batch_size=64 is not divisible by the 6 devices (2 processes x 3); "
+        "use a multiple of 6, e.g. 66"
+    )
+
+
 def test_processes_with_different_numbers_of_devices_refuse_to_start(tmp_path):
     flags = [*MAIN, *TINY, f"--workdir={tmp_path}"]
-    started = launch_processes([flags, flags], [process_env(2), process_env(3)])
+    started = launch_processes([flags, flags], [process_env(2), process_env(3)], timeout=REFUSED_WITHIN)
     assert [p.returncode for p in started] == [2, 2], started[0].stderr[-3000:]
     assert "error: the processes have different numbers of devices (process 0: 2, process 1: 3)" in started[0].stderr
 
@@ -89,7 +121,9 @@ def test_processes_with_different_numbers_of_devices_refuse_to_start(tmp_path):
 def test_a_workdir_that_not_every_process_sees_is_refused(tmp_path):
     flags = [*MAIN, *TINY]
     started = launch_processes(
-        [[*flags, f"--workdir={tmp_path / 'a'}"], [*flags, f"--workdir={tmp_path / 'b'}"]], [process_env(1)] * 2
+        [[*flags, f"--workdir={tmp_path / 'a'}"], [*flags, f"--workdir={tmp_path / 'b'}"]],
+        [process_env(1)] * 2,
+        timeout=REFUSED_WITHIN,
     )
     assert [p.returncode for p in started] == [2, 2], started[0].stderr[-3000:]
     assert f"error: process 1 cannot see what process 0 writes in {tmp_path / 'a'}" in started[0].stderr
