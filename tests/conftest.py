@@ -191,34 +191,11 @@ class StopAt:
         pass
 
 
-# main.py, given its flags after these, sending itself a real signal right after the checkpoint save
-# of a given step starts: SIGKILL then lands while that asynchronous save is being written.
-_SIGNAL_AFTER_SAVE = """
-import os, sys
-sys.path.insert(0, {root!r})
-import main
-from alexnet_jax import checkpointing
-original = checkpointing.Checkpoints.save
-def save_then_signal(self, state, *args, **kwargs):
-    started = original(self, state, *args, **kwargs)
-    if int(state.step) == {step}:
-        os.kill(os.getpid(), {signum})
-    return started
-checkpointing.Checkpoints.save = save_then_signal
-sys.exit(main.main(["main.py", *sys.argv[1:]]))
-"""
-
-
-def main_with_signal_after_save(step: int, signum: int) -> list[str]:
-    """The start of a command line that runs main.py and signals itself after saving ``step``."""
-    return [sys.executable, "-c", _SIGNAL_AFTER_SAVE.format(root=ROOT, step=step, signum=int(signum))]
-
-
 MAIN = [sys.executable, os.path.join(ROOT, "main.py")]
 
 
 def kill_plan(seed: int, save_steps, evaluation_steps, total_steps: int) -> list[tuple[str, int]]:
-    """Seeded moments for ``killed_runs.py`` to SIGKILL a run at, in the order the run reaches them:
+    """Seeded moments for ``forked_main.py`` to SIGKILL a run at, in the order the run reaches them:
     one inside a checkpoint write, one right after an evaluation, one after a train step.
 
     Each kill leaves the latest committed checkpoint before its moment, so the restarted run
@@ -229,31 +206,64 @@ def kill_plan(seed: int, save_steps, evaluation_steps, total_steps: int) -> list
     return sorted(plan, key=lambda moment: moment[1])
 
 
-def kill_and_restart(plan, workdir: pathlib.Path, flags) -> list[dict]:
-    """Runs main.py with ``flags`` over ``workdir`` once per moment of ``plan``, SIGKILLed there,
-    then once more to the end; returns per run its plan entry, exit status, checkpoint directory
-    entries after it, and stdout."""
-    outdir = workdir.with_name(workdir.name + "_outputs")
-    outdir.mkdir()
-    command = [sys.executable, os.path.join(ROOT, "tests", "killed_runs.py"), json.dumps(plan), str(outdir)]
-    done = subprocess.run([*command, *flags, f"--workdir={workdir}"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = json.loads((outdir / "runs.json").read_text())
-    for i, run in enumerate(runs):
+def run_forked(runs: list[dict], outdir: pathlib.Path, together=False, preload=True, timeout=240) -> list[dict]:
+    """Runs main.py once per entry of ``runs`` with ``tests/forked_main.py`` (see there), one after
+    another or ``together``; returns per run what the driver reports, plus its stdout and stderr.
+    A driver that outlives ``timeout`` is killed with all its children."""
+    outdir.mkdir(parents=True)
+    spec = json.dumps({"together": together, "preload": preload, "runs": runs})
+    command = [sys.executable, os.path.join(ROOT, "tests", "forked_main.py"), spec, str(outdir)]
+    driver = subprocess.Popen(command, cwd=ROOT, text=True, stdout=-1, stderr=-1, start_new_session=True)
+    try:
+        _, err = driver.communicate(timeout=timeout)
+    finally:  # the children are in the driver's process group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, err[-3000:]
+    ended = json.loads((outdir / "runs.json").read_text())
+    for i, run in enumerate(ended):
         run["out"] = (outdir / f"run{i}.out").read_text()
         run["err"] = (outdir / f"run{i}.err").read_text()
-    return runs
+    return ended
+
+
+def kill_and_restart(plan, workdir: pathlib.Path, flags) -> list[dict]:
+    """Runs main.py with ``flags`` over ``workdir`` once per moment of ``plan``, SIGKILLed there,
+    then once more to the end (see ``run_forked``)."""
+    argv = [*flags, f"--workdir={workdir}"]
+    runs = [{"argv": argv, "signal": [moment, step, signal.SIGKILL]} for moment, step in plan]
+    return run_forked([*runs, {"argv": argv}], workdir.with_name(workdir.name + "_outputs"))
+
+
+def distributed_run(
+    argvs: list[list[str]], outdir, devices, x64=False, signals=None, preload=True, timeout=240
+) -> list[dict]:
+    """Runs main.py as ``len(argvs)`` processes of one distributed run on 127.0.0.1, process i with
+    ``argvs[i]``, ``devices`` (or ``devices[i]``) fake CPU devices and the signal ``signals[i]``
+    (see ``run_forked``)."""
+    address = f"127.0.0.1:{free_port()}"
+    devices = devices if isinstance(devices, list) else [devices] * len(argvs)
+    signals = signals or [None] * len(argvs)
+    runs = [
+        {
+            "argv": [*argv, f"--coordinator_address={address}", f"--num_processes={len(argvs)}", f"--process_id={i}"],
+            "devices": devices[i],
+            "x64": x64,
+            "signal": signals[i],
+        }
+        for i, argv in enumerate(argvs)
+    ]
+    return run_forked(runs, pathlib.Path(outdir), together=True, preload=preload, timeout=timeout)
 
 
 def assert_survived_the_kills(runs, workdir, reference, total_steps: int):
     """Every planned kill happened; no restart picked up an uncommitted checkpoint; the run ends as
     ``reference`` (an uninterrupted run) did: the same final state bit for bit, the same records
     in metrics.jsonl (every step once, the same values but for the measured speed), the same report."""
-    *killed, last = runs
-    assert last["status"] == 0, last["err"][-3000:]
+    assert runs[-1]["status"] == 0, runs[-1]["err"][-3000:]
     for before, run in zip(runs, runs[1:], strict=False):
-        assert before["status"] == -signal.SIGKILL, (before["plan"], before["err"][-3000:])
-        moment, step = before["plan"]
+        assert before["status"] == -signal.SIGKILL, (before["signal"], before["err"][-3000:])
+        moment, step, _ = before["signal"]
         committed = [int(name) for name in before["checkpoints"] if name.isdigit()]
         if moment == "save":  # killed inside the write: written, not committed
             assert f"{step}.orbax-checkpoint-tmp" in before["checkpoints"] and step not in committed, before

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import MAIN, ROOT, TINY, free_port, launch_processes, process_env
+from conftest import MAIN, ROOT, TINY, distributed_run, free_port, launch_processes, process_env
 
 # Two processes that join through distributed.initialize and then all-gather in a loop, printing
 # each round, until one of them is killed.
@@ -70,18 +70,23 @@ def test_a_dead_peer_stops_the_other_within_the_heartbeat_timeout(tmp_path):
     assert waited < 2 * HEARTBEAT + 5, waited
 
 
+def refused(argvs, tmp_path, devices=1, preload=False) -> list[dict]:
+    """Two processes of one distributed run (forked, see conftest.run_forked), both refused with
+    exit code 2; ``preload`` for refusals that come after the training code is imported."""
+    started = distributed_run(argvs, tmp_path / "outputs", devices, preload=preload, timeout=REFUSED_WITHIN)
+    assert [p["status"] for p in started] == [2, 2], started[0]["err"][-3000:]
+    return started
+
+
 def test_processes_started_with_different_configs_refuse_to_start(tmp_path):
-    flags = [*MAIN, *TINY, f"--workdir={tmp_path}"]
-    started = launch_processes(
-        [[*flags, "--config.seed=0"], [*flags, "--config.seed=1"]], [process_env(1)] * 2, timeout=REFUSED_WITHIN
-    )
-    assert [p.returncode for p in started] == [2, 2], started[0].stderr[-3000:]
+    flags = [*TINY, f"--workdir={tmp_path / 'run'}"]
+    started = refused([[*flags, "--config.seed=0"], [*flags, "--config.seed=1"]], tmp_path)
     for process in started:
-        assert process.stderr.strip().splitlines()[-1] == (
+        assert process["err"].strip().splitlines()[-1] == (
             "error: process 1 was started differently from process 0: --config.seed is 1 there, 0 on process 0; "
             "start every process with the same command, code and packages"
         )
-    assert not list(tmp_path.iterdir())  # nothing written
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 def test_processes_running_different_code_refuse_to_start(tmp_path):
@@ -102,31 +107,23 @@ def test_processes_running_different_code_refuse_to_start(tmp_path):
 
 
 def test_a_process_count_that_does_not_divide_the_batch_is_refused(tmp_path):
-    flags = [*MAIN, *TINY, f"--workdir={tmp_path}"]  # batches of 64
-    started = launch_processes([flags, flags], [process_env(3)] * 2, timeout=REFUSED_WITHIN)
-    assert [p.returncode for p in started] == [2, 2], started[0].stderr[-3000:]
-    assert started[0].stderr.strip().splitlines()[-1] == (
+    flags = [*TINY, f"--workdir={tmp_path / 'run'}"]  # batches of 64
+    started = refused([flags, flags], tmp_path, devices=3, preload=True)
+    assert started[0]["err"].strip().splitlines()[-1] == (
         "error: --config.batch_size=64 is not divisible by the 6 devices (2 processes x 3); "
         "use a multiple of 6, e.g. 66"
     )
 
 
 def test_processes_with_different_numbers_of_devices_refuse_to_start(tmp_path):
-    flags = [*MAIN, *TINY, f"--workdir={tmp_path}"]
-    started = launch_processes([flags, flags], [process_env(2), process_env(3)], timeout=REFUSED_WITHIN)
-    assert [p.returncode for p in started] == [2, 2], started[0].stderr[-3000:]
-    assert "error: the processes have different numbers of devices (process 0: 2, process 1: 3)" in started[0].stderr
+    flags = [*TINY, f"--workdir={tmp_path / 'run'}"]
+    started = refused([flags, flags], tmp_path, devices=[2, 3])
+    assert "error: the processes have different numbers of devices (process 0: 2, process 1: 3)" in started[0]["err"]
 
 
 def test_a_workdir_that_not_every_process_sees_is_refused(tmp_path):
-    flags = [*MAIN, *TINY]
-    started = launch_processes(
-        [[*flags, f"--workdir={tmp_path / 'a'}"], [*flags, f"--workdir={tmp_path / 'b'}"]],
-        [process_env(1)] * 2,
-        timeout=REFUSED_WITHIN,
-    )
-    assert [p.returncode for p in started] == [2, 2], started[0].stderr[-3000:]
-    assert f"error: process 1 cannot see what process 0 writes in {tmp_path / 'a'}" in started[0].stderr
+    started = refused([[*TINY, f"--workdir={tmp_path / 'a'}"], [*TINY, f"--workdir={tmp_path / 'b'}"]], tmp_path)
+    assert f"error: process 1 cannot see what process 0 writes in {tmp_path / 'a'}" in started[0]["err"]
     assert not list((tmp_path / "a").iterdir())  # the check leaves nothing behind
 
 

@@ -16,14 +16,11 @@ import jax
 import numpy as np
 import pytest
 from conftest import (
-    MAIN,
     STEPS_PER_EPOCH,
     TINY,
     StopAt,
+    distributed_run,
     final_arrays,
-    launch_processes,
-    main_with_signal_after_save,
-    process_env,
     tiny_run_config,
 )
 
@@ -59,15 +56,13 @@ def test_two_processes_train_in_step_stop_together_and_resume_in_one(tmp_path, c
         "--heartbeat_timeout=30",
         f"--workdir={tmp_path / 'two'}",
     ]
-    two = launch_processes(
-        [[*MAIN, *flags], [*main_with_signal_after_save(STOP_REQUESTED_AT, signal.SIGTERM), *flags]],
-        [process_env(2, x64=True)] * 2,
-    )
+    sigterm_after_save = ["save_started", STOP_REQUESTED_AT, signal.SIGTERM]
+    two = distributed_run([flags, flags], tmp_path / "outputs", devices=2, x64=True, signals=[None, sigterm_after_save])
     for i, process in enumerate(two):
-        assert process.returncode == 130 and "Traceback" not in process.stderr, f"process {i}: {process.stderr[-3000:]}"
-    assert json.loads(two[0].stdout.strip().splitlines()[-1])["step"] == STEPS_PER_EPOCH
-    assert f"stopped by a signal at step {STEPS_PER_EPOCH}; checkpoint saved" in two[0].stdout
-    assert "4 x cpu (cpu), 2 processes" in two[0].stdout and "epoch" not in two[1].stdout  # process 0 prints
+        assert process["status"] == 130 and "Traceback" not in process["err"], f"process {i}: {process['err'][-3000:]}"
+    assert json.loads(two[0]["out"].strip().splitlines()[-1])["step"] == STEPS_PER_EPOCH
+    assert f"stopped by a signal at step {STEPS_PER_EPOCH}; checkpoint saved" in two[0]["out"]
+    assert "4 x cpu (cpu), 2 processes" in two[0]["out"] and "epoch" not in two[1]["out"]  # process 0 prints
     assert [r["step"] for r in records(tmp_path / "two", "eval")] == [STEPS_PER_EPOCH]  # logged once
 
     one_process = tiny_run_config(*FLOAT64, f"--config.num_epochs={EPOCHS}")

@@ -1,0 +1,128 @@
+"""Runs main.py in children forked from this one process, which imports everything once (JAX's
+backend is started by each child, not here).
+
+    python tests/forked_main.py SPEC OUTDIR
+
+SPEC is JSON: ``{"together": bool, "preload": bool, "runs": [{"argv": [...], "devices": int,
+"x64": bool, "signal": [moment, step, signum] or null}, ...]}`` (``preload``, default true: import
+the training code here, before forking). Runs start one after another (each waits
+for the one before), or all at once with ``together`` (the processes of one distributed run).
+Each child gets ``devices`` fake CPU devices, JAX's x64 mode if asked, and sends itself
+``signum`` at ``moment`` of ``step``:
+
+- ``step``: right after train step ``step`` is dispatched;
+- ``evaluation``: right after the evaluation at ``step`` is logged (before the checkpoint save);
+- ``save``: inside the asynchronous write of checkpoint ``step``: every file written, the
+  checkpoint not yet committed (Orbax's rename of its temporary directory);
+- ``save_started``: right after the save of checkpoint ``step`` has started.
+
+Writes OUTDIR/run<i>.out and .err, and OUTDIR/runs.json: for each run, its exit status (negative:
+the signal) and the entries of its workdir's checkpoint directory right after it ended (one after
+another) or once all ended (together). All children are in this process's group: killing the
+group ends them all.
+"""
+
+import json
+import os
+import pathlib
+import sys
+import traceback
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+
+import main  # noqa: E402
+
+
+def _after(cls, name: str, fires):
+    """Wraps method ``name`` of ``cls``: ``fires(self, *args)`` is asked after each call."""
+    original = getattr(cls, name)
+
+    def wrapped(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        fires(self, *args)
+        return result
+
+    setattr(cls, name, wrapped)
+
+
+def _arm(moment: str, step: int, signum: int):
+    """Makes this process send itself ``signum`` at ``moment`` of ``step``."""
+    from orbax.checkpoint._src.path import atomicity
+
+    from alexnet_jax import checkpointing, train
+
+    send = lambda: os.kill(os.getpid(), signum)  # noqa: E731
+    if moment == "step":
+        _after(train._Trainer, "train_step", lambda trainer: trainer.step == step and send())
+    elif moment == "evaluation":
+        _after(train._Trainer, "evaluate", lambda trainer, log: trainer.step == step and log is not None and send())
+    elif moment == "save_started":
+        _after(checkpointing.Checkpoints, "save", lambda _, state, *rest: int(state.step) == step and send())
+    elif moment == "save":
+        finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+        async def signal_before_commit(self):
+            if self.get_final().name == str(step):
+                send()
+            return await finalize(self)
+
+        atomicity.AtomicRenameTemporaryPath.finalize = signal_before_commit
+    else:
+        raise ValueError(f"unknown moment {moment!r}")
+
+
+def _child(run: dict, out: pathlib.Path, err: pathlib.Path):
+    """In the forked child: output to files, devices and the signal set up, main.py run; never returns."""
+    for stream, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), stream)
+    code = 1
+    try:
+        flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={run.get('devices', 8)}"
+        jax.config.update("jax_enable_x64", bool(run.get("x64")))
+        if run.get("signal"):
+            _arm(*run["signal"])
+        code = main.main(["main.py", *run["argv"]])
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _start(run: dict, outdir: pathlib.Path, i: int) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(run, outdir / f"run{i}.out", outdir / f"run{i}.err")
+    return pid
+
+
+def _checkpoints(run: dict) -> list[str]:
+    workdir = next(a.split("=", 1)[1] for a in run["argv"] if a.startswith("--workdir="))
+    folder = pathlib.Path(workdir) / "checkpoints"
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def _ended(run: dict, status: int) -> dict:
+    return {"signal": run.get("signal"), "status": os.waitstatus_to_exitcode(status), "checkpoints": _checkpoints(run)}
+
+
+def run_all(spec: dict, outdir: pathlib.Path) -> list[dict]:
+    if spec.get("preload", True):  # what training imports; runs refused at start need none of it
+        import alexnet_jax.train  # noqa: F401
+    runs = spec["runs"]
+    if spec.get("together"):
+        pids = [_start(run, outdir, i) for i, run in enumerate(runs)]
+        statuses = [os.waitpid(pid, 0)[1] for pid in pids]
+        return [_ended(run, status) for run, status in zip(runs, statuses, strict=True)]
+    return [_ended(run, os.waitpid(_start(run, outdir, i), 0)[1]) for i, run in enumerate(runs)]
+
+
+if __name__ == "__main__":
+    spec, outdir = json.loads(sys.argv[1]), pathlib.Path(sys.argv[2])
+    (outdir / "runs.json").write_text(json.dumps(run_all(spec, outdir), indent=1))
