@@ -22,6 +22,7 @@ another) or once all ended (together). All children are in this process's group:
 group ends them all.
 """
 
+import atexit
 import json
 import os
 import pathlib
@@ -88,6 +89,7 @@ def _child(run: dict, out: pathlib.Path, err: pathlib.Path):
     except BaseException:
         traceback.print_exc()
     finally:
+        atexit._run_exitfuncs()  # as a process exits: JAX's shutdown waits there for the other processes
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -74,7 +74,7 @@ def refused(argvs, tmp_path, devices=1, preload=False) -> list[dict]:
     """Two processes of one distributed run (forked, see conftest.run_forked), both refused with
     exit code 2; ``preload`` for refusals that come after the training code is imported."""
     started = distributed_run(argvs, tmp_path / "outputs", devices, preload=preload, timeout=REFUSED_WITHIN)
-    assert [p["status"] for p in started] == [2, 2], started[0]["err"][-3000:]
+    assert [p["status"] for p in started] == [2, 2], [p["err"][-3000:] for p in started]
     return started
 
 
