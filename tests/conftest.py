@@ -300,13 +300,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_env(devices: int, x64: bool = False) -> dict:
+def process_env(devices: int) -> dict:
     """This test run's environment with ``devices`` fake CPU devices per process."""
     flags = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
     env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}"}
     env["PYTHONUNBUFFERED"] = "1"
-    if x64:
-        env["JAX_ENABLE_X64"] = "1"
     return env
 
 
