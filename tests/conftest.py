@@ -194,15 +194,17 @@ class StopAt:
 MAIN = [sys.executable, os.path.join(ROOT, "main.py")]
 
 
-def kill_plan(seed: int, save_steps, evaluation_steps, total_steps: int) -> list[tuple[str, int]]:
+def kill_plan(seed: int, save_steps, evaluation_steps, total_steps: int, after_a_step=True) -> list[tuple[str, int]]:
     """Seeded moments for ``forked_main.py`` to SIGKILL a run at, in the order the run reaches them:
-    one inside a checkpoint write, one right after an evaluation, one after a train step.
+    one inside a checkpoint write, one right after an evaluation, and (``after_a_step``) one after
+    a train step.
 
     Each kill leaves the latest committed checkpoint before its moment, so the restarted run
     reaches the next moment."""
     rng = random.Random(seed)
     plan = [("save", rng.choice(save_steps)), ("evaluation", rng.choice(evaluation_steps))]
-    plan.append(("step", rng.randrange(1, total_steps)))
+    if after_a_step:
+        plan.append(("step", rng.randrange(1, total_steps)))
     return sorted(plan, key=lambda moment: moment[1])
 
 

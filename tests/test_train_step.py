@@ -34,7 +34,7 @@ def split(config):
 
 
 def agreement_config(config):
-    config.dataset.synthetic_image_size = 16  # float64 convolutions are slow on CPUs; size is not what is tested
+    config.dataset.synthetic_image_size = 8  # float64 convolutions are slow on CPUs; size is not what is tested
     config.model.dtype = "float64"
     config.model.dropout_rate = 0.0  # dropout masks are drawn per device; everything else is not
     config.optimizer.learning_rate, config.schedule.name = 0.01, "constant"
