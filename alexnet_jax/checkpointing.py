@@ -1,6 +1,7 @@
 """Orbax checkpoints holding everything a run needs to continue.
 
-Each checkpoint has two items: ``state`` (step, params, optimizer state, the run's base PRNG key)
+Each checkpoint has two items: ``state`` (step, params, optimizer state, batch-norm statistics if
+any, the run's base PRNG key)
 and ``data`` (JSON: the data position, and the run's signature: what the parameters and the batch
 layout depend on, checked before a run resumes or is evaluated). Saves are asynchronous;
 the manager keeps the latest ``keep`` checkpoints plus the one with the best validation top-1.
@@ -66,12 +67,15 @@ _absl_logger.setLevel(_level)
 def _items(state, rng) -> dict:
     """What a checkpoint's ``state`` item holds. The step and the key are host (numpy) values, which
     Orbax writes once, from process 0; the parameters and optimizer state are device arrays."""
-    return {
+    items = {
         "params": state.params,
         "opt_state": state.opt_state,
         "step": np.asarray(jax.device_get(state.step)),
         "rng": np.asarray(jax.random.key_data(rng)),
     }
+    if state.batch_stats is not None:
+        items["batch_stats"] = state.batch_stats
+    return items
 
 
 class Checkpoints:
@@ -132,6 +136,8 @@ class Checkpoints:
             ) from None
         items = restored["state"]
         state = state.replace(params=items["params"], opt_state=items["opt_state"], step=items["step"])
+        if "batch_stats" in items:
+            state = state.replace(batch_stats=items["batch_stats"])
         rng = jax.random.wrap_key_data(np.asarray(items["rng"]))
         return state, rng, dict(restored["data"])
 

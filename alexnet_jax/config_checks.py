@@ -99,6 +99,10 @@ def _check_augmentation(config):
         config.eval_crops == 1 or aug.crop_size is not None,
         "--config.eval_crops=10 takes crops of --config.augment.crop_size: set it (224 for ImageNet)",
     )
+    _require(
+        not (config.eval_flip and config.eval_crops == 10),
+        "--config.eval_flip=True adds mirror images, which the paper's ten crops already hold: use one or the other",
+    )
 
 
 def _check_host_views(inputs):
@@ -134,6 +138,8 @@ def _check_model_and_schedule(config):
     model = config.model
     if "width" in model:
         _positive("model.width", model.width)
+    if "norm" in model:
+        _one_of("model.norm", model.norm, models.NORMS)
     if "dropout_rate" in model:
         _require(0 <= model.dropout_rate < 1, f"--config.model.dropout_rate={model.dropout_rate} must be in [0, 1)")
     if config.dataset.name == "synthetic":

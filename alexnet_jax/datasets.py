@@ -22,6 +22,7 @@ from alexnet_jax.images import decode_image, decode_into, example_rng
 
 SYNTHETIC = "synthetic"
 _READ_CHUNK = 1024
+_ENCODED = {"image": tfds.decode.SkipDecoding()}  # images stay encoded; decode_into decodes them
 
 
 class DatasetError(UserError):
@@ -124,8 +125,8 @@ def load_split(dataset_config, split: str, stream: bool = False, view=None) -> A
         return synthetic_split(dataset_config, split)
     description = f"{dataset_config.name} {split}"
     if not stream:
-        return read_all(tfds_source(dataset_config, split), description)
-    source = tfds_source(dataset_config, split, decoders={"image": tfds.decode.SkipDecoding()})
+        return read_all(tfds_source(dataset_config, split, decoders=_ENCODED), description)
+    source = tfds_source(dataset_config, split, decoders=_ENCODED)
     _check_not_empty(source, description)
     image_shape = source.dataset_info.features["image"].shape
     if view is not None:
@@ -202,24 +203,35 @@ def _first_line(error: Exception) -> str:
     return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
+def _read_records(source, indices: range) -> list:
+    """Records at ``indices``, in one batched ArrayRecord read (a third faster than one by one for
+    CIFAR-sized records); one by one where the source has no batched read (TFDS's mock data)."""
+    try:
+        return list(source.__getitems__(list(indices)))
+    except TypeError:
+        return [source[i] for i in indices]
+
+
 def read_all(source, description: str) -> ArraySplit:
-    """Decodes every example of a data source into stacked arrays, with a progress bar."""
+    """Decodes every example of a data source (images left encoded) into one array, with a progress bar."""
     _check_not_empty(source, description)
     total = len(source)
-    images, labels = [], []
+    images, labels, sizes = None, np.empty(total, np.int32), set()
     with tqdm.tqdm(total=total, desc=f"reading {description}", unit="img", disable=None) as bar:
         for start in range(0, total, _READ_CHUNK):
-            examples = [source[i] for i in range(start, min(start + _READ_CHUNK, total))]
-            images += [np.asarray(e["image"]) for e in examples]
-            labels += [int(e["label"]) for e in examples]
+            examples = _read_records(source, range(start, min(start + _READ_CHUNK, total)))
+            if images is None:
+                images = np.empty((total, *decode_image(examples[0]["image"]).shape), np.uint8)
+            for i, example in enumerate(examples, start):
+                sizes.add(decode_into(example["image"], images[i]))
+                labels[i] = example["label"]
             bar.update(len(examples))
-    shapes = {image.shape for image in images}
-    if len(shapes) > 1:
+    if len(sizes) > 1:
         raise DatasetError(
-            f"{description} has images of {len(shapes)} different sizes (e.g. {sorted(shapes)[:3]}); "
+            f"{description} has images of {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); "
             "the in-memory pipeline needs one size: resize the image folder and prepare it again"
         )
-    return ArraySplit(np.stack(images).astype(np.uint8), np.asarray(labels, np.int32), _class_names(source))
+    return ArraySplit(images, labels, _class_names(source))
 
 
 def synthetic_split(dataset_config, split: str) -> ArraySplit:

@@ -12,6 +12,7 @@ from alexnet_jax.distributed import is_main_process
 from alexnet_jax.evaluation import create_evaluator, write_report
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.train import create_state, load_split, model_signature, step_constants
+from alexnet_jax.train_step import state_variables
 
 
 def resolve_checkpoint(checkpoints: Checkpoints, which: str, directory) -> int:
@@ -62,7 +63,7 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     checkpoints.close()
     constants = step_constants(config, len(split.class_names))
     evaluator = create_evaluator(parallel, state.apply_fn, constants, split, config)
-    metrics, predictions, labels = evaluator(parallel.replicate(state.params))
+    metrics, predictions, labels = evaluator(parallel.replicate(state_variables(state)))
     dataset, split_name = config.dataset.name, config.dataset.eval_split
     name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{dataset}_{split_name}").strip("_")
     header = {"checkpoint_step": step, "dataset": dataset, "split": split_name}

@@ -23,20 +23,20 @@ def pad_to_batches(split: ArraySplit, global_batch: int) -> dict[str, np.ndarray
 
 
 class Evaluator:
-    """Scores parameters on one split; subclasses say how the batches reach the devices."""
+    """Scores model variables (``state_variables``) on one split; subclasses say how the batches reach the devices."""
 
     def __init__(self, parallel: DataParallel, split, global_batch: int):
         self.parallel, self.split, self.global_batch = parallel, split, global_batch
         self.num_batches = -(-len(split) // global_batch)
 
-    def _scored_batches(self, params):
+    def _scored_batches(self, variables):
         """Yields (global sums, sharded predictions, sharded labels) per batch."""
         raise NotImplementedError
 
-    def __call__(self, params) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    def __call__(self, variables) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """Mean ``loss`` (cross-entropy), ``top1``, ``top5``; every example's predicted class and label."""
         totals, predictions, labels = None, [], []
-        for sums, batch_predictions, batch_labels in self._scored_batches(params):
+        for sums, batch_predictions, batch_labels in self._scored_batches(variables):
             totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
             predictions.append(self.parallel.unshard(batch_predictions))
             labels.append(self.parallel.unshard(batch_labels))
@@ -61,9 +61,9 @@ class ResidentEvaluator(Evaluator):
         )
         self._step = parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, SHARDED, SHARDED))
 
-    def _scored_batches(self, params):
+    def _scored_batches(self, variables):
         for start in self._starts:
-            yield self._step(params, self._data, self._order, start)
+            yield self._step(variables, self._data, self._order, start)
 
 
 class StreamingEvaluator(Evaluator):
@@ -76,12 +76,12 @@ class StreamingEvaluator(Evaluator):
         step = functools.partial(eval_step, apply_fn=apply_fn, constants=constants)
         self._step = parallel.wrap(step, (REPLICATED, SHARDED), (REPLICATED, SHARDED, SHARDED))
 
-    def _scored_batches(self, params):
+    def _scored_batches(self, variables):
         stream = input_pipeline.pipeline(self._batch_fn, 0, self.num_batches, self._workers)
         batches = iter(input_pipeline.to_devices(stream, self.parallel.shard))
         try:
             for batch in batches:
-                yield self._step(params, batch)
+                yield self._step(variables, batch)
         finally:
             batches.close()
 

@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax.errors import UserError
+from alexnet_jax.train_step import AXIS
 
 PAPER_INPUT_SIZE = 227
+NORMS = ("none", "batch")
 
 
 def _check_input_size(model: str, size: int, smallest: int, largest: int | None = None):
@@ -169,6 +171,8 @@ class AlexNetCIFAR(nn.Module):
     ``width`` scales every layer of the full-width net (64, 192, 384, 256, 256 conv channels;
     ``fc_features`` hidden units). He-normal initialisation, since without normalisation layers
     the paper's N(0, 0.01^2) makes a slim net start too slowly for a 30-minute CPU budget.
+    ``norm="batch"`` puts batch normalisation (statistics over the global batch, on every device)
+    between each convolution and its ReLU, where ``lrn`` would be; the convolutions then have no bias.
     """
 
     num_classes: int = 10
@@ -176,6 +180,7 @@ class AlexNetCIFAR(nn.Module):
     fc_features: int = 2048
     channels: Sequence[int] = (64, 192, 384, 256, 256)
     lrn: bool = False
+    norm: str = "none"  # none | batch
     dropout_rate: float = 0.5
     dtype: jnp.dtype = jnp.float32
 
@@ -184,19 +189,23 @@ class AlexNetCIFAR(nn.Module):
         he = nn.initializers.he_normal()
         c1, c2, c3, c4, c5 = (max(1, round(c * self.width)) for c in self.channels)
         hidden = max(1, round(self.fc_features * self.width))
+        if self.norm not in NORMS:
+            raise UserError(f"--config.model.norm={self.norm!r} is not one of {NORMS}")
+        batch_norm = self.norm == "batch"
 
-        def conv(features):
-            return nn.Conv(features, (3, 3), padding=1, kernel_init=he, dtype=self.dtype)
-
-        def maybe_lrn(x):
-            return LocalResponseNorm()(x) if self.lrn else x
+        def conv_relu(x, features, lrn=False):
+            x = nn.Conv(features, (3, 3), padding=1, use_bias=not batch_norm, kernel_init=he, dtype=self.dtype)(x)
+            if batch_norm:
+                x = nn.BatchNorm(not train, momentum=0.9, dtype=self.dtype, axis_name=AXIS if train else None)(x)
+            x = nn.relu(x)
+            return LocalResponseNorm()(x) if lrn else x
 
         x = x.astype(self.dtype)
-        x = _max_pool(maybe_lrn(nn.relu(conv(c1)(x))), padding="SAME")
-        x = _max_pool(maybe_lrn(nn.relu(conv(c2)(x))), padding="SAME")
-        x = nn.relu(conv(c3)(x))
-        x = nn.relu(conv(c4)(x))
-        x = _max_pool(nn.relu(conv(c5)(x)), padding="SAME")
+        x = _max_pool(conv_relu(x, c1, self.lrn), padding="SAME")
+        x = _max_pool(conv_relu(x, c2, self.lrn), padding="SAME")
+        x = conv_relu(x, c3)
+        x = conv_relu(x, c4)
+        x = _max_pool(conv_relu(x, c5), padding="SAME")
         x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype)(x))

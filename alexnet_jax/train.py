@@ -34,7 +34,7 @@ from alexnet_jax.errors import TrainingDiverged
 from alexnet_jax.evaluation import create_evaluator, write_report
 from alexnet_jax.feeds import create_feed, host_views
 from alexnet_jax.parallel import DataParallel
-from alexnet_jax.train_step import StepConstants, create_train_state
+from alexnet_jax.train_step import StepConstants, create_train_state, state_variables
 
 REPORT = "validation"  # the final report's file prefix: validation_report.json, validation_confusion.png, ...
 
@@ -49,6 +49,7 @@ def step_constants(config, num_classes: int) -> StepConstants:
         pca_noise=config.augment.pca_noise,
         normalization=config.dataset.normalization,
         eval_crops=config.eval_crops,
+        eval_flip=config.eval_flip,
     )
 
 
@@ -293,15 +294,20 @@ class _Trainer:
         """Scores the current parameters; logs the result unless ``log`` is None.
 
         Returns (metrics, predictions, labels)."""
-        metrics, predictions, labels = self.evaluator(self.state.params)
+        metrics, predictions, labels = self.evaluator(state_variables(self.state))
         if log is not None:
             epoch = self.step / self.run.steps_per_epoch
             log.write("eval", self.step, {"epoch": epoch, **{f"val_{k}": v for k, v in metrics.items()}})
-            say(
-                f"epoch {round(epoch)}/{self.run.config.num_epochs} step {self.step}: validation top-1 "
-                f"{metrics['top1']:.4f} top-5 {metrics['top5']:.4f} cross-entropy {metrics['loss']:.4f}"
-            )
+            say(validation_line(epoch, self.run.config.num_epochs, self.step, metrics))
         return metrics, predictions, labels
+
+
+def validation_line(epoch: float, num_epochs: int, step: int, metrics: dict) -> str:
+    """What the loop prints after each evaluation (benchmarks/time_to_accuracy.py reads it)."""
+    return (
+        f"epoch {round(epoch)}/{num_epochs} step {step}: validation top-1 "
+        f"{metrics['top1']:.4f} top-5 {metrics['top5']:.4f} cross-entropy {metrics['loss']:.4f}"
+    )
 
 
 class _ThroughputWindow:

@@ -20,7 +20,19 @@ AXIS = "batch"
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState (step, params, opt_state, apply_fn, tx)."""
+    """Flax's TrainState (step, params, opt_state, apply_fn, tx), and the model's batch-norm
+    statistics if it has any (else None)."""
+
+    batch_stats: Any = None
+
+
+def model_variables(params: Any, batch_stats: Any) -> dict:
+    """What ``apply_fn`` takes: the parameters, and the batch-norm statistics if there are any."""
+    return {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
+
+
+def state_variables(state: TrainState) -> dict:
+    return model_variables(state.params, state.batch_stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,19 +49,22 @@ class StepConstants:
     pca_noise: float = 0.0  # std of the paper's colour-noise coefficients (0.1 in the paper)
     normalization: str = "cifar10"
     eval_crops: int = 1  # 1: one view; 10: the paper's ten crops, softmax averaged
+    eval_flip: bool = False  # also score the mirror image, softmax averaged
 
 
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, image_shape, rng, param_dtype=jnp.float32
 ) -> TrainState:
-    """Initialises parameters (``param_dtype``) and optimizer state for ``image_shape`` = (H, W, C),
-    in one compiled program. The step is a strongly typed int32, as a restored one is: a fresh and a
-    resumed state then share one compiled train step."""
+    """Initialises parameters and batch-norm statistics (``param_dtype``) and optimizer state for
+    ``image_shape`` = (H, W, C), in one compiled program. The step is a strongly typed int32, as a
+    restored one is: a fresh and a resumed state then share one compiled train step."""
 
     def init(rng):
-        params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)["params"]
-        params = jax.tree.map(lambda x: x.astype(param_dtype), params)
-        state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+        variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+        params, batch_stats = jax.tree.map(
+            lambda x: x.astype(param_dtype), (variables["params"], variables.get("batch_stats"))
+        )
+        state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats)
         return state.replace(step=jnp.zeros((), jnp.int32))
 
     return jax.jit(init)(rng)
@@ -90,11 +105,18 @@ def train_step(
     targets = optax.smooth_labels(jax.nn.one_hot(labels, constants.num_classes), constants.label_smoothing)
     dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(AXIS))
 
-    def loss_fn(params):
-        logits = state.apply_fn({"params": params}, inputs, train=True, rngs={"dropout": dropout_key})
-        return optax.softmax_cross_entropy(logits, targets).mean(), logits
+    has_stats = state.batch_stats is not None
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def loss_fn(params):
+        variables = model_variables(params, state.batch_stats)
+        rngs = {"dropout": dropout_key}
+        if has_stats:
+            logits, updates = state.apply_fn(variables, inputs, train=True, rngs=rngs, mutable=["batch_stats"])
+        else:
+            logits, updates = state.apply_fn(variables, inputs, train=True, rngs=rngs), {}
+        return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates.get("batch_stats"))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, AXIS)
     metrics = {
         "loss": loss,
@@ -102,20 +124,24 @@ def train_step(
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
     }
     metrics = jax.lax.pmean(metrics, AXIS)
-    state = state.apply_gradients(grads=grads)
-    metrics["skipped_updates"] = 1.0 - state.opt_state.last_finite.astype(jnp.float32)  # optax.apply_if_finite
-    return state, metrics
+    applied = state.apply_gradients(grads=grads)
+    finite = applied.opt_state.last_finite  # optax.apply_if_finite: False if the update was skipped
+    if has_stats:  # statistics of a skipped step are dropped too
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        applied = applied.replace(batch_stats=jax.tree.map(keep, batch_stats, state.batch_stats))
+    metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
+    return applied, metrics
 
 
 def eval_step(
-    params: Any, batch: dict[str, jax.Array], apply_fn, constants: StepConstants
+    variables: dict, batch: dict[str, jax.Array], apply_fn, constants: StepConstants
 ) -> tuple[dict[str, jax.Array], jax.Array]:
     """Scores a batch; ``batch['mask']`` marks real examples (padding scores nothing).
 
     Returns global sums (``loss``, ``top1``, ``top5``, ``count``), and this device's predictions and labels.
     """
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-    log_probs = eval_log_probabilities(params, batch["image"], apply_fn, constants)
+    log_probs = eval_log_probabilities(variables, batch["image"], apply_fn, constants)
     loss = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
     sums = {
         "loss": jnp.sum(loss * mask),
@@ -126,12 +152,13 @@ def eval_step(
     return jax.lax.psum(sums, AXIS), jnp.argmax(log_probs, -1), labels
 
 
-def eval_log_probabilities(params: Any, images: jax.Array, apply_fn, constants: StepConstants) -> jax.Array:
+def eval_log_probabilities(variables: dict, images: jax.Array, apply_fn, constants: StepConstants) -> jax.Array:
     """Log class probabilities of uint8 NHWC ``images`` at test time: of one view (the centre
-    ``crop_size`` crop, or the whole image), or of the mean softmax over the paper's ten crops."""
+    ``crop_size`` crop, or the whole image), or of the mean softmax over the paper's ten crops;
+    with ``eval_flip``, of the mean softmax over the view and its mirror image."""
 
     def log_softmax(views):
-        logits = apply_fn({"params": params}, augment.normalize(views, constants.normalization), train=False)
+        logits = apply_fn(variables, augment.normalize(views, constants.normalization), train=False)
         return jax.nn.log_softmax(logits, axis=-1)
 
     if constants.eval_crops == 10:
@@ -140,6 +167,9 @@ def eval_log_probabilities(params: Any, images: jax.Array, apply_fn, constants: 
         return jax.nn.logsumexp(per_crop, axis=0) - jnp.log(10.0)  # log of the mean probability
     if constants.crop_size is not None:
         images = augment.centre_crop(images, constants.crop_size)
+    if constants.eval_flip:
+        both = log_softmax(jnp.concatenate([images, images[:, :, ::-1]]))
+        return jnp.logaddexp(both[: len(images)], both[len(images) :]) - jnp.log(2.0)
     return log_softmax(images)
 
 
@@ -161,6 +191,6 @@ def resident_train_step(state, data, order, rng, *, local_batch, steps_per_epoch
     return train_step(state, batch, rng, constants)
 
 
-def resident_eval_step(params, data, order, start, *, apply_fn, local_batch, constants):
+def resident_eval_step(variables, data, order, start, *, apply_fn, local_batch, constants):
     """``eval_step`` on ``order[start : start + global batch]`` of a padded resident dataset."""
-    return eval_step(params, resident_batch(data, order, start, local_batch), apply_fn, constants)
+    return eval_step(variables, resident_batch(data, order, start, local_batch), apply_fn, constants)

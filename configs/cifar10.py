@@ -1,11 +1,29 @@
-"""AlexNet (alexnet_cifar, full width) on CIFAR-10, for GPUs. The default config.
+"""AlexNet-shaped CIFAR-10 for GPUs: alexnet_cifar (five 3x3 convolutions, three dense layers) at full
+width, with batch norm. The default config.
 
 Command:
   python main.py --config=configs/cifar10.py --workdir=runs/cifar10
+Offline, from the CIFAR-10 training images as PNG files (README, "Data"), add
+  --config.dataset.name=cifar10_png --config.dataset.data_dir=/tmp/tfds
 
-Validation: the last 10% of the TFDS training split (``train[90%:]``); the test split stays held out.
-Expected result: not yet measured on a GPU; the target
-is >= 91% validation accuracy within 30 s wall-clock including compilation on one H100.
+Validation: the last 10% of the training split (``train[90%:]``); the test split stays held out.
+
+Changed from the paper's recipe, for a run of seconds rather than days: batch norm after each
+convolution (global batch statistics; the convolutions lose their biases), no dropout, label
+smoothing 0.2, Nesterov SGD on a one-cycle schedule peaking at 0.4 with batch 512, and the mirror
+image averaged in at evaluation. The structure (5 conv, 3 max-pools, 2 hidden dense layers of 2048
+and the classifier) is AlexNet's.
+
+Measured 2026-11-22 on one H100 80GB HBM3 (16-core Intel Xeon host), JAX 0.11.2, offline command
+above (BENCHMARKS.md, "CIFAR-10 time to accuracy"):
+  * this config (30 epochs), seed 0: validation top-1 92.18% (top-5 99.50%); 58 s from the
+    command's start to its final line. Training takes about 0.4 s per epoch; about 40 s go before
+    the first epoch ends (imports 7 s, reading and decoding the 50,000 PNGs 10 s, compiling the
+    train step 13.6 s, JAX start-up 2 s, compiling the evaluation).
+  * with --config.num_epochs=16, seeds 0-4: validation top-1 90.36% mean (std 0.32, 90.00% to
+    90.84%), whole command 47.9 s to 53.1 s.
+The goal, >= 91% within 30 s including compilation, is not met yet: start-up, not training, is
+what is over.
 """
 
 import ml_collections
@@ -48,7 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.channels = (64, 192, 384, 256, 256)
     config.model.fc_features = 2048
     config.model.lrn = False
-    config.model.dropout_rate = 0.5
+    config.model.norm = "batch"  # none | batch: batch normalisation after each convolution
+    config.model.dropout_rate = 0.0
 
     config.augment = ml_collections.ConfigDict()
     config.augment.crop_padding = 4  # pad, then crop back to the image size
@@ -57,13 +76,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.pca_noise = 0.0  # std of the paper's PCA colour noise (0.1 in the paper)
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.learning_rate = 0.05
+    config.optimizer.learning_rate = 0.4
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = True
     config.optimizer.weight_decay = 5e-4
     config.optimizer.decay_biases = False  # weight decay on kernels only, as cuda-convnet; True: PyTorch's
     config.optimizer.update_rule = "paper"  # paper | pytorch: where the rate sits (optim.create_optimizer)
-    config.optimizer.label_smoothing = 0.1
+    config.optimizer.label_smoothing = 0.2
 
     config.schedule = ml_collections.ConfigDict()
     config.schedule.name = "onecycle"  # constant | step | warmup_cosine | onecycle | plateau
@@ -81,6 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 512  # global, over all devices
     config.eval_batch_size = 1000
     config.eval_crops = 1  # 1: one view (centre crop_size crop, or the whole image); 10: the paper's ten crops
+    config.eval_flip = True  # also score each view's mirror image (softmax averaged)
     config.parallel = "shard_map"  # shard_map | pmap
     config.log_every_steps = 50
     config.eval_every_epochs = 1

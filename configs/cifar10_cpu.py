@@ -22,6 +22,10 @@ def get_config():
     config.model.dtype = "float32"  # CPUs have no fast bfloat16 convolutions
     config.model.channels = (32, 64, 128, 128, 128)
     config.model.fc_features = 512
+    config.model.norm = "none"
+    config.model.dropout_rate = 0.5
+    config.optimizer.label_smoothing = 0.1
+    config.eval_flip = False
     config.num_epochs = 18
     config.batch_size = 256
     config.optimizer.learning_rate = 0.05

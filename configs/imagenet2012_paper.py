@@ -64,6 +64,7 @@ def get_config():
     config.batch_size = 128
     config.eval_batch_size = 128  # x 10 crops: 1,280 images per evaluation step
     config.eval_crops = 10
+    config.eval_flip = False
     config.log_every_steps = 100
     config.checkpoint_every_steps = 2000
     return config

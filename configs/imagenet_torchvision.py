@@ -75,6 +75,7 @@ def get_config():
     config.batch_size = 256
     config.eval_batch_size = 256
     config.eval_crops = 1
+    config.eval_flip = False
     config.log_every_steps = 100
     config.checkpoint_every_steps = 2000
     return config

@@ -21,6 +21,9 @@ def get_config():
     config.model.width = 0.25
     config.model.fc_features = 512
     config.model.dropout_rate = 0.0
+    config.model.norm = "none"
+    config.optimizer.label_smoothing = 0.1
+    config.eval_flip = False
     config.optimizer.learning_rate = 0.005
     config.num_epochs = 2
     config.batch_size = 128

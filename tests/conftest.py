@@ -50,6 +50,7 @@ SLOWEST_FILES = (
     "test_errors.py",
     "test_train_step.py",
     "test_data.py",
+    "test_benchmarks.py",
     "test_cross_host_errors.py",
     "test_plateau.py",
     "test_nonfinite.py",

@@ -1,6 +1,8 @@
 """The paper's augmentation and test crops: random crops stay inside and reach every position; the
 PCA colour noise has the covariance the paper states; ten-crop scores are the mean of the crops'."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +43,7 @@ def numpy_ten_crops(images, size):
     return five + [crop[:, :, ::-1] for crop in five]
 
 
-def test_ten_crop_scores_are_the_mean_softmax_of_the_crops_one_by_one():
+def test_ten_crop_and_mirror_scores_are_the_mean_softmax_of_the_views_one_by_one():
     images = np.random.default_rng(0).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
     with jax.enable_x64(True):  # float64, so agreement means ~1e-15 and a tight bound is principled
         model = models.AlexNetCIFAR(num_classes=5, width=0.125, fc_features=64, dropout_rate=0.0, dtype=jnp.float64)
@@ -49,7 +51,7 @@ def test_ten_crop_scores_are_the_mean_softmax_of_the_crops_one_by_one():
         params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
         constants = StepConstants(num_classes=5, crop_size=16, normalization="imagenet", eval_crops=10)
         scores = jax.jit(eval_log_probabilities, static_argnums=(2, 3))
-        got = np.asarray(scores(params, jnp.asarray(images), model.apply, constants))
+        got = np.asarray(scores({"params": params}, jnp.asarray(images), model.apply, constants))
 
         apply = jax.jit(model.apply)
 
@@ -60,10 +62,15 @@ def test_ten_crop_scores_are_the_mean_softmax_of_the_crops_one_by_one():
         crops = numpy_ten_crops(images, 16)
         per_crop = [probabilities(crop) for crop in crops]
         centre_constants = StepConstants(num_classes=5, crop_size=16, normalization="imagenet")
-        centre = np.asarray(scores(params, jnp.asarray(images), model.apply, centre_constants))
+        centre = np.asarray(scores({"params": params}, jnp.asarray(images), model.apply, centre_constants))
+        mirror_constants = dataclasses.replace(centre_constants, eval_flip=True)
+        mirrored = np.asarray(scores({"params": params}, jnp.asarray(images), model.apply, mirror_constants))
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, np.log(np.mean(per_crop, axis=0)), rtol=1e-12, atol=1e-12)
     assert not np.allclose(
         np.log(per_crop[0]), np.log(per_crop[4]), rtol=1e-3
     )  # the crops differ: the mean means something
     np.testing.assert_allclose(centre, np.log(per_crop[4]), rtol=1e-12, atol=1e-12)  # one view: the centre crop
+    assert not np.allclose(np.log(per_crop[4]), np.log(per_crop[9]), rtol=1e-3)  # the mirror image scores otherwise
+    want = np.log((per_crop[4] + per_crop[9]) / 2)  # eval_flip: the centre crop's and its mirror's mean softmax
+    np.testing.assert_allclose(mirrored, want, rtol=1e-12, atol=1e-12)

@@ -138,6 +138,12 @@ CASES = [
     ),
     ("folder and TFDS source", lambda p: [*p["prepare"]("empty"), "--tfds_source=mnist"], "needs one of --image_f"),
     ("prepare without data_dir", lambda p: ["--mode=prepare", "--image_folder=x", "--dataset_name=y"], "--data_dir"),
+    ("unknown norm", lambda p: [*TINY, "--config.model.norm=layer"], "--config.model.norm='layer' is not one of"),
+    (
+        "mirror and ten crops",
+        lambda p: [*TINY, "--config.eval_crops=10", "--config.augment.crop_size=24", "--config.eval_flip=True"],
+        "--config.eval_flip=True adds mirror images, which the paper's ten crops already hold",
+    ),
     ("workdir under a file", lambda p: [*TINY, f"--workdir={p['a_file']}/run"], "a_file is a file, not a directory"),
     ("workdir not writable", lambda p: [*TINY, "--workdir=/proc/self/run"], "/proc/self is not writable"),
     ("another model", lambda p: [*p["trained"], "--config.model.width=0.25"], "different run (model: {"),

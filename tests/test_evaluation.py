@@ -12,6 +12,7 @@ from alexnet_jax import augment, datasets
 from alexnet_jax.evaluation import ResidentEvaluator, confusion_matrix
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.train import step_constants
+from alexnet_jax.train_step import state_variables
 
 
 def test_every_example_is_scored_exactly_once(config):
@@ -24,7 +25,7 @@ def test_every_example_is_scored_exactly_once(config):
         parallel = DataParallel("pmap")
         evaluator = ResidentEvaluator(parallel, state.apply_fn, step_constants(config, 10), split, global_batch=16)
         assert evaluator.num_batches == 7  # 100 examples -> 7 batches of 16, the last one 12 short
-        metrics, predictions, labels = evaluator(parallel.replicate(state.params))
+        metrics, predictions, labels = evaluator(parallel.replicate(state_variables(state)))
         images = augment.normalize(split.images, config.dataset.normalization).astype(np.float64)
         logits = np.asarray(state.apply_fn({"params": state.params}, images))
         log_softmax = np.asarray(jax.nn.log_softmax(logits))

@@ -1,4 +1,4 @@
-"""The data-parallel train step: 1 device, pmap x8 and shard_map x8 compute the same (that it
+"""The data-parallel train step: 1 device, pmap x8 and shard_map x8 compute the same, batch norm included (that it
 learns is checked end to end, in test_run.py).
 
 The agreement tests run in float64 (JAX's x64 mode, parameters and optimizer state included).
@@ -18,11 +18,12 @@ import pytest
 from conftest import float64_state, tiny_config
 
 from alexnet_jax import config_checks, datasets
+from alexnet_jax.checkpointing import Checkpoints
 from alexnet_jax.feeds import compile_batch_step, compile_train_step
 from alexnet_jax.input_pipeline import epoch_order
 from alexnet_jax.parallel import DataParallel
-from alexnet_jax.train import step_constants
-from alexnet_jax.train_step import StepConstants
+from alexnet_jax.train import create_state, step_constants
+from alexnet_jax.train_step import StepConstants, state_variables
 
 STEPS = 3
 RTOL, ATOL = 1e-10, 1e-13  # see the module docstring
@@ -51,7 +52,7 @@ def host_batch_steps(config, parallel: DataParallel, split, start_state, steps=S
         rows = slice(i * config.batch_size, (i + 1) * config.batch_size)
         state, metrics = step(state, parallel.shard({"image": split.images[rows], "label": split.labels[rows]}), rng)
         losses.append(float(jax.device_get(parallel.unreplicate(metrics))["loss"]))
-    return jax.device_get(parallel.unreplicate(state).params), losses
+    return jax.device_get(state_variables(parallel.unreplicate(state))), losses
 
 
 def resident_steps(config, parallel: DataParallel, split, start_state):
@@ -65,36 +66,59 @@ def resident_steps(config, parallel: DataParallel, split, start_state):
     for _ in range(STEPS):
         state, metrics = train_fn(state, data, order, rng)
         losses.append(float(jax.device_get(parallel.unreplicate(metrics))["loss"]))
-    return jax.device_get(parallel.unreplicate(state).params), losses
+    return jax.device_get(state_variables(parallel.unreplicate(state))), losses
 
 
-@pytest.fixture(scope="module")
-def agreement_start():
-    """(config, split, float64 start state), shared by both paths' agreement tests."""
+def agreement_start(norm: str):
+    """(config, split, float64 start state)."""
     config = agreement_config(tiny_config())
+    config.model.norm = norm
     split = datasets.load_split(config.dataset, "train")
     with jax.enable_x64(True):
         return config, split, float64_state(config, split, len(split) // config.batch_size)
 
 
-@pytest.mark.parametrize("path", [host_batch_steps, resident_steps], ids=["host batches", "resident data"])
-def test_one_device_pmap_and_shard_map_agree_in_float64(agreement_start, path):
+# The host-batch path runs with batch norm, whose statistics are taken over the global batch, so
+# they are device-count independent too (each path would cost twice the time with both).
+@pytest.mark.parametrize(
+    "path, norm", [(host_batch_steps, "batch"), (resident_steps, "none")], ids=["host batches", "resident data"]
+)
+def test_one_device_pmap_and_shard_map_agree_in_float64(path, norm):
     assert jax.device_count() == 8
-    config, split, start = agreement_start
+    config, split, start = agreement_start(norm)
     with jax.enable_x64(True):
         one_device = path(config, DataParallel("shard_map", jax.devices()[:1]), split, start)
         runs = {"shard_map x8": path(config, DataParallel("shard_map"), split, start)}
         if path is resident_steps:  # the wrapper is the same for both paths: one suffices (time)
             runs["pmap x8"] = path(config, DataParallel("pmap"), split, start)
-    want_params, want_losses = one_device
-    pairs = zip(jax.tree.leaves(want_params), jax.tree.leaves(start.params), strict=True)
-    moved = max(float(np.max(np.abs(a - b))) for a, b in pairs)
-    assert moved > 1e-3  # the steps changed the parameters, so agreement means something
-    for name, (params, losses) in runs.items():
-        for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(want_params), strict=True):
+    assert_agree(start, one_device, runs)
+
+
+def assert_agree(start, one_device, runs):
+    """Every run's variables and losses equal one device's, to the float64 bound; the steps moved
+    the variables (parameters, and batch-norm statistics if any), so agreeing means something."""
+    want_variables, want_losses = one_device
+    for collection, started in state_variables(start).items():
+        pairs = zip(jax.tree.leaves(want_variables[collection]), jax.tree.leaves(started), strict=True)
+        assert max(float(np.max(np.abs(a - b))) for a, b in pairs) > 1e-3, collection
+    for name, (variables, losses) in runs.items():
+        for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(want_variables), strict=True):
             assert got.dtype == np.float64
             np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=name)
         np.testing.assert_allclose(losses, want_losses, rtol=RTOL, err_msg=name)
+
+
+def test_batch_norm_statistics_are_saved_and_restored(tmp_path, config):
+    config.model.norm = "batch"
+    split = datasets.load_split(config.dataset, "train")
+    state, _ = create_state(config, len(split.class_names), split.image_shape, steps_per_epoch=1)
+    trained = state.replace(batch_stats=jax.tree.map(lambda x: x + np.arange(x.size, dtype=x.dtype), state.batch_stats))
+    checkpoints = Checkpoints(tmp_path, keep=1, async_save=False)
+    checkpoints.save(trained, jax.random.key(0), {})
+    restored, _, _ = checkpoints.restore(0, state, jax.random.key(0))
+    checkpoints.close()
+    for got, want in zip(jax.tree.leaves(restored.batch_stats), jax.tree.leaves(trained.batch_stats), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_step_constants_are_hashable_constants_not_a_pytree():

@@ -1,0 +1,58 @@
+"""The benchmark scripts keep working on a CPU, and count what they claim to count."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import time_to_accuracy  # noqa: E402
+import versus_pytorch  # noqa: E402
+
+
+def conv(out_size, channels, kernel, inputs):
+    return 2 * out_size**2 * channels * kernel**2 * inputs
+
+
+# Multiply-adds x 2 of each layer, from the layer shapes (torchvision's alexnet; the paper's Figure 2,
+# whose grouped layers see half the input channels).
+OWT = [conv(55, 64, 11, 3), conv(27, 192, 5, 64), conv(13, 384, 3, 192), conv(13, 256, 3, 384),
+       conv(13, 256, 3, 256), 2 * 9216 * 4096, 2 * 4096 * 4096, 2 * 4096 * 1000]  # fmt: skip
+PAPER = [conv(55, 96, 11, 3), conv(27, 256, 5, 48), conv(13, 384, 3, 256), conv(13, 384, 3, 192),
+         conv(13, 256, 3, 192), 2 * 9216 * 4096, 2 * 4096 * 4096, 2 * 4096 * 1000]  # fmt: skip
+
+
+@pytest.mark.parametrize("model, want", [("alexnet_owt", OWT), ("alexnet2012", PAPER)])
+def test_flops_are_counted_per_layer_from_the_network(model, want):
+    layers = versus_pytorch.count_flops(model)
+    assert [flops for _, flops in layers] == want
+    assert versus_pytorch.train_flops_per_image(layers) == 3 * sum(want) - want[0]  # no input gradient for conv1
+
+
+def test_the_side_by_side_script_runs_on_a_cpu(tmp_path):
+    out = tmp_path / "rows.json"
+    command = [sys.executable, "benchmarks/versus_pytorch.py", "--models=alexnet_cifar", "--batches=4",
+               "--dtypes=float32", "--steps=2", "--warmup=1", "--matmul_size=256", f"--json={out}"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "device: cpu (cpu)" in result.stdout
+    (row,) = [r for r in json.loads(out.read_text())["rows"] if r["framework"] == "jax"]
+    assert row["model"] == "alexnet_cifar" and row["batch"] == 4 and row["steps"] == 2
+    assert row["images_per_s"] > 0 and 0 < row["mfu"] and row["peak_gib"] > 0
+    assert "| alexnet_cifar | 4 | float32 | jax |" in result.stdout
+
+
+def test_the_time_to_accuracy_script_reads_the_line_the_loop_prints():
+    from alexnet_jax.train import validation_line
+
+    line = validation_line(2.0, 30, 176, {"top1": 0.91234, "top5": 0.99, "loss": 0.4})
+    assert time_to_accuracy.VALIDATION.search(line).groups() == ("2", "30", "176", "0.9123")
+    run = {
+        "evaluations": [{"seconds": 5.0, "top1": 0.9}, {"seconds": 7.5, "top1": 0.9123}, {"seconds": 9, "top1": 0.95}]
+    }
+    assert time_to_accuracy.first_reaching(run, 0.91) == 7.5
+    assert time_to_accuracy.first_reaching(run, 0.96) is None
