@@ -97,10 +97,14 @@ class AlexNetCIFAR(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def create(model: str) -> nn.Module:
+def create(model: str, width: float = 1.0) -> nn.Module:
+    """The network; ``width`` scales alexnet_cifar's layers as ``alexnet_jax.models`` does."""
     if model == "alexnet_owt":
         return torchvision.models.alexnet(weights=None)
-    return AlexNet2012() if model == "alexnet2012" else AlexNetCIFAR()
+    if model == "alexnet2012":
+        return AlexNet2012()
+    scaled = lambda n: max(1, round(n * width))  # noqa: E731
+    return AlexNetCIFAR(channels=tuple(scaled(c) for c in (64, 192, 384, 256, 256)), hidden=scaled(2048))
 
 
 def _device() -> torch.device:
@@ -130,13 +134,13 @@ def _optimizer(net: nn.Module, lr: float, momentum: float, weight_decay: float):
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, foreach=True)
 
 
-def time_row(model, images, labels, dtype, compile_mode, warmup, steps, sgd) -> dict:
+def time_row(model, images, labels, dtype, compile_mode, warmup, steps, sgd, width=1.0) -> dict:
     """Times torch's train step on the uint8 NHWC ``images``; returns times, compile time, peak memory."""
     device = _device()
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    net = create(model).to(device, memory_format=torch.channels_last)
+    net = create(model, width).to(device, memory_format=torch.channels_last)
     opt = _optimizer(net, *sgd)
     stats = "cifar10" if model == "alexnet_cifar" else "imagenet"
     mean = torch.tensor(MEANS[stats], device=device).view(1, 3, 1, 1) * 255

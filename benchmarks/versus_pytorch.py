@@ -59,6 +59,7 @@ _TORCH_COMPILE = flags.DEFINE_string("torch_compile", "default", "torch.compile 
 _PROFILE = flags.DEFINE_list("profile", [], "Cells 'model:batch:dtype' to print GPU kernel-time tables for.")
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", "/tmp/versus_pytorch_profiles", "Where JAX writes its traces.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
+_WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of alexnet_cifar, on both sides (a CPU smoke run: 0.125).")
 _MATMUL_SIZE = flags.DEFINE_integer(
     "matmul_size", None, "Side of the peak-measuring product; default 8192 (GPU), 2048."
 )
@@ -68,12 +69,13 @@ CLASSES = {"alexnet_owt": 1000, "alexnet2012": 1000, "alexnet_cifar": 10}
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 
 
-def jax_config(model: str, batch: int, dtype: str):
+def jax_config(model: str, batch: int, dtype: str, width: float = 1.0):
     """``configs/cifar10.py`` switched to ``model``: no augmentation, no batch norm, dropout 0.5 (as the
     PyTorch networks), the benchmark's SGD."""
     config = configs.cifar10.get_config()
     config.model.name, config.model.dtype, config.batch_size = model, dtype, batch
     config.model.norm, config.model.dropout_rate = "none", 0.5  # as the PyTorch networks
+    config.model.width = width  # alexnet_cifar only
     config.augment.crop_padding, config.augment.flip = 0, False
     config.dataset.normalization = "cifar10" if model == "alexnet_cifar" else "imagenet"
     opt = config.optimizer
@@ -89,9 +91,9 @@ def random_batch(model: str, batch: int, seed: int = 0) -> tuple[np.ndarray, np.
     return rng.integers(0, 256, (batch, size, size, 3), np.uint8), rng.integers(0, CLASSES[model], batch, np.int32)
 
 
-def count_flops(model: str) -> list[tuple[str, float]]:
+def count_flops(model: str, width: float = 1.0) -> list[tuple[str, float]]:
     """(layer, forward FLOPs per image) of every convolution and matrix product, read off the jaxpr."""
-    net = models.create_model(jax_config(model, 1, "float32").model, CLASSES[model])
+    net = models.create_model(jax_config(model, 1, "float32", width).model, CLASSES[model])
     size = IMAGE_SIZES[model]
     x = jnp.zeros((1, size, size, 3))
     variables = jax.eval_shape(net.init, jax.random.key(0), x)
@@ -130,8 +132,8 @@ def jax_matmul_tflops(size: int, repeats: int = 20) -> float:
     return 2 * size**3 / statistics.median(times) / 1e12
 
 
-def jax_row(model: str, batch: int, dtype: str, warmup: int, steps: int) -> dict:
-    config = jax_config(model, batch, dtype)
+def jax_row(model: str, batch: int, dtype: str, warmup: int, steps: int, width: float = 1.0) -> dict:
+    config = jax_config(model, batch, dtype, width)
     parallel = DataParallel("shard_map", jax.devices()[:1])
     images, labels = random_batch(model, batch)
     state, _ = create_state(config, CLASSES[model], images.shape[1:], steps_per_epoch=1)
@@ -280,7 +282,7 @@ def main(argv):
     )
     print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}); {versions}")
     print(f"bf16 {size}^3 matmul peak (TFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()))
-    flops = {model: count_flops(model) for model in _MODELS.value}
+    flops = {model: count_flops(model, _WIDTH.value) for model in _MODELS.value}
     for model, layers in flops.items():
         per_layer = ", ".join(f"{name.split('/')[-1]} {f / 1e6:.0f}" for name, f in layers)
         print(f"{model}: forward MFLOP/image {per_layer}; train GFLOP/image {train_flops_per_image(layers) / 1e9:.3f}")
@@ -292,7 +294,7 @@ def main(argv):
                 continue
             try:
                 if framework == "jax":
-                    result = jax_row(model, batch, dtype, _WARMUP.value, _STEPS.value)
+                    result = jax_row(model, batch, dtype, _WARMUP.value, _STEPS.value, _WIDTH.value)
                 else:
                     images, labels = random_batch(model, batch)
                     result = torch_bench.time_row(
@@ -304,6 +306,7 @@ def main(argv):
                         _WARMUP.value,
                         _STEPS.value,
                         (LEARNING_RATE, MOMENTUM, WEIGHT_DECAY),
+                        _WIDTH.value,
                     )
             except Exception:  # one failing row must not cost the others
                 print(f"{framework} {model} batch {batch} {dtype} failed:\n{traceback.format_exc()}", flush=True)

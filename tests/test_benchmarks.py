@@ -35,8 +35,9 @@ def test_flops_are_counted_per_layer_from_the_network(model, want):
 
 def test_the_side_by_side_script_runs_on_a_cpu(tmp_path):
     out = tmp_path / "rows.json"
-    command = [sys.executable, "benchmarks/versus_pytorch.py", "--models=alexnet_cifar", "--batches=4",
-               "--dtypes=float32", "--steps=2", "--warmup=1", "--matmul_size=256", f"--json={out}"]  # fmt: skip
+    flags = ["--models=alexnet_cifar", "--batches=4", "--dtypes=float32", "--steps=2", "--warmup=1"]
+    flags += ["--matmul_size=256", "--width=0.125", f"--json={out}"]
+    command = [sys.executable, "benchmarks/versus_pytorch.py", *flags]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "device: cpu (cpu)" in result.stdout
