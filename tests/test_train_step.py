@@ -1,5 +1,5 @@
-"""The data-parallel train step: 1 device, pmap x8 and shard_map x8 compute the same, batch norm included (that it
-learns is checked end to end, in test_run.py).
+"""The data-parallel train step: 1 device, pmap x8 and shard_map x8 compute the same, batch-norm
+statistics too (that it learns is checked end to end, in test_run.py).
 
 The agreement tests run in float64 (JAX's x64 mode, parameters and optimizer state included).
 What differs between 1 and 8 devices is only the order of sums (8 partial means vs 1), and in
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from conftest import float64_state, tiny_config
 
-from alexnet_jax import config_checks, datasets
+from alexnet_jax import augment, config_checks, datasets
 from alexnet_jax.checkpointing import Checkpoints
 from alexnet_jax.feeds import compile_batch_step, compile_train_step
 from alexnet_jax.input_pipeline import epoch_order
-from alexnet_jax.parallel import DataParallel
+from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
 from alexnet_jax.train import create_state, step_constants
 from alexnet_jax.train_step import StepConstants, state_variables
 
@@ -78,14 +78,10 @@ def agreement_start(norm: str):
         return config, split, float64_state(config, split, len(split) // config.batch_size)
 
 
-# The host-batch path runs with batch norm, whose statistics are taken over the global batch, so
-# they are device-count independent too (each path would cost twice the time with both).
-@pytest.mark.parametrize(
-    "path, norm", [(host_batch_steps, "batch"), (resident_steps, "none")], ids=["host batches", "resident data"]
-)
-def test_one_device_pmap_and_shard_map_agree_in_float64(path, norm):
+@pytest.mark.parametrize("path", [host_batch_steps, resident_steps], ids=["host batches", "resident data"])
+def test_one_device_pmap_and_shard_map_agree_in_float64(path):
     assert jax.device_count() == 8
-    config, split, start = agreement_start(norm)
+    config, split, start = agreement_start("none")
     with jax.enable_x64(True):
         one_device = path(config, DataParallel("shard_map", jax.devices()[:1]), split, start)
         runs = {"shard_map x8": path(config, DataParallel("shard_map"), split, start)}
@@ -106,6 +102,29 @@ def assert_agree(start, one_device, runs):
             assert got.dtype == np.float64
             np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=name)
         np.testing.assert_allclose(losses, want_losses, rtol=RTOL, err_msg=name)
+
+
+def test_batch_norm_statistics_are_taken_over_the_global_batch():
+    """8 devices' statistics are the whole batch's, as on 1 device (float64, as above)."""
+    config, split, start = agreement_start("batch")
+    images = augment.normalize(split.images[: config.batch_size], config.dataset.normalization)
+
+    def statistics(parallel: DataParallel):
+        def per_device(variables, x):
+            return state.apply_fn(variables, x, train=True, mutable=["batch_stats"])[1]["batch_stats"]
+
+        fn = parallel.wrap(per_device, (REPLICATED, SHARDED), REPLICATED)
+        return jax.device_get(parallel.unreplicate(fn(parallel.replicate(variables), parallel.shard(images))))
+
+    with jax.enable_x64(True):
+        state, variables = start, state_variables(start)
+        images = np.asarray(images, np.float64)
+        want = statistics(DataParallel("shard_map", jax.devices()[:1]))
+        got = statistics(DataParallel("shard_map"))
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), want, start.batch_stats)
+    assert max(jax.tree.leaves(moved)) > 1e-3  # the batch moved the statistics
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
 def test_batch_norm_statistics_are_saved_and_restored(tmp_path, config):
