@@ -56,7 +56,12 @@ _FRAMEWORKS = flags.DEFINE_list("frameworks", ["jax", "torch"], "jax, torch (tor
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed steps per row.")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps after compilation.")
 _TORCH_COMPILE = flags.DEFINE_string("torch_compile", "default", "torch.compile mode, or 'none' for eager.")
-_PROFILE = flags.DEFINE_list("profile", [], "Cells 'model:batch:dtype' to print GPU kernel-time tables for.")
+_PROFILE = flags.DEFINE_list(
+    "profile",
+    [],
+    "Cells 'model:batch:dtype' to print GPU kernel-time tables for. JAX's profiler cannot trace after "
+    "PyTorch's has run in the same process (CUPTI): for JAX tables of several cells, use --frameworks=jax.",
+)
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", "/tmp/versus_pytorch_profiles", "Where JAX writes its traces.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
 _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of alexnet_cifar, on both sides (a CPU smoke run: 0.125).")
