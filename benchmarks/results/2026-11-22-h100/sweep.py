@@ -1,4 +1,4 @@
-"""Session driver (not part of the project): CIFAR variants, then more seeds of the best."""
+"""Driver of the 2026-11-22 H100 runs, kept as run: CIFAR variants (seed 0), then seeds 1-4 of the best."""
 
 import json
 import os
