@@ -8,6 +8,10 @@
       --data_dir=DATA_DIR [--image_size=256]
   python main.py --config=... --workdir=SHARED_DIR --coordinator_address=HOST0:PORT --num_processes=N \
       --process_id=I     (one process per host; on SLURM, TPU pods, ... JAX finds the three itself)
+  python main.py --mode=convert --weights=alexnet-owt-7be5be79.pth --workdir=runs/torchvision_alexnet
+  python main.py --mode=predict --workdir=runs/torchvision_alexnet --images=photos/ [--output=preds.csv]
+  python main.py --config=configs/finetune_folder.py --workdir=runs/finetune \
+      --config.init_from=runs/torchvision_alexnet --config.dataset.name=NAME --config.dataset.data_dir=DATA_DIR
 
 Any config field can be overridden with --config.<key>=<value>. Every mistake the program can
 recognise (see README, "Troubleshooting") ends in one line on stderr, ``error: ...``, and exit code 2;
@@ -25,6 +29,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_STOPPED = 2, 3, 130
+MODES = ["train", "evaluate", "prepare", "convert", "predict"]
+CONVERT_CONFIG = pathlib.Path(__file__).parent / "configs" / "imagenet_torchvision.py"
 _CONFIG_MODULE = "config_config"  # where ml_collections loads the --config file (sys.modules key)
 
 
@@ -51,6 +57,11 @@ class Args:
     process_id: int | None
     initialization_timeout: int
     heartbeat_timeout: int
+    weights: str | None
+    images: list[str]
+    output: str | None
+    ten_crop: bool
+    grid: str | None
 
 
 def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
@@ -60,9 +71,22 @@ def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
         "config": config_flags.DEFINE_config_file(
             "config", None, "Config file, e.g. configs/cifar10_cpu.py.", sys_argv=argv, **fv
         ),
-        "mode": flags.DEFINE_enum("mode", "train", ["train", "evaluate", "prepare"], "What to do.", **fv),
+        "mode": flags.DEFINE_enum("mode", "train", MODES, "What to do.", **fv),
         "workdir": flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints, plots.", **fv),
-        "checkpoint": flags.DEFINE_string("checkpoint", "best", "evaluate: 'best', 'latest' or a step number.", **fv),
+        "checkpoint": flags.DEFINE_string(
+            "checkpoint", "best", "evaluate, predict: 'best', 'latest' or a step number.", **fv
+        ),
+        "weights": flags.DEFINE_string(
+            "weights", None, "convert: torchvision's AlexNet weights, a .pth (state dict) or .safetensors file.", **fv
+        ),
+        "images": flags.DEFINE_multi_string(
+            "images", [], "predict: image files, folders or globs (repeat the flag, or list them after it).", **fv
+        ),
+        "output": flags.DEFINE_string("output", None, "predict: also write the top-5 to this .csv or .jsonl.", **fv),
+        "ten_crop": flags.DEFINE_bool("ten_crop", False, "predict: the paper's ten crops instead of the centre.", **fv),
+        "grid": flags.DEFINE_string(
+            "grid", None, "predict: the PNG grid of images (default WORKDIR/predictions.png).", **fv
+        ),
         "image_folder": flags.DEFINE_string("image_folder", None, "prepare: <split>/<class>/<image> folder.", **fv),
         "tfds_source": flags.DEFINE_string(
             "tfds_source", None, "prepare: a TFDS dataset to re-encode instead of a folder, e.g. imagenet2012.", **fv
@@ -178,10 +202,14 @@ def parse_args(argv: list[str]) -> Args:
         positional = flag_values(argv)
     except (flags.Error, TypeError, ValueError) as e:  # bad flag name or value: absl names the flag
         raise UserError(f"{str(e).splitlines()[0]}; see python main.py --help") from None
+    values = {name: holder.value for name, holder in holders.items() if name != "verbosity"}
+    if values["mode"] == "predict":  # `--images photos/*.jpg`: the shell's expansion follows the flag
+        values["images"], positional = [*values["images"], *positional[1:]], positional[:1]
     if len(positional) > 1:
         raise UserError(f"unexpected arguments {positional[1:]}; flags take the form --name=value")
     logging.set_verbosity(holders["verbosity"].value)
-    values = {name: holder.value for name, holder in holders.items() if name != "verbosity"}
+    if values["mode"] == "convert" and values["config"] is None:
+        values["config"] = _load_config([argv[0], f"--config={CONVERT_CONFIG}"])
     return Args(**values)
 
 
@@ -232,12 +260,33 @@ def _join_processes(args: Args):
         distributed.check_shared_directory(pathlib.Path(args.workdir))
 
 
+def _convert_or_predict(args: Args) -> int:
+    from alexnet_jax.errors import UserError
+
+    if not args.workdir:
+        raise UserError(f"--mode={args.mode} needs --workdir=DIR")
+    if args.mode == "convert":
+        from alexnet_jax.torchvision_weights import convert
+
+        if not args.weights:
+            raise UserError("--mode=convert needs --weights=FILE.pth or FILE.safetensors (torchvision's AlexNet)")
+        data = convert(args.weights, args.config, args.workdir)
+        print(f"converted {args.weights} into {args.workdir} (alexnet_owt, {data['num_classes']} ImageNet classes)")
+        return 0
+    from alexnet_jax.predict import predict
+
+    predict(args.workdir, args.checkpoint, args.images, args.output, args.ten_crop, args.grid)
+    return 0
+
+
 def run(args: Args) -> int:
     """Does what ``args.mode`` says; returns the exit code."""
     from alexnet_jax.errors import UserError
 
     if args.mode == "prepare":
         return _prepare(args)
+    if args.mode in ("convert", "predict"):
+        return _convert_or_predict(args)
     if args.config is None or not args.workdir:
         raise UserError(f"--mode={args.mode} needs --config=configs/<name>.py and --workdir=DIR")
     _join_processes(args)

@@ -60,6 +60,19 @@ def validate(config, num_devices: int):
     _check_augmentation(config)
     _check_host_views(config.input)
     _check_model_and_schedule(config)
+    _check_finetune(config)
+
+
+def _check_finetune(config):
+    finetune = config.get("finetune")
+    if finetune is None:
+        return
+    scale = finetune.pretrained_lr_scale
+    _require(scale >= 0, f"--config.finetune.pretrained_lr_scale={scale} must be >= 0")
+    _require(
+        config.get("init_from") or (not finetune.freeze_convs and scale == 1),
+        "--config.finetune.* applies to pretrained layers: give --config.init_from=WORKDIR_OR_CHECKPOINT too",
+    )
 
 
 def _check_device_layout(config, num_devices: int):

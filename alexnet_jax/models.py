@@ -215,6 +215,14 @@ class AlexNetCIFAR(nn.Module):
 
 
 MODELS = {"alexnet2012": AlexNet2012, "alexnet_owt": AlexNetOWT, "alexnet_cifar": AlexNetCIFAR}
+HEADS = {"alexnet2012": "fc8", "alexnet_owt": "Dense_2", "alexnet_cifar": "Dense_2"}  # the classifier layer
+
+
+def is_dense(module_name: str) -> bool:
+    """Whether a top-level module is a fully connected layer (else convolutional: a conv, its batch norm)."""
+    return module_name.startswith(("Dense", "fc"))
+
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}  # float64: JAX_ENABLE_X64=1
 
 

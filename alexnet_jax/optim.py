@@ -1,10 +1,13 @@
 """Learning-rate schedules, the paper's plateau rule and the paper's SGD, built from config values with Optax."""
 
 import dataclasses
+import functools
 import math
 
 import jax
 import optax
+
+from alexnet_jax import models
 
 SCHEDULES = ("constant", "step", "warmup_cosine", "onecycle", "plateau")
 NONFINITE_UPDATES = ("stop", "skip")  # what the loop does after a step whose gradients were not finite
@@ -51,6 +54,31 @@ def _is_kernel(params):
 UPDATE_RULES = ("paper", "pytorch")
 
 
+def _constant(value, _):
+    return value
+
+
+def _finetune_scales(config) -> tuple[optax.GradientTransformation, ...]:
+    """The per-layer update scales of ``config.finetune`` (none when it changes nothing)."""
+    finetune = config.get("finetune")
+    if finetune is None or (not finetune.freeze_convs and finetune.pretrained_lr_scale == 1):
+        return ()
+    head = models.HEADS[config.model.name]
+
+    def labels(params):
+        def label(module):
+            if module == head:
+                return "head"
+            return "frozen" if finetune.freeze_convs and not models.is_dense(module) else "pretrained"
+
+        return {
+            module: jax.tree.map(functools.partial(_constant, label(module)), tree) for module, tree in params.items()
+        }
+
+    scales = {"head": optax.identity(), "pretrained": optax.scale(finetune.pretrained_lr_scale)}
+    return (optax.multi_transform({**scales, "frozen": optax.set_to_zero()}, labels),)
+
+
 def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
     """SGD with momentum and weight decay, by ``optimizer.update_rule``:
 
@@ -58,6 +86,11 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
       The rate sits inside the momentum buffer, so a schedule change takes effect gradually.
     * ``pytorch`` (``torch.optim.SGD``):  b <- momentum * b + grad + weight_decay * w;  w <- w - lr * b
       The same updates at a constant rate; a rate change rescales the whole buffer at once.
+
+    Fine-tuning (``config.finetune``) scales each update last, by layer: the head (``models.HEADS``)
+    by 1, the other layers by ``pretrained_lr_scale``, frozen convolutional layers by 0 (they stay
+    bit-identical). Every step of both rules is linear in the rate, so scaling the update equals
+    scaling the rate.
 
     Weight decay applies to kernels only (cuda-convnet's), or to biases too with
     ``optimizer.decay_biases`` (PyTorch's). The rate is an injected hyperparameter
@@ -67,14 +100,14 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
     parameters and optimizer state as they were; its ``last_finite`` says whether the last one was
     applied, and the loop stops or goes on (``nonfinite_updates``).
     """
-    opt = config.optimizer
+    opt, scales = config.optimizer, _finetune_scales(config)
 
     def sgd(learning_rate):
         decay = optax.add_decayed_weights(opt.weight_decay, mask=None if opt.decay_biases else _is_kernel)
         momentum = optax.trace(decay=opt.momentum, nesterov=opt.nesterov)
         rate = optax.scale_by_learning_rate(learning_rate)
         steps = (decay, momentum, rate) if opt.update_rule == "pytorch" else (decay, rate, momentum)
-        return optax.chain(*steps)
+        return optax.chain(*steps, *scales)
 
     rate = opt.learning_rate if config.schedule.name == "plateau" else schedule
     return optax.apply_if_finite(optax.inject_hyperparams(sgd)(learning_rate=rate), max_consecutive_errors=2**30)

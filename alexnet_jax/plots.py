@@ -75,7 +75,14 @@ def plot_per_class(confusion: np.ndarray, class_names, path: pathlib.Path) -> pa
 
 
 def plot_predictions(images, labels, predictions, class_names, path: pathlib.Path, columns: int = 8) -> pathlib.Path:
-    """A grid of images labelled 'predicted / true', wrong predictions in red.
+    """A grid of images labelled 'predicted / true', wrong predictions in red."""
+    texts = [f"{class_names[p]}\n/ {class_names[t]}" for t, p in zip(labels, predictions, strict=True)]
+    colours = ["green" if p == t else "red" for t, p in zip(labels, predictions, strict=True)]
+    return plot_labelled_grid(images, texts, path, colours, columns)
+
+
+def plot_labelled_grid(images, texts, path: pathlib.Path, colours=None, columns: int = 8) -> pathlib.Path:
+    """A grid of equally sized images, each with up to two lines of text above it.
 
     The images are tiled into one mosaic drawn in a single axes (32 separate axes take seconds).
     """
@@ -84,18 +91,11 @@ def plot_predictions(images, labels, predictions, class_names, path: pathlib.Pat
     cell_h, cell_w = height + 3 * gap, width + gap  # room for two lines of text above each image
     mosaic = np.full((rows * cell_h, columns * cell_w, 3), 255, np.uint8)
     fig, ax = plt.subplots(figsize=(1.6 * columns, 1.8 * rows))
-    for i, (image, label, prediction) in enumerate(zip(images, labels, predictions, strict=True)):
+    for i, (image, text) in enumerate(zip(images, texts, strict=True)):
         top, left = (i // columns) * cell_h + 3 * gap, (i % columns) * cell_w
         mosaic[top : top + height, left : left + width] = image if image.shape[-1] == 3 else image[..., :1]
-        ax.text(
-            left + width / 2,
-            top - gap / 2,
-            f"{class_names[prediction]}\n/ {class_names[label]}",
-            ha="center",
-            va="bottom",
-            fontsize=7,
-            color="green" if prediction == label else "red",
-        )
+        colour = colours[i] if colours else "black"
+        ax.text(left + width / 2, top - gap / 2, text, ha="center", va="bottom", fontsize=7, color=colour)
     ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")
     return _save(fig, path)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, datasets, distributed, metrics_log, models, optim, plots, runtime
+from alexnet_jax import config_checks, datasets, distributed, finetune, metrics_log, models, optim, plots, runtime
 from alexnet_jax.checkpointing import Checkpoints, check_signature
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import AgreedStop, is_main_process
@@ -153,7 +153,8 @@ class Run:
 
     def checkpoint_data(self, step: int) -> dict:
         position = {"epoch": step // self.steps_per_epoch, "step_in_epoch": step % self.steps_per_epoch}
-        return {**position, "train_split": self.config.dataset.train_split, **self.signature()}
+        names = {"class_names": list(self.train_split.class_names)}  # for --mode=predict; not compared
+        return {**position, "train_split": self.config.dataset.train_split, **self.signature(), **names}
 
 
 def load_split(config, split: str, train: bool) -> ArraySplit | StreamSplit:
@@ -425,6 +426,9 @@ def _start(config, workdir: str):
     if is_main_process():
         runtime.warn_if_accelerator_config_on_cpu(config, state.params)
     rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+    if config.get("init_from") and checkpoints.latest_step() is None:  # a resumed run has its own weights
+        state, line = finetune.initialise_from(config, state)
+        say(line)
     return run, checkpoints, *_restore_latest(run, checkpoints, state, rng)
 
 

@@ -111,4 +111,13 @@ def get_config() -> ml_collections.ConfigDict:
     # stop: end the run there (exit code 3), saving nothing after the last good checkpoint;
     # skip: go on, counting such steps in the train metrics (skipped_updates).
     config.nonfinite_updates = "stop"
+
+    # Fine-tuning: start a new run from the weights of a workdir (its best checkpoint, else its latest)
+    # or of one checkpoint folder (.../checkpoints/<step>): a run of this code or torchvision's weights
+    # converted with --mode=convert. The classifier head (alexnet_owt and alexnet_cifar: Dense_2;
+    # alexnet2012: fc8) starts afresh when the number of classes differs; every other layer must fit.
+    config.init_from = ""
+    config.finetune = ml_collections.ConfigDict()
+    config.finetune.freeze_convs = False  # keep the convolutional layers (and their batch norm) as loaded
+    config.finetune.pretrained_lr_scale = 1.0  # the rate of every layer but the head, times this
     return config

@@ -55,3 +55,25 @@ def test_sgd_follows_the_papers_or_pytorchs_update_rule(config, rule, decay_bias
             want = {k: want[k] - lr * velocity[k] for k in want}
     for k in want:
         np.testing.assert_allclose(params[k], want[k], rtol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["paper", "pytorch"])
+def test_fine_tuning_scales_updates_by_layer(config, rule):
+    """With config.finetune: the head's updates are the plain optimizer's, the other dense layers'
+    are ``pretrained_lr_scale`` times them (a power of two: exact), frozen convolutions' are 0."""
+    config.optimizer.update_rule, config.optimizer.weight_decay = rule, 0.01
+    rates = [0.1, 0.05, 0.025]
+    schedule = lambda step: jnp.asarray(rates)[step]  # noqa: E731
+    plain = optim.create_optimizer(config, schedule)
+    config.init_from, config.finetune.freeze_convs, config.finetune.pretrained_lr_scale = "w", True, 0.25
+    tuned = optim.create_optimizer(config, schedule)
+    layer = lambda seed: {"kernel": jax.random.normal(jax.random.key(seed), (3, 2)), "bias": jnp.ones(2)}  # noqa: E731
+    params = {"Conv_0": layer(0), "BatchNorm_0": {"scale": jnp.ones(2)}, "Dense_0": layer(1), "Dense_2": layer(2)}
+    plain_state, tuned_state = plain.init(params), tuned.init(params)
+    for step in range(3):
+        grads = jax.tree.map(lambda p, step=step: jnp.cos(p + step), params)
+        want, plain_state = plain.update(grads, plain_state, params)
+        got, tuned_state = tuned.update(grads, tuned_state, params)
+        for module, scale in (("Dense_2", 1.0), ("Dense_0", 0.25), ("Conv_0", 0.0), ("BatchNorm_0", 0.0)):
+            for key in params[module]:
+                np.testing.assert_array_equal(got[module][key], scale * want[module][key], err_msg=f"{module}/{key}")

@@ -1,0 +1,101 @@
+"""Starting a run from pretrained weights (``config.init_from``): read them, check they fit, and
+replace the classifier head when the number of classes differs.
+
+The weights come from a workdir (its best checkpoint, else its latest) or from one checkpoint
+folder (``<workdir>/checkpoints/<step>``): a run of this code, or torchvision's weights converted
+with ``--mode=convert``. The update scales per layer (frozen, pretrained, head) live in
+``optim.create_optimizer``.
+"""
+
+import logging
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from alexnet_jax import models
+from alexnet_jax.checkpointing import CheckpointError, Checkpoints
+
+
+def _checkpoint_folder(init_from: str) -> pathlib.Path:
+    """The step folder ``init_from`` names: a checkpoint folder itself, or a workdir's best (else latest)."""
+    path = pathlib.Path(init_from).absolute()
+    if (path / "state").is_dir() and path.name.isdigit():
+        return path
+    directory = path / "checkpoints"
+    checkpoints = Checkpoints(directory, keep=1, async_save=False) if directory.is_dir() else None
+    step = None
+    if checkpoints is not None:
+        step = checkpoints.best_step()
+        step = checkpoints.latest_step() if step is None else step
+        checkpoints.close()
+    if step is None:
+        raise CheckpointError(
+            f"--config.init_from={init_from}: no checkpoint there; give a workdir of a run or of --mode=convert, "
+            "or one of its checkpoints/<step> folders"
+        )
+    return directory / str(step)
+
+
+def read_pretrained(init_from: str) -> tuple[dict, dict | None, dict, pathlib.Path]:
+    """(params, batch-norm statistics or None, the checkpoint's data, its folder) as host arrays."""
+    folder = _checkpoint_folder(init_from)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # Orbax warns that a step's item folder has no metadata of its own
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        saved = checkpointer.metadata(folder / "state").item_metadata
+        wanted = {key: saved[key] for key in ("params", "batch_stats") if key in saved}
+        target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), wanted)
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        restore = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        restored = checkpointer.restore(folder / "state", args=restore)
+    absl_logger.setLevel(level)
+    data = ocp.JsonCheckpointHandler().restore(folder / "data") if (folder / "data").is_dir() else {}
+    return restored["params"], restored.get("batch_stats"), dict(data), folder
+
+
+def merge(fresh: dict, pretrained: dict, head: str, where: pathlib.Path) -> tuple[dict, list[str]]:
+    """``pretrained``'s arrays in ``fresh``'s tree; the head keeps its fresh initialisation where its
+    shape differs (another number of classes). Returns (tree, names of the modules started afresh).
+    Any other difference raises ``CheckpointError`` naming the tensor."""
+    merged, afresh = {}, []
+    for module, leaves in fresh.items():
+        if module not in pretrained:
+            raise CheckpointError(f"{where} has no layer {module}; is it a checkpoint of this model?")
+        shapes_differ = any(leaves[k].shape != pretrained[module][k].shape for k in leaves)
+        if module == head and shapes_differ:
+            merged[module], afresh = leaves, [*afresh, module]
+            continue
+        for key, array in leaves.items():
+            if array.shape != pretrained[module][key].shape:
+                raise CheckpointError(
+                    f"{where}: {module}/{key} has shape {pretrained[module][key].shape} there, "
+                    f"{array.shape} in this model; use the model, image size and width it was trained with"
+                )
+        merged[module] = {k: np.asarray(pretrained[module][k], np.asarray(v).dtype) for k, v in leaves.items()}
+    return merged, afresh
+
+
+def initialise_from(config, state):
+    """``state`` with the parameters (and batch-norm statistics) of ``config.init_from``; returns
+    (state, a line saying what was loaded and what starts afresh)."""
+    params, batch_stats, data, folder = read_pretrained(config.init_from)
+    saved_model = data.get("model", {}).get("name", config.model.name)
+    if saved_model != config.model.name:
+        raise CheckpointError(
+            f"--config.init_from={config.init_from} holds {saved_model}, this config trains {config.model.name}; "
+            f"use --config.model.name={saved_model} and its settings"
+        )
+    head = models.HEADS[config.model.name]
+    merged, afresh = merge(jax.device_get(state.params), params, head, folder)
+    state = state.replace(params=jax.device_put(merged))
+    if state.batch_stats is not None and batch_stats is not None:
+        stats, _ = merge(jax.device_get(state.batch_stats), batch_stats, head, folder)
+        state = state.replace(batch_stats=jax.device_put(stats))
+    line = f"initialised from {folder}: every layer"
+    if afresh:
+        classes = data.get("num_classes", "other")
+        line += f" but {', '.join(afresh)} ({classes} classes there), which starts afresh"
+    return state, line

@@ -1,0 +1,182 @@
+"""``--mode=predict``: the top-5 classes of image files, from a workdir's checkpoint.
+
+The images are prepared as the checkpoint's config prepared its validation images: the torchvision
+recipe (``input.eval_resize``) scales the shorter side to that size (bilinear) and keeps the
+centre square; the stored-size configs (CIFAR, the paper's 256x256) scale and cut every image to
+the size the model was trained on (bicubic, as ``--mode=prepare`` stores them). On the
+accelerator, the centre ``crop_size`` crop (or the paper's ten crops) is scored with the config's
+normalisation, in batches of ``eval_batch_size``.
+"""
+
+import concurrent.futures
+import csv
+import dataclasses
+import glob
+import json
+import os
+import pathlib
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from PIL import Image
+
+from alexnet_jax import config_checks, plots, runtime
+from alexnet_jax.checkpointing import CheckpointError, Checkpoints
+from alexnet_jax.evaluate import resolve_checkpoint
+from alexnet_jax.images import centre_square
+from alexnet_jax.torchvision_weights import readable_class_names
+from alexnet_jax.train import create_state, step_constants
+from alexnet_jax.train_step import eval_log_probabilities, state_variables
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+TOP = 5
+GRID_IMAGES = 32
+
+
+def find_images(patterns: list[str]) -> list[pathlib.Path]:
+    """Files, folders (searched recursively for image suffixes) and globs, in the order given, each once."""
+    found = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) or [pattern]
+        for match in map(pathlib.Path, matches):
+            if match.is_dir():
+                found += sorted(p for p in match.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            else:
+                found.append(match)
+    return list(dict.fromkeys(found))
+
+
+def load_image(path: pathlib.Path, size: int, resample) -> np.ndarray | str:
+    """``path`` as uint8 RGB, shorter side scaled to ``size`` and the centre square kept (an animated
+    image's first frame); an error message if it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            return np.asarray(centre_square(image.convert("RGB"), size, resample))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+
+
+def saved_config(workdir: pathlib.Path):
+    """The config a workdir was trained (or converted) with, from its ``config.json``."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; predict from a workdir of a training run or of --mode=convert")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def _view(config, data: dict) -> tuple[int, object]:
+    """The size images are scaled to on the host, and the filter: as the config's validation images."""
+    if config.input.get("eval_resize"):
+        return config.input.eval_resize, Image.Resampling.BILINEAR
+    if "image_shape" not in data:
+        raise CheckpointError("the checkpoint does not say the image size it was trained on; retrain with this version")
+    return data["image_shape"][0], Image.Resampling.BICUBIC
+
+
+class Predictor:
+    """A checkpoint's model on the accelerator: uint8 images -> class probabilities."""
+
+    def __init__(self, workdir: pathlib.Path, which: str, ten_crop: bool):
+        self.config = saved_config(workdir)
+        if ten_crop and self.config.augment.get("crop_size") is None:
+            raise config_checks.ConfigError(
+                "--ten_crop needs a config that crops (augment.crop_size: the ImageNet configs); "
+                "this one scores whole images"
+            )
+        checkpoints = Checkpoints(workdir / "checkpoints", keep=1, async_save=False)
+        if which == "best" and checkpoints.best_step() is None:  # converted weights, or never evaluated
+            which = "latest"
+        step = resolve_checkpoint(checkpoints, which, workdir / "checkpoints")
+        data = checkpoints.read_data(step)
+        num_classes = data["num_classes"]
+        self.class_names = readable_class_names(data.get("class_names") or [f"class {i}" for i in range(num_classes)])
+        self.size, self.resample = _view(self.config, data)
+        state, _ = create_state(self.config, num_classes, (self.size, self.size, 3), steps_per_epoch=1)
+        state, _, _ = checkpoints.restore(step, state, jax.random.key(0))
+        checkpoints.close()
+        self.step, self.variables, self.batch = step, state_variables(state), self.config.eval_batch_size
+        # Centre crop, or the paper's ten crops (which hold the mirrors: no extra mirror then).
+        constants = step_constants(self.config, num_classes)
+        constants = dataclasses.replace(
+            constants, eval_crops=10 if ten_crop else 1, eval_flip=constants.eval_flip and not ten_crop
+        )
+        probabilities = lambda v, x: jax.numpy.exp(eval_log_probabilities(v, x, state.apply_fn, constants))  # noqa: E731
+        self._probabilities = jax.jit(probabilities)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities [N, classes] of uint8 images [N, size, size, 3], in batches of fixed size."""
+        out = []
+        for start in range(0, len(images), self.batch):
+            chunk = images[start : start + self.batch]
+            padded = np.concatenate([chunk, np.zeros((self.batch - len(chunk), *chunk.shape[1:]), np.uint8)])
+            out.append(np.asarray(self._probabilities(self.variables, padded))[: len(chunk)])
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)))
+
+
+def predict(workdir: str, which: str, patterns: list[str], output: str | None, ten_crop: bool, grid: str | None):
+    """Predicts the top-5 classes of the images ``patterns`` name; prints a table, writes ``output``
+    (.csv or .jsonl) and a PNG grid. Returns the rows (one per readable image)."""
+    if output and pathlib.Path(output).suffix not in (".csv", ".jsonl"):
+        raise config_checks.ConfigError(f"--output={output} must end in .csv or .jsonl")
+    paths = find_images(patterns)
+    if not paths:
+        raise config_checks.ConfigError("--mode=predict needs --images=FILE_FOLDER_OR_GLOB (one or more)")
+    workdir = pathlib.Path(workdir)
+    print(runtime.platform_line(), flush=True)
+    predictor = Predictor(workdir, which, ten_crop)
+    loaded = _load_all(paths, predictor.size, predictor.resample)
+    readable = [(path, pixels) for path, pixels in loaded if not isinstance(pixels, str)]
+    for path, error in ((p, e) for p, e in loaded if isinstance(e, str)):
+        print(f"skipped {path}: {error}", file=sys.stderr)
+    if not readable:
+        raise config_checks.ConfigError(f"none of the {len(paths)} files could be read as an image")
+    images = np.stack([pixels for _, pixels in readable])
+    probabilities = predictor(images)
+    rows = [_top(str(path), p, predictor.class_names) for (path, _), p in zip(readable, probabilities, strict=True)]
+    print(_table(rows))
+    if output:
+        _write(rows, pathlib.Path(output))
+    labels = [f"{row['top5'][0]['class']} {row['top5'][0]['probability']:.0%}" for row in rows]
+    plots.plot_labelled_grid(
+        images[:GRID_IMAGES], labels[:GRID_IMAGES], pathlib.Path(grid or workdir / "predictions.png")
+    )
+    return rows
+
+
+def _load_all(paths, size: int, resample) -> list:
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        loading = pool.map(lambda p: load_image(p, size, resample), paths)
+        bar = tqdm.tqdm(loading, total=len(paths), desc="reading images", unit="image", leave=False, disable=None)
+        return list(zip(paths, bar, strict=True))
+
+
+def _top(path: str, probabilities: np.ndarray, class_names) -> dict:
+    order = np.argsort(-probabilities, kind="stable")[:TOP]
+    top = [{"class": class_names[i], "index": int(i), "probability": float(probabilities[i])} for i in order]
+    return {"image": path, "top5": top}
+
+
+def _table(rows: list[dict]) -> str:
+    width = min(max(len(r["image"]) for r in rows), 60)
+    header = f"{'image':<{width}}  " + "  ".join(f"{'top-' + str(k + 1):<24}" for k in range(TOP))
+    lines = [header.rstrip()]
+    for row in rows:
+        cells = [f"{c['class'][:16]} {c['probability']:6.1%}" for c in row["top5"]]
+        lines.append(f"{row['image'][-width:]:<{width}}  " + "  ".join(f"{cell:<24}" for cell in cells).rstrip())
+    return "\n".join(lines)
+
+
+def _write(rows: list[dict], path: pathlib.Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", *[f"{field}{k + 1}" for k in range(TOP) for field in ("class", "probability")]])
+        for row in rows:
+            writer.writerow([row["image"], *[v for c in row["top5"] for v in (c["class"], f"{c['probability']:.6f}")]])
