@@ -14,6 +14,8 @@ codebase's NHWC models flatten (row, column, channel), so fc6's inputs are permu
 
 import importlib.resources
 import pathlib
+import pickle
+import re
 
 import numpy as np
 
@@ -83,6 +85,11 @@ def _read_pth(path: pathlib.Path) -> dict:
         ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise WeightsError(
+            f"{path} holds pickled objects other than tensors, which are never loaded (torch.load's weights_only); "
+            "save and give model.state_dict()"
+        ) from None
     except Exception as e:  # truncated zip, a pickle of other objects: torch raises many kinds
         raise WeightsError(f"{path} cannot be read as a PyTorch state dict ({_first_line(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -91,7 +98,8 @@ def _read_pth(path: pathlib.Path) -> dict:
 
 
 def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # no terminal colours
+    return (text.splitlines() or [type(error).__name__])[0][:200]
 
 
 def torch_layout(flax_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
 from conftest import TINY
 from PIL import Image
 
@@ -48,12 +49,16 @@ def test_predict_gives_evaluates_top1_on_the_same_images(prepared, cli, tmp_path
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     names = evaluated["per_class_accuracy"].keys()
     index = {name: i for i, name in enumerate(names)}
-    confusion = np.zeros((len(names), len(names)), int)
+    confusion, losses = np.zeros((len(names), len(names)), int), []
     for row in rows:
         path = pathlib.Path(row["image"])
         if path.parent.parent == val:
             confusion[index[path.parent.name], index[row["top5"][0]["class"]]] += 1
+            losses += [-np.log(c["probability"]) for c in row["top5"] if c["class"] == path.parent.name]
     assert confusion.sum() == evaluated["examples"] == 15  # 4 colour and 1 greyscale image per class
     np.testing.assert_array_equal(confusion, evaluated["confusion_matrix"])
+    # The same inputs, so the same cross-entropy (3 classes: all in the top 5), up to float32 sums in
+    # another order (batches of another size): ~1e-6 relative; any other preprocessing moves it more.
+    assert np.mean(losses) == pytest.approx(evaluated["loss"], rel=1e-4)
     assert (np.diag(confusion) > 0).sum() >= 2  # the model tells classes apart: a real check
     assert (workdir / "predictions.png").exists()

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from torchvision_reference import fingerprint, synthetic_input, synthetic_state_dict
+from torchvision_reference import fingerprint, synthetic_input, synthetic_state_dict, zero_state_dict
 
 from alexnet_jax import models, torchvision_weights
 from alexnet_jax.torchvision_weights import WeightsError
@@ -26,21 +26,23 @@ def _logits(state_dict, dtype):
 
 
 def test_converted_weights_give_torchvisions_logits():
-    assert fingerprint(synthetic_state_dict()) == str(REFERENCE["weights_sha256"])  # the same weights as torchvision's
+    weights64 = synthetic_state_dict(np.float64)
+    weights32 = {name: w.astype(np.float32) for name, w in weights64.items()}  # as the script draws them
+    assert fingerprint(weights32) == str(REFERENCE["weights_sha256"])  # the weights torchvision ran
     want = REFERENCE["logits_float64"]
     scale = np.sqrt(np.mean(want**2))
     with jax.enable_x64(True):  # float64: only the order of sums differs, ~1e-15 relative
-        got64 = _logits(synthetic_state_dict(np.float64), np.float64)
+        got64 = _logits(weights64, np.float64)
     np.testing.assert_allclose(got64, want, rtol=0, atol=1e-9 * scale)
     # float32: each of the 8 layers sums up to 9216 products; rounding errors of unit roundoff
     # 6e-8 grow as a random walk, ~sqrt(9216) x 6e-8 = 6e-6 of the values per layer, 5e-5 over 8.
-    got32 = _logits(synthetic_state_dict(), np.float32)
+    got32 = _logits(weights32, np.float32)
     np.testing.assert_allclose(got32, want, rtol=0, atol=1e-4 * scale)
     assert (np.argsort(-got32, axis=1)[:, :5] == np.argsort(-want, axis=1)[:, :5]).all()
 
 
 def test_a_wrong_weights_file_is_one_line_naming_the_tensor(tmp_path):
-    state_dict = synthetic_state_dict()
+    state_dict = zero_state_dict()
     expected = jax.eval_shape(models.AlexNetOWT().init, jax.random.key(0), np.zeros((1, 224, 224, 3)))["params"]
     wrong_head = {**state_dict, "classifier.6.weight": state_dict["classifier.6.weight"][:10]}
     with pytest.raises(WeightsError, match=r"'classifier.6.weight' has shape \(10, 4096\); .*\(1000, 4096\)"):

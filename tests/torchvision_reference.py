@@ -48,6 +48,12 @@ def synthetic_state_dict(dtype=np.float32) -> dict[str, np.ndarray]:
     return tensors
 
 
+def zero_state_dict() -> dict[str, np.ndarray]:
+    """torchvision's tensor names and shapes, all zeros (for the error checks)."""
+    zeros = {f"{name}.weight": np.zeros(shape, np.float32) for name, (shape, _) in SHAPES.items()}
+    return {**zeros, **{f"{name}.bias": np.zeros(outputs, np.float32) for name, (_, outputs) in SHAPES.items()}}
+
+
 def synthetic_input() -> np.ndarray:
     """Two normalised 224 x 224 images, NCHW as torchvision takes them."""
     return np.random.default_rng(INPUT_SEED).standard_normal((IMAGES, 3, 224, 224))
