@@ -419,17 +419,25 @@ def _start(config, workdir: str):
     """Checks and reads everything a run needs; returns (run, checkpoints, state, rng, saved data),
     the state and key restored from the latest checkpoint if there is one."""
     run = load_run(config, pathlib.Path(workdir))
+    state, _ = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
+    initialised = None
+    if config.get("init_from") and not _has_checkpoints(run.workdir):  # a resumed run has its own weights
+        state, initialised = finetune.initialise_from(config, state)  # before anything is written
     run.workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
     _check_resumable(run, checkpoints)
-    state, _ = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
     if is_main_process():
         runtime.warn_if_accelerator_config_on_cpu(config, state.params)
+    if initialised:
+        say(initialised)
     rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-    if config.get("init_from") and checkpoints.latest_step() is None:  # a resumed run has its own weights
-        state, line = finetune.initialise_from(config, state)
-        say(line)
     return run, checkpoints, *_restore_latest(run, checkpoints, state, rng)
+
+
+def _has_checkpoints(workdir: pathlib.Path) -> bool:
+    """Whether ``workdir`` holds a committed checkpoint (Orbax names them by their step)."""
+    directory = workdir / "checkpoints"
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -> dict:

@@ -46,6 +46,7 @@ def bad_folders(tmp_path_factory):
         image.unlink()
     (root / "a_file").write_text("not a directory")
     (root / "empty_data_dir").mkdir()
+    (root / "truncated.safetensors").write_bytes(b"\xff" * 8 + b"{")
     return root
 
 
@@ -160,6 +161,40 @@ CASES = [
         lambda p: [*p["trained"], "--mode=evaluate", "--checkpoint=7"],
         "--checkpoint=7: no checkpoint at step 7",
     ),
+    ("fine-tuning keys alone", lambda p: [*TINY, "--config.finetune.freeze_convs=True"], "give --config.init_from="),
+    ("init_from nothing", lambda p: [*TINY, f"--config.init_from={p['new']}_x"], "_x: no checkpoint there; give a"),
+    (
+        "init_from another shape",
+        lambda p: [*TINY, f"--config.init_from={p['trained'][-1][10:]}", "--config.model.fc_features=128"],
+        "Dense_0/bias has shape (32,) there, (16,) in this model",
+    ),
+    ("convert without weights", lambda p: ["--mode=convert", f"--workdir={p['new']}"], "needs --weights=FILE.pth"),
+    (
+        "convert a broken file",
+        lambda p: ["--mode=convert", f"--weights={p['bad_weights']}", f"--workdir={p['new']}"],
+        "truncated.safetensors is not a readable safetensors file",
+    ),
+    (
+        "convert into a run",
+        lambda p: ["--mode=convert", f"--weights={p['bad_weights']}", p["trained"][-1]],
+        "holds checkpoints already; convert into a new --workdir",
+    ),
+    ("predict without images", lambda p: ["--mode=predict", p["trained"][-1]], "needs --images=FILE_FOLDER_OR_GLOB"),
+    (
+        "predict, another output",
+        lambda p: ["--mode=predict", p["trained"][-1], "--images=x.png", "--output=p.txt"],
+        "--output=p.txt must end in .csv or .jsonl",
+    ),
+    (
+        "predict, ten crops of whole images",
+        lambda p: ["--mode=predict", p["trained"][-1], f"--images={p['a_file']}", "--ten_crop"],
+        "--ten_crop needs a config that crops",
+    ),
+    (
+        "predict, not a run",
+        lambda p: ["--mode=predict", f"--workdir={p['new']}", f"--images={p['a_file']}"],
+        "config.json does not exist; predict from a workdir of a training run or of --mode=convert",
+    ),
     ("evaluate, bad --checkpoint", lambda p: [*p["trained"], "--mode=evaluate", "--checkpoint=last"], "must be 'lat"),
     (
         "evaluate another model",
@@ -182,6 +217,7 @@ def test_a_mistake_gives_one_line_and_loses_nothing(
         "unevaluated": unevaluated_run,
         "empty_data_dir": bad_folders / "empty_data_dir",
         "a_file": bad_folders / "a_file",
+        "bad_weights": bad_folders / "truncated.safetensors",
         "trained": [*TINY, f"--workdir={straight_run[0]}"],
         "prepare": lambda name: [
             "--mode=prepare",
