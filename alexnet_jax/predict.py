@@ -128,30 +128,42 @@ def predict(workdir: str, which: str, patterns: list[str], output: str | None, t
     workdir = pathlib.Path(workdir)
     print(runtime.platform_line(), flush=True)
     predictor = Predictor(workdir, which, ten_crop)
-    loaded = _load_all(paths, predictor.size, predictor.resample)
-    readable = [(path, pixels) for path, pixels in loaded if not isinstance(pixels, str)]
-    for path, error in ((p, e) for p, e in loaded if isinstance(e, str)):
-        print(f"skipped {path}: {error}", file=sys.stderr)
-    if not readable:
+    rows, shown = _predict_all(predictor, paths)
+    if not rows:
         raise config_checks.ConfigError(f"none of the {len(paths)} files could be read as an image")
-    images = np.stack([pixels for _, pixels in readable])
-    probabilities = predictor(images)
-    rows = [_top(str(path), p, predictor.class_names) for (path, _), p in zip(readable, probabilities, strict=True)]
     print(_table(rows))
     if output:
         _write(rows, pathlib.Path(output))
-    labels = [f"{row['top5'][0]['class']} {row['top5'][0]['probability']:.0%}" for row in rows]
-    plots.plot_labelled_grid(
-        images[:GRID_IMAGES], labels[:GRID_IMAGES], pathlib.Path(grid or workdir / "predictions.png")
-    )
+    labels = [f"{row['top5'][0]['class']} {row['top5'][0]['probability']:.0%}" for row in rows[: len(shown)]]
+    plots.plot_labelled_grid(np.stack(shown), labels, pathlib.Path(grid or workdir / "predictions.png"))
     return rows
 
 
-def _load_all(paths, size: int, resample) -> list:
+def _predict_all(predictor: Predictor, paths: list[pathlib.Path]) -> tuple[list[dict], list[np.ndarray]]:
+    """The top-5 rows of the readable images, read (on all cores) and scored a batch at a time, so
+    memory stays flat however many there are; and the first ``GRID_IMAGES`` images, for the grid.
+    Unreadable files are reported on stderr and skipped."""
+    rows, shown, batch = [], [], predictor.batch
+    load = lambda path: load_image(path, predictor.size, predictor.resample)  # noqa: E731
+    bar = tqdm.tqdm(total=len(paths), desc="predicting", unit="image", leave=False, disable=None)
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-        loading = pool.map(lambda p: load_image(p, size, resample), paths)
-        bar = tqdm.tqdm(loading, total=len(paths), desc="reading images", unit="image", leave=False, disable=None)
-        return list(zip(paths, bar, strict=True))
+        for start in range(0, len(paths), batch):
+            chunk = paths[start : start + batch]
+            loaded = [(path, pixels) for path, pixels in zip(chunk, pool.map(load, chunk), strict=True)]
+            for path, error in ((p, x) for p, x in loaded if isinstance(x, str)):
+                tqdm.tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
+            readable = [(path, pixels) for path, pixels in loaded if not isinstance(pixels, str)]
+            if readable:
+                images = np.stack([pixels for _, pixels in readable])
+                probabilities = predictor(images)
+                rows += [
+                    _top(str(path), p, predictor.class_names)
+                    for (path, _), p in zip(readable, probabilities, strict=True)
+                ]
+                shown += list(images[: GRID_IMAGES - len(shown)])
+            bar.update(len(chunk))
+    bar.close()
+    return rows, shown
 
 
 def _top(path: str, probabilities: np.ndarray, class_names) -> dict:
