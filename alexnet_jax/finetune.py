@@ -56,16 +56,16 @@ def read_pretrained(init_from: str) -> tuple[dict, dict | None, dict, pathlib.Pa
     return restored["params"], restored.get("batch_stats"), dict(data), folder
 
 
-def merge(fresh: dict, pretrained: dict, head: str, where: pathlib.Path) -> tuple[dict, list[str]]:
-    """``pretrained``'s arrays in ``fresh``'s tree; the head keeps its fresh initialisation where its
-    shape differs (another number of classes). Returns (tree, names of the modules started afresh).
-    Any other difference raises ``CheckpointError`` naming the tensor."""
+def merge(fresh: dict, pretrained: dict, head: str, where: pathlib.Path, new_head: bool) -> tuple[dict, list[str]]:
+    """``pretrained``'s arrays in ``fresh``'s tree; the head keeps its fresh initialisation if
+    ``new_head`` or where its shape differs (another number of classes). Returns (tree, names of the
+    modules started afresh). Any other difference raises ``CheckpointError`` naming the tensor."""
     merged, afresh = {}, []
     for module, leaves in fresh.items():
         if module not in pretrained:
             raise CheckpointError(f"{where} has no layer {module}; is it a checkpoint of this model?")
         shapes_differ = any(leaves[k].shape != pretrained[module][k].shape for k in leaves)
-        if module == head and shapes_differ:
+        if module == head and (shapes_differ or new_head):
             merged[module], afresh = leaves, [*afresh, module]
             continue
         for key, array in leaves.items():
@@ -78,9 +78,10 @@ def merge(fresh: dict, pretrained: dict, head: str, where: pathlib.Path) -> tupl
     return merged, afresh
 
 
-def initialise_from(config, state):
-    """``state`` with the parameters (and batch-norm statistics) of ``config.init_from``; returns
-    (state, a line saying what was loaded and what starts afresh)."""
+def initialise_from(config, state, class_names):
+    """``state`` with the parameters (and batch-norm statistics) of ``config.init_from``; the head
+    starts afresh unless the checkpoint was trained on the same ``class_names`` (where it records
+    them; else on as many classes). Returns (state, a line saying what was loaded and what not)."""
     params, batch_stats, data, folder = read_pretrained(config.init_from)
     saved_model = data.get("model", {}).get("name", config.model.name)
     if saved_model != config.model.name:
@@ -89,13 +90,15 @@ def initialise_from(config, state):
             f"use --config.model.name={saved_model} and its settings"
         )
     head = models.HEADS[config.model.name]
-    merged, afresh = merge(jax.device_get(state.params), params, head, folder)
+    saved_names = data.get("class_names")
+    new_head = saved_names is not None and list(saved_names) != list(class_names)
+    merged, afresh = merge(jax.device_get(state.params), params, head, folder, new_head)
     state = state.replace(params=jax.device_put(merged))
     if state.batch_stats is not None and batch_stats is not None:
-        stats, _ = merge(jax.device_get(state.batch_stats), batch_stats, head, folder)
+        stats, _ = merge(jax.device_get(state.batch_stats), batch_stats, head, folder, new_head)
         state = state.replace(batch_stats=jax.device_put(stats))
     line = f"initialised from {folder}: every layer"
     if afresh:
-        classes = data.get("num_classes", "other")
-        line += f" but {', '.join(afresh)} ({classes} classes there), which starts afresh"
+        there = f"{len(saved_names)} other classes" if new_head else f"{data.get('num_classes', 'other')} classes"
+        line += f" but {', '.join(afresh)} ({there} there), which starts afresh"
     return state, line

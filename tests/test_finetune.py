@@ -4,6 +4,7 @@ layers stay bit-identical, the others train."""
 import numpy as np
 from conftest import TOTAL_STEPS, final_arrays, tiny_run_config
 
+from alexnet_jax import finetune
 from alexnet_jax.train import train_and_evaluate
 
 
@@ -16,7 +17,7 @@ def test_fine_tuning_on_other_classes_keeps_frozen_layers(straight_run, tmp_path
         "--config.num_epochs=1",
     ]
     summary = train_and_evaluate(tiny_run_config(*overrides), str(tmp_path / "tuned"))
-    assert "initialised from" in capsys.readouterr().out
+    assert "every layer but Dense_2 (10 other classes there), which starts afresh" in capsys.readouterr().out
     pretrained = final_arrays(source, TOTAL_STEPS)  # the best checkpoint is the last one here
     tuned = final_arrays(tmp_path / "tuned", summary["step"])
     assert tuned["params/Dense_2/kernel"].shape[-1] == 3 and pretrained["params/Dense_2/kernel"].shape[-1] == 10
@@ -28,3 +29,15 @@ def test_fine_tuning_on_other_classes_keeps_frozen_layers(straight_run, tmp_path
         # Trained: moved. Loaded: nearer than a fresh initialisation, about sqrt(2) x the norm away.
         moved = np.linalg.norm(tuned[key] - pretrained[key])
         assert 0 < moved < 0.5 * np.linalg.norm(pretrained[key]), key
+
+
+def test_the_head_starts_afresh_for_other_classes_only(tmp_path):
+    layer = lambda value, classes=3: {"kernel": np.full((4, classes), value), "bias": np.full(classes, value)}  # noqa: E731
+    fresh = {"Dense_0": layer(0.0), "Dense_2": layer(0.0)}
+    same = {"Dense_0": layer(1.0), "Dense_2": layer(1.0)}
+    merged, afresh = finetune.merge(fresh, same, "Dense_2", tmp_path, new_head=False)
+    assert afresh == [] and merged["Dense_2"]["kernel"].min() == 1.0  # the same classes: all loaded
+    merged, afresh = finetune.merge(fresh, same, "Dense_2", tmp_path, new_head=True)
+    assert afresh == ["Dense_2"] and merged["Dense_2"]["kernel"].max() == 0.0 and merged["Dense_0"]["bias"].min() == 1
+    more = {"Dense_0": layer(1.0), "Dense_2": layer(1.0, classes=10)}
+    assert finetune.merge(fresh, more, "Dense_2", tmp_path, new_head=False)[1] == ["Dense_2"]
