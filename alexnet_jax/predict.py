@@ -98,7 +98,7 @@ class Predictor:
         state, _ = create_state(self.config, num_classes, (self.size, self.size, 3), steps_per_epoch=1)
         state, _, _ = checkpoints.restore(step, state, jax.random.key(0))
         checkpoints.close()
-        self.step, self.variables, self.batch = step, state_variables(state), self.config.eval_batch_size
+        self.variables, self.batch = state_variables(state), self.config.eval_batch_size
         # Centre crop, or the paper's ten crops (which hold the mirrors: no extra mirror then).
         constants = step_constants(self.config, num_classes)
         constants = dataclasses.replace(
