@@ -53,6 +53,8 @@ SLOWEST_FILES = (
     "test_benchmarks.py",
     "test_cross_host_errors.py",
     "test_plateau.py",
+    "test_finetune.py",
+    "test_pretrained.py",
     "test_nonfinite.py",
     "test_models.py",
     "test_prepare_paper_format.py",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from conftest import CLASSES, datasets_config, write_image_folder
+from PIL import Image
 
 from alexnet_jax import datasets
 from alexnet_jax.prepare import prepare_image_folder
@@ -41,14 +42,17 @@ def test_reading_does_not_import_tensorflow(prepared):
     assert out.stdout.strip() == "False"
 
 
-def test_prepare_train_evaluate_from_the_command_line(tmp_path, cli):
+def test_prepare_train_evaluate_predict_from_the_command_line(tmp_path, cli):
+    """An image folder prepared, trained on and evaluated; then --mode=predict on the same image
+    files (colour and greyscale), plus a CMYK JPEG and a corrupt file, gives what the evaluation gave."""
     folder = write_image_folder(tmp_path / "images")
     prepare = ("--mode=prepare", f"--image_folder={folder}", "--dataset_name=cli_folder", f"--data_dir={tmp_path}")
     code, out, err = cli(*prepare)
     assert code == 0 and f"prepared cli_folder in {tmp_path}" in out, err[-3000:]
+    workdir = tmp_path / "run"
     data = [
         "--config=configs/smoke.py",
-        f"--workdir={tmp_path / 'run'}",
+        f"--workdir={workdir}",
         "--config.dataset.name=cli_folder",
         f"--config.dataset.data_dir={tmp_path}",
         "--config.dataset.train_split=train",
@@ -61,17 +65,43 @@ def test_prepare_train_evaluate_from_the_command_line(tmp_path, cli):
     assert code == 0, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["step"] == 6 and summary["total_steps"] == 6  # 27 // 8 = 3 steps per epoch
-    code, out, err = cli(*data, "--mode=evaluate", "--checkpoint=latest", "--config.dataset.eval_split=train[:10]")
+    code, out, err = cli(*data, "--mode=evaluate", "--checkpoint=latest", "--config.dataset.eval_split=val[:100%]")
     assert code == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
     # Named by the split they were computed on, not as validation metrics.
-    assert result["split"] == "train[:10]" and result["dataset"] == "cli_folder"
+    assert result["split"] == "val[:100%]" and result["dataset"] == "cli_folder"
     assert {"loss", "top1", "top5"} <= set(result) and not any(k.startswith("val_") for k in result)
-    assert result["checkpoint_step"] == 6 and result["examples"] == 10
+    assert result["checkpoint_step"] == 6 and result["examples"] == 15  # 4 colour, 1 greyscale per class
     for name in ("confusion", "per_class", "predictions"):
-        assert (tmp_path / "run" / f"eval_cli_folder_train_10_{name}.png").stat().st_size > 1000
-    report = json.loads((tmp_path / "run" / "eval_cli_folder_train_10_report.json").read_text())
-    assert sum(map(sum, report["confusion_matrix"])) == 10 and report["split"] == "train[:10]"
+        assert (workdir / f"eval_cli_folder_val_100_{name}.png").stat().st_size > 1000
+    evaluated = json.loads((workdir / "eval_cli_folder_val_100_report.json").read_text())
+    _check_predictions_match(cli, workdir, folder / "val", evaluated, tmp_path)
+
+
+def _check_predictions_match(cli, workdir, val, evaluated, tmp_path):
+    extras = tmp_path / "extras"
+    extras.mkdir()
+    Image.open(val / "dog" / "0.png").convert("CMYK").save(extras / "dog_cmyk.jpg")
+    (extras / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "predictions.jsonl"
+    predict = ("--mode=predict", f"--workdir={workdir}", "--checkpoint=latest", f"--output={out}", f"--images={val}")
+    code, stdout, err = cli(*predict, str(extras / "*"))
+    assert code == 0, err[-2000:]
+    assert f"skipped {extras / 'corrupt.png'}" in err and "dog_cmyk.jpg" in stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    index = {name: i for i, name in enumerate(evaluated["per_class_accuracy"])}
+    confusion, losses = np.zeros((len(index), len(index)), int), []
+    for row in rows:
+        path = pathlib.Path(row["image"])
+        if path.parent.parent == val:
+            confusion[index[path.parent.name], index[row["top5"][0]["class"]]] += 1
+            losses += [-np.log(c["probability"]) for c in row["top5"] if c["class"] == path.parent.name]
+    np.testing.assert_array_equal(confusion, evaluated["confusion_matrix"])
+    assert (np.diag(confusion) > 0).sum() >= 2  # the model tells classes apart: a real check
+    # The same inputs, so the same cross-entropy (3 classes: all in the top 5), up to float32 sums in
+    # another order (batches of another size): ~1e-6 relative; any other preprocessing moves it more.
+    assert np.mean(losses) == pytest.approx(evaluated["loss"], rel=1e-4)
+    assert (workdir / "predictions.png").stat().st_size > 1000
 
 
 def test_bad_image_is_reported_with_its_path(tmp_path):

@@ -2,7 +2,8 @@
 the conversion against, without PyTorch in the suite.
 
 The weights and the input are drawn with NumPy's PCG64 from fixed seeds (the same bits on every
-machine), so the test draws them again itself; this script also feeds them to torchvision's own
+machine; the test compares the weights' SHA-256 with the stored one, so a NumPy release that drew
+other numbers would be caught), so the test draws them again itself; this script also feeds them to torchvision's own
 ``alexnet`` and stores what it outputs. Run it where torch and torchvision are installed; it
 rewrites the two data files it makes:
 
@@ -37,14 +38,14 @@ SHAPES = {
 }
 
 
-def synthetic_state_dict(dtype=np.float32) -> dict[str, np.ndarray]:
-    """He-scaled normal weights and small biases, so activations neither vanish nor blow up."""
+def synthetic_state_dict() -> dict[str, np.ndarray]:
+    """He-scaled normal weights and small biases (float32), so activations neither vanish nor blow up."""
     rng = np.random.default_rng(WEIGHTS_SEED)
     tensors = {}
     for name, (shape, outputs) in SHAPES.items():
-        fan_in = int(np.prod(shape[1:]))
-        tensors[f"{name}.weight"] = (rng.standard_normal(shape) * np.sqrt(2 / fan_in)).astype(dtype)
-        tensors[f"{name}.bias"] = (0.1 * rng.standard_normal(outputs)).astype(dtype)
+        scale = np.float32(np.sqrt(2 / np.prod(shape[1:])))
+        tensors[f"{name}.weight"] = rng.standard_normal(shape, dtype=np.float32) * scale
+        tensors[f"{name}.bias"] = np.float32(0.1) * rng.standard_normal(outputs, dtype=np.float32)
     return tensors
 
 
@@ -93,13 +94,13 @@ def main():
     import torch
     import torchvision
 
-    state_dict, images = synthetic_state_dict(np.float64), synthetic_input()
+    state_dict, images = synthetic_state_dict(), synthetic_input()
     LOGITS.parent.mkdir(exist_ok=True)
     np.savez(
         LOGITS,
-        logits_float64=_torchvision_logits(state_dict, images, torch.float64),
-        logits_float32=_torchvision_logits(synthetic_state_dict(), images.astype(np.float32), torch.float32),
-        weights_sha256=fingerprint(synthetic_state_dict()),
+        logits_float64=_torchvision_logits(state_dict, images, torch.float64),  # float32 weights, float64 sums
+        logits_float32=_torchvision_logits(state_dict, images.astype(np.float32), torch.float32),
+        weights_sha256=fingerprint(state_dict),
         versions=f"torch {torch.__version__}, torchvision {torchvision.__version__}",
     )
     if len(sys.argv) < 2 or sys.argv[1] != "--no-class-names":
