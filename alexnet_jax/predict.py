@@ -172,13 +172,15 @@ def _top(path: str, probabilities: np.ndarray, class_names) -> dict:
     return {"image": path, "top5": top}
 
 
-def _table(rows: list[dict]) -> str:
-    width = min(max(len(r["image"]) for r in rows), 60)
+def _table(rows: list[dict], max_width: int = 60) -> str:
+    """One line per image: its path (long ones shortened from the left) and the top 5 with probabilities."""
+    shorten = lambda path: path if len(path) <= max_width else "..." + path[3 - max_width :]  # noqa: E731
+    width = max(len(shorten(r["image"])) for r in rows)
     header = f"{'image':<{width}}  " + "  ".join(f"{'top-' + str(k + 1):<24}" for k in range(TOP))
     lines = [header.rstrip()]
     for row in rows:
         cells = [f"{c['class'][:16]} {c['probability']:6.1%}" for c in row["top5"]]
-        lines.append(f"{row['image'][-width:]:<{width}}  " + "  ".join(f"{cell:<24}" for cell in cells).rstrip())
+        lines.append(f"{shorten(row['image']):<{width}}  " + "  ".join(f"{cell:<24}" for cell in cells).rstrip())
     return "\n".join(lines)
 
 

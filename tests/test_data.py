@@ -60,6 +60,8 @@ def test_prepare_train_evaluate_predict_from_the_command_line(tmp_path, cli):
         "--config.batch_size=8",
         "--config.eval_batch_size=8",
         "--config.num_epochs=2",
+        "--config.model.width=0.125",
+        "--config.model.fc_features=256",
     ]
     code, out, err = cli(*data)
     assert code == 0, err[-3000:]

@@ -77,6 +77,15 @@ def test_the_paper_config_runs_from_the_command_line(tmp_path, cli):
     assert code == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
     assert result["examples"] == 12 and result["split"] == "validation"
+    # The photos themselves, as the paper's test: scaled and cut to 40x40 as prepared, ten 32x32 crops.
+    predictions = tmp_path / "predictions.csv"
+    code, out, err = cli(
+        "--mode=predict", run[1], f"--images={folder / 'validation'}", "--ten_crop", f"--output={predictions}"
+    )
+    assert code == 0, err[-3000:]
+    rows = predictions.read_text().splitlines()
+    assert len(rows) == 13 and rows[0].startswith("image,class1,probability1")
+    assert {row.split(",")[1] for row in rows[1:]} <= {"tench", "goldfish"}  # ImageNet's names for the wnids
 
 
 def test_tfds_imagenet2012_prepares_in_the_papers_format(tmp_path):
