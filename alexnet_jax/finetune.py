@@ -1,5 +1,5 @@
 """Starting a run from pretrained weights (``config.init_from``): read them, check they fit, and
-replace the classifier head when the number of classes differs.
+start the classifier head afresh when the classes differ (in number, or by name).
 
 The weights come from a workdir (its best checkpoint, else its latest) or from one checkpoint
 folder (``<workdir>/checkpoints/<step>``): a run of this code, or torchvision's weights converted

@@ -420,11 +420,9 @@ def _start(config, workdir: str):
     the state and key restored from the latest checkpoint if there is one."""
     run = load_run(config, pathlib.Path(workdir))
     state, _ = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
-    initialised = None
-    if config.get("init_from") and not _has_checkpoints(run.workdir):  # a resumed run has its own weights
-        state, initialised = finetune.initialise_from(
-            config, state, run.train_split.class_names
-        )  # before anything is written
+    initialised = None  # pretrained weights are read before anything is written; a resumed run has its own
+    if config.get("init_from") and not _has_checkpoints(run.workdir):
+        state, initialised = finetune.initialise_from(config, state, run.train_split.class_names)
     run.workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
     _check_resumable(run, checkpoints)
