@@ -57,6 +57,7 @@ class Args:
     process_id: int | None
     initialization_timeout: int
     heartbeat_timeout: int
+    compilation_cache: str
     weights: str | None
     images: list[str]
     output: str | None
@@ -132,6 +133,13 @@ def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
             100,
             "Several processes: seconds after which a silent process counts as dead and the others stop.",
             lower_bound=1,
+            **fv,
+        ),
+        "compilation_cache": flags.DEFINE_string(
+            "compilation_cache",
+            "~/.cache/alexnet_jax/xla",
+            "JAX's persistent compilation cache: a later run of the same program skips compiling it "
+            "(JAX_COMPILATION_CACHE_DIR, where set, wins; '' turns it off).",
             **fv,
         ),
         "verbosity": flags.DEFINE_integer("verbosity", -1, "absl logging level: -1 warnings, 0 info, 1 debug.", **fv),
@@ -285,6 +293,9 @@ def run(args: Args) -> int:
 
     if args.mode == "prepare":
         return _prepare(args)
+    from alexnet_jax.runtime import use_compilation_cache
+
+    use_compilation_cache(args.compilation_cache)
     if args.mode in ("convert", "predict"):
         return _convert_or_predict(args)
     if args.config is None or not args.workdir:

@@ -48,6 +48,17 @@ def warn_if_accelerator_config_on_cpu(config, params):
         )
 
 
+def use_compilation_cache(directory: str) -> str | None:
+    """Turns on JAX's persistent compilation cache in ``directory`` ('' leaves it off): a run that
+    compiles a program an earlier run compiled (same code, config, JAX and devices) reads it from
+    disk instead. ``JAX_COMPILATION_CACHE_DIR``, where set, wins. The cache is not pruned (delete
+    the directory to reclaim its space). Returns the directory in use."""
+    if jax.config.jax_compilation_cache_dir is None and directory:
+        jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(directory).expanduser()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)  # JAX's default, 1 s, skips the eval steps
+    return jax.config.jax_compilation_cache_dir
+
+
 def check_workdir(workdir: pathlib.Path):
     """Raises ``UserError`` unless ``workdir`` is, or can be made, a writable directory. Writes nothing
     that stays: the check creates and removes a temporary file in the nearest existing directory."""

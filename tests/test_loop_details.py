@@ -6,6 +6,8 @@ import pathlib
 import re
 import signal
 import struct
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -114,3 +116,19 @@ def test_gpu_installs_pin_the_same_jax_as_the_cpu_lock(platform, plugin):
     assert not set(extra) & set(cpu)  # installed together: nothing pinned twice
     pyproject = (pathlib.Path(ROOT) / "pyproject.toml").read_text()
     assert f'{platform} = ["jax[{platform}]=={cpu["jax"]}"]' in pyproject
+
+
+def test_compiled_programs_go_to_the_compilation_cache_unless_the_environment_says_where(tmp_path):
+    assert runtime.use_compilation_cache(str(tmp_path / "ignored")) == os.environ["JAX_COMPILATION_CACHE_DIR"]
+    script = (
+        "import sys, jax, jax.numpy as jnp\n"
+        "from alexnet_jax.runtime import use_compilation_cache\n"
+        "assert use_compilation_cache(sys.argv[1]) == sys.argv[1]\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)  # cache even this tiny program\n"
+        "jax.jit(jnp.sin)(1.0).block_until_ready()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    cache = tmp_path / "cache"
+    done = subprocess.run([sys.executable, "-c", script, str(cache)], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in cache.iterdir() if p.name.startswith("jit_sin")], list(cache.iterdir())
