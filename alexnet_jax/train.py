@@ -161,7 +161,7 @@ def load_split(config, split: str, train: bool) -> ArraySplit | StreamSplit:
     """A split as the config's input pipeline reads it for training or evaluation; checks the crops fit."""
     views = host_views(config.input)
     stream = config.input.pipeline == "streaming"
-    loaded = datasets.load_split(config.dataset, split, stream, views[0] if train else views[1])
+    loaded = datasets.load_split(config.dataset, split, stream, views[0] if train else views[1], config.input.workers)
     config_checks.check_crop(config, loaded.image_shape)
     return loaded
 

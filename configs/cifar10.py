@@ -49,8 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
     # resident: the whole split on every device, batches gathered there (fast, for data that fits);
     # streaming: Grain worker processes read and decode each batch (for data that does not).
     config.input.pipeline = "resident"
-    config.input.workers = config_dict.placeholder(int)  # streaming: decoding processes; None: one per core
-    config.input.workers = 0  # 0: decode in the training process
+    # Decoding processes: streaming, for every batch; resident, for the first read of a split of 8,192
+    # or more images (at most one per 8 chunks of 1,024). None: one per core; 0: the training process.
+    config.input.workers = config_dict.placeholder(int)
     # streaming, for full-size photos (torchvision's recipe): the host scales each training image's
     # random box (crop_area fraction, crop_aspect width/height) to this size, and each evaluation
     # image's shorter side to eval_resize, keeping the centre square. None: images as stored.

@@ -17,6 +17,7 @@ def get_config():
     config.dataset.train_split = "train"
     config.dataset.eval_split = "validation"
     config.dataset.synthetic_examples = 2048
+    config.input.workers = 0  # decode in the training process (what the small runs of the tests expect)
     config.model.dtype = "float32"
     config.model.width = 0.25
     config.model.fc_features = 512

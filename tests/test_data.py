@@ -178,3 +178,14 @@ def test_prepare_refuses_a_tfds_catalog_name(tmp_path):
 def test_bad_split_is_a_clear_error(prepared):
     with pytest.raises(datasets.DatasetError, match="bad split 'test'.*splits: .*train"):
         datasets.load_split(datasets_config("tiny_folder", prepared), "test")
+
+
+def test_worker_processes_read_the_same_arrays(prepared):
+    """The resident path's parallel read (Grain workers, a chunk of examples each) gives what one
+    process reads; 27 chunks of one image: 2 workers."""
+    source = datasets.tfds_source(datasets_config("tiny_folder", prepared), "train", decoders=datasets._ENCODED)
+    alone = datasets.read_all(source, "tiny_folder train", workers=0, chunk=1)
+    together = datasets.read_all(source, "tiny_folder train", workers=2, chunk=1)
+    np.testing.assert_array_equal(together.images, alone.images)
+    np.testing.assert_array_equal(together.labels, alone.labels)
+    assert len(alone) == 27 and alone.images.std() > 10
