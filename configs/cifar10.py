@@ -23,7 +23,9 @@ above (BENCHMARKS.md, "CIFAR-10 time to accuracy"):
   * with --config.num_epochs=16, seeds 0-4: validation top-1 90.36% mean (std 0.32, 90.00% to
     90.84%), whole command 47.9 s to 53.1 s.
 The goal, >= 91% within 30 s including compilation, is not met yet: start-up, not training, is
-what is over.
+what is over. Since then the first read is decoded in worker processes (input.workers: one per
+core) and compiled programs are cached across runs (--compilation_cache); neither is measured on a
+GPU yet (on a 2-core CPU: BENCHMARKS.md, "Start-up on a 2-core CPU").
 """
 
 import ml_collections
