@@ -7,7 +7,7 @@ import pathlib
 import jax
 import numpy as np
 
-from alexnet_jax import input_pipeline, plots
+from alexnet_jax import input_pipeline
 from alexnet_jax.datasets import ArraySplit
 from alexnet_jax.input_pipeline import EvalBatch, ProcessShare
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel, process_share
@@ -111,6 +111,8 @@ def write_report(
 ):
     """Writes ``<name>_confusion.png``, ``<name>_per_class.png``, ``<name>_predictions.png`` and
     ``<name>_report.json`` (metrics, per-class accuracy, confusion matrix)."""
+    from alexnet_jax import plots  # matplotlib: imported when the first figure is drawn
+
     names = split.class_names
     confusion = confusion_matrix(labels, predictions, len(names))
     per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)

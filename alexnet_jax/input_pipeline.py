@@ -15,10 +15,13 @@ its own block of each global batch.
 import dataclasses
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import grain
 import numpy as np
 from absl import flags
+
+if TYPE_CHECKING:
+    import grain
 
 ORDER_STREAM = 1  # the data order's random stream, apart from parameter initialisation and augmentation
 
@@ -90,9 +93,11 @@ class EvalBatch:
         return {**batch, "mask": real.astype(np.int32)}
 
 
-def pipeline(batch_fn: Callable, start: int, stop: int, workers: int | None) -> grain.IterDataset:
+def pipeline(batch_fn: Callable, start: int, stop: int, workers: int | None) -> "grain.IterDataset":
     """Elements ``batch_fn(i)`` for i in [start, stop), made by ``workers`` processes (0: this one;
     None: one per core)."""
+    import grain  # here, not at the top: the resident path's runs never pay for importing it
+
     workers = os.cpu_count() if workers is None else workers
     dataset = grain.MapDataset.range(start, stop).map(batch_fn)
     # One thread per process: parallelism comes from worker processes, one batch at a time each.
@@ -104,8 +109,10 @@ def pipeline(batch_fn: Callable, start: int, stop: int, workers: int | None) -> 
     return dataset
 
 
-def to_devices(dataset: grain.IterDataset, put: Callable, host_buffer: int = 4, device_buffer: int = 2):
+def to_devices(dataset: "grain.IterDataset", put: Callable, host_buffer: int = 4, device_buffer: int = 2):
     """Prefetches elements on the host, then puts them on the devices ``device_buffer`` ahead."""
+    import grain
+
     dataset = grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=host_buffer)
     dataset = dataset.map(put)
     return grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=device_buffer)

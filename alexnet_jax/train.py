@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, datasets, distributed, finetune, metrics_log, models, optim, plots, runtime
+from alexnet_jax import config_checks, datasets, distributed, finetune, metrics_log, models, optim, runtime
 from alexnet_jax.checkpointing import Checkpoints, check_signature
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import AgreedStop, is_main_process
@@ -410,6 +410,8 @@ def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | N
         last_eval = trainer.evaluate(None if distributed.agree(logged) else log)
     if not is_main_process():
         return
+    from alexnet_jax import plots  # matplotlib: imported when the first figure is drawn
+
     metrics, predictions, labels = last_eval
     plots.plot_curves(metrics_log.read_metrics(run.workdir), run.workdir / "curves.png")
     write_report(run.workdir, REPORT, run.val_split, predictions, labels, {"step": run.total_steps, **metrics})

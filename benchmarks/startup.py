@@ -2,6 +2,7 @@
 
 * reading a split into memory (the resident path's first read) in this process or in N Grain
   worker processes (median of ``--repeats``; every count must give the same array);
+* importing the training modules in fresh processes, from this and other checkouts (``--import_roots``);
 * a whole ``main.py`` command run twice with a fresh persistent compilation cache: the first run
   compiles and fills it, the second reads the compiled programs back.
 
@@ -33,7 +34,12 @@ flags.DEFINE_string("dataset", None, "TFDS dataset to read (e.g. cifar10_png, pr
 flags.DEFINE_string("data_dir", None, "Its TFDS data_dir.")
 flags.DEFINE_string("split", "train", "The split to read.")
 flags.DEFINE_list("workers", ["0", "2"], "Worker process counts to compare (0: this process).")
-flags.DEFINE_integer("repeats", 3, "Reads per worker count; the median is printed.")
+flags.DEFINE_integer("repeats", 3, "Reads per worker count, imports per checkout; the median is printed.")
+flags.DEFINE_list(
+    "import_roots",
+    [],
+    "Checkouts of this repository whose training modules' import time is compared (fresh processes).",
+)
 
 
 def time_reads(workers: list[int]) -> list[tuple[int, float, int]]:
@@ -49,6 +55,19 @@ def time_reads(workers: list[int]) -> list[tuple[int, float, int]]:
         reference = split.images if reference is None else reference
         assert np.array_equal(split.images, reference), f"{count} workers read other images"
         rows.append((count, statistics.median(seconds), len(split)))
+    return rows
+
+
+def time_imports(roots: list[str]) -> list[tuple[str, float]]:
+    """(checkout, median seconds) to import alexnet_jax.train and .evaluate in a fresh process."""
+    rows = []
+    for root in roots:
+        seconds = []
+        for _ in range(FLAGS.repeats):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "from alexnet_jax import train, evaluate"], cwd=root, check=True)
+            seconds.append(time.perf_counter() - started)
+        rows.append((root, statistics.median(seconds)))
     return rows
 
 
@@ -78,6 +97,12 @@ def main(argv):
         print("|---|---|---|---|")
         for count, seconds, images in reads:
             print(f"| {count} workers | {seconds:.2f} | {images / seconds:,.0f} | {reads[0][1] / seconds:.2f}x |")
+        print()
+    if FLAGS.import_roots:
+        print("| importing alexnet_jax.train, .evaluate from | seconds (median, with Python's start) |")
+        print("|---|---|")
+        for root, seconds in time_imports(FLAGS.import_roots):
+            print(f"| {root} | {seconds:.2f} |")
         print()
     if len(argv) > 1:
         print("| command run | wall-clock s | train step compile s |")
