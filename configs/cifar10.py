@@ -24,8 +24,8 @@ above (BENCHMARKS.md, "CIFAR-10 time to accuracy"):
     90.84%), whole command 47.9 s to 53.1 s.
 The goal, >= 91% within 30 s including compilation, is not met yet: start-up, not training, is
 what is over. Since then the first read is decoded in worker processes (input.workers: one per
-core) and compiled programs are cached across runs (--compilation_cache); neither is measured on a
-GPU yet (on a 2-core CPU: BENCHMARKS.md, "Start-up on a 2-core CPU").
+core), compiled programs are cached across runs (--compilation_cache) and Grain and matplotlib are
+imported only when used; none of this is measured on a GPU yet (on a 2-core CPU: BENCHMARKS.md, "Start-up on a 2-core CPU").
 """
 
 import ml_collections
