@@ -1,4 +1,5 @@
-"""alexnet_jax command line: train (default), evaluate, or prepare a dataset.
+r"""alexnet_jax command line: train (default), evaluate, prepare a dataset, convert torchvision's
+weights, or predict the classes of image files.
 
   python main.py --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu
   python main.py --mode=evaluate --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu --checkpoint=best

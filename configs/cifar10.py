@@ -25,7 +25,8 @@ above (BENCHMARKS.md, "CIFAR-10 time to accuracy"):
 The goal, >= 91% within 30 s including compilation, is not met yet: start-up, not training, is
 what is over. Since then the first read is decoded in worker processes (input.workers: one per
 core), compiled programs are cached across runs (--compilation_cache) and Grain and matplotlib are
-imported only when used; none of this is measured on a GPU yet (on a 2-core CPU: BENCHMARKS.md, "Start-up on a 2-core CPU").
+imported only when used; none of this is measured on a GPU yet (on a 2-core CPU: BENCHMARKS.md,
+"Start-up on a 2-core CPU").
 """
 
 import ml_collections
