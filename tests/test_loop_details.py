@@ -132,3 +132,11 @@ def test_compiled_programs_go_to_the_compilation_cache_unless_the_environment_sa
     done = subprocess.run([sys.executable, "-c", script, str(cache)], env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [p.name for p in cache.iterdir() if p.name.startswith("jit_sin")], list(cache.iterdir())
+
+
+def test_help_lists_every_mode_with_its_example(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for mode in ("evaluate", "prepare", "convert", "predict"):
+        assert f"python main.py --mode={mode}" in out
+    assert "--data_dir=DATA_DIR \\\n      [--image_size=256" in out  # continued lines as written
