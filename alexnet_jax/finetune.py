@@ -44,14 +44,16 @@ def read_pretrained(init_from: str) -> tuple[dict, dict | None, dict, pathlib.Pa
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # Orbax warns that a step's item folder has no metadata of its own
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        saved = checkpointer.metadata(folder / "state").item_metadata
-        wanted = {key: saved[key] for key in ("params", "batch_stats") if key in saved}
-        target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), wanted)
-        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        restore = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-        restored = checkpointer.restore(folder / "state", args=restore)
-    absl_logger.setLevel(level)
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            saved = checkpointer.metadata(folder / "state").item_metadata
+            wanted = {key: saved[key] for key in ("params", "batch_stats") if key in saved}
+            target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), wanted)
+            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+            restore = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+            restored = checkpointer.restore(folder / "state", args=restore)
+    finally:
+        absl_logger.setLevel(level)
     data = ocp.JsonCheckpointHandler().restore(folder / "data") if (folder / "data").is_dir() else {}
     return restored["params"], restored.get("batch_stats"), dict(data), folder
 

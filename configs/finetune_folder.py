@@ -24,7 +24,7 @@ as in tests/torchvision_reference.py, converted as above) on 500 CIFAR-10 traini
 classes, 32x32, scaled up to 224 (450 to train, 50 to validate):
   python main.py --config=configs/finetune_folder.py --workdir=/tmp/p9/ft_owt --config.init_from=/tmp/p9/conv \
       --config.dataset.name=cifar_small --config.dataset.data_dir=/tmp/p9/tfds
-4 min 24 s for the whole command (10 epochs of 7 steps, about 45 s an epoch), validation top-1 14%
+4 min 24 s for the whole command (10 epochs of 7 steps), validation top-1 14%
 (chance: 10%): the command works; what it reaches from torchvision's weights is not yet measured.
 What fine-tuning gives on a small real folder was measured with alexnet_cifar on CIFAR-10 classes
 (README, "Fine-tuning": 70.44% validation top-1 fine-tuned against 61.28% from scratch).

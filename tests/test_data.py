@@ -92,13 +92,16 @@ def _check_predictions_match(cli, workdir, val, evaluated, tmp_path):
     assert f"skipped {extras / 'corrupt.png'}" in err and "dog_cmyk.jpg" in stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     index = {name: i for i, name in enumerate(evaluated["per_class_accuracy"])}
-    confusion, losses = np.zeros((len(index), len(index)), int), []
+    confusion, losses, near_ties = np.zeros((len(index), len(index)), int), [], 0
     for row in rows:
         path = pathlib.Path(row["image"])
         if path.parent.parent == val:
             confusion[index[path.parent.name], index[row["top5"][0]["class"]]] += 1
             losses += [-np.log(c["probability"]) for c in row["top5"] if c["class"] == path.parent.name]
-    np.testing.assert_array_equal(confusion, evaluated["confusion_matrix"])
+            first, second = row["top5"][0]["probability"], row["top5"][1]["probability"]
+            near_ties += first - second < 1e-4  # float32 sums in another order could swap these two
+    # Equal, but for an image whose top two are within float32 noise (each moves 2 cells at most).
+    assert np.abs(confusion - np.array(evaluated["confusion_matrix"])).sum() <= 2 * near_ties
     assert (np.diag(confusion) > 0).sum() >= 2  # the model tells classes apart: a real check
     # The same inputs, so the same cross-entropy (3 classes: all in the top 5), up to float32 sums in
     # another order (batches of another size): ~1e-6 relative; any other preprocessing moves it more.
