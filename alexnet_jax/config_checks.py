@@ -49,6 +49,11 @@ def validate(config, num_devices: int):
     ):
         value = config[key]
         _require(isinstance(value, int) and value >= 1, f"--config.{key}={value!r} must be a whole number >= 1")
+    max_steps = config.get("max_steps")
+    _require(
+        max_steps is None or (isinstance(max_steps, int) and max_steps >= 1),
+        f"--config.max_steps={max_steps!r} must be a whole number >= 1 (or unset: num_epochs decides)",
+    )
     _check_device_layout(config, num_devices)
     opt = config.optimizer
     _require(opt.learning_rate > 0, f"--config.optimizer.learning_rate={opt.learning_rate} must be > 0")

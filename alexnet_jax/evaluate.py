@@ -9,8 +9,9 @@ import jax
 from alexnet_jax import config_checks, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_signature
 from alexnet_jax.distributed import is_main_process
-from alexnet_jax.evaluation import create_evaluator, write_report
+from alexnet_jax.evaluation import create_evaluator
 from alexnet_jax.parallel import DataParallel
+from alexnet_jax.report import write_report
 from alexnet_jax.train import create_state, load_split, model_signature, step_constants
 from alexnet_jax.train_step import state_variables
 

@@ -1,8 +1,6 @@
-"""Evaluation, on a device-resident or a streamed split: every example scored exactly once, plus reports."""
+"""Evaluation, on a device-resident or a streamed split: every example scored exactly once."""
 
 import functools
-import json
-import pathlib
 
 import jax
 import numpy as np
@@ -92,39 +90,3 @@ def create_evaluator(parallel: DataParallel, apply_fn, constants: StepConstants,
         workers, share = config.input.workers, process_share()
         return StreamingEvaluator(parallel, apply_fn, constants, split, config.eval_batch_size, workers, share)
     return ResidentEvaluator(parallel, apply_fn, constants, split, config.eval_batch_size)
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (labels, predictions), 1)
-    return confusion
-
-
-def write_report(
-    out_dir: pathlib.Path,
-    name: str,
-    split,
-    predictions: np.ndarray,
-    labels: np.ndarray,
-    metrics: dict,
-    grid: int = 32,
-):
-    """Writes ``<name>_confusion.png``, ``<name>_per_class.png``, ``<name>_predictions.png`` and
-    ``<name>_report.json`` (metrics, per-class accuracy, confusion matrix)."""
-    from alexnet_jax import plots  # matplotlib: imported when the first figure is drawn
-
-    names = split.class_names
-    confusion = confusion_matrix(labels, predictions, len(names))
-    per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
-    plots.plot_confusion(confusion, names, out_dir / f"{name}_confusion.png")
-    plots.plot_per_class(confusion, names, out_dir / f"{name}_per_class.png")
-    shown = split.read(np.arange(min(grid, len(split))))["image"]
-    plots.plot_predictions(shown, labels[:grid], predictions[:grid], names, out_dir / f"{name}_predictions.png")
-    report = {
-        **metrics,
-        "examples": len(split),
-        "per_class_accuracy": dict(zip(names, per_class.round(4).tolist(), strict=True)),
-        "confusion_matrix": confusion.tolist(),
-    }
-    (out_dir / f"{name}_report.json").write_text(json.dumps(report, indent=1))
-    return report

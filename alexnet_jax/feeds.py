@@ -92,8 +92,8 @@ class StreamingFeed:
             self._iterator.close()
 
 
-def create_feed(parallel: DataParallel, config, split, steps_per_epoch: int, start_step: int, constants):
+def create_feed(parallel: DataParallel, config, split, steps: range, steps_per_epoch: int, constants):
+    """The feed for ``config.input.pipeline``, from ``steps.start`` to before ``steps.stop``."""
     if config.input.pipeline == "streaming":
-        total_steps = config.num_epochs * steps_per_epoch
-        return StreamingFeed(parallel, config, split, total_steps, start_step, constants)
+        return StreamingFeed(parallel, config, split, steps.stop, steps.start, constants)
     return ResidentFeed(parallel, config, split, steps_per_epoch, constants)

@@ -7,11 +7,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from alexnet_jax import files  # noqa: E402
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
+    """Writes the figure as a PNG, whole or not at all, and frees it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with files.replacing(path) as temporary:
+        fig.savefig(temporary, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -42,9 +47,30 @@ def plot_curves(records: list[dict], path: pathlib.Path) -> pathlib.Path:
     return _save(curves_figure(records), path)
 
 
+# Up to this many classes a figure names every class; above it (ImageNet's 1,000), the confusion and
+# per-class figures summarise at a fixed size instead, so memory and pixels do not grow with classes.
+NAMED_CLASSES = 30
+SUMMARY_ROWS = 15  # the worst and the best classes, and 2x this many most-confused pairs
+THUMBNAIL = 160  # pixels: the largest side of an image in a grid
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """``image`` (uint8 HWC) shrunk to at most ``THUMBNAIL`` pixels a side (antialiased), or as it is."""
+    height, width = image.shape[:2]
+    scale = THUMBNAIL / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).resize(size, Image.BOX)
+    return np.asarray(resized).reshape(size[1], size[0], -1)
+
+
 def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path) -> pathlib.Path:
-    """Row-normalised confusion matrix (rows: true class) with counts in the cells."""
+    """Row-normalised confusion matrix (rows: true class): named cells with their counts, or, for
+    more than ``NAMED_CLASSES`` classes, an unlabelled heat map beside the most-confused pairs."""
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    if len(class_names) > NAMED_CLASSES:
+        return _save(_confusion_summary(confusion, rates, class_names), path)
     size = max(5, 0.6 * len(class_names))
     fig, ax = plt.subplots(figsize=(size + 1, size))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -53,30 +79,85 @@ def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path) -> pa
     ax.set_yticks(ticks, class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if len(class_names) <= 20:
-        for (i, j), count in np.ndenumerate(confusion):
-            ax.text(
-                j, i, int(count), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black"
-            )
+    for (i, j), count in np.ndenumerate(confusion):
+        ax.text(j, i, int(count), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046)
     return _save(fig, path)
 
 
+def most_confused(confusion: np.ndarray, count: int) -> list[tuple[int, int, int]]:
+    """The ``count`` largest off-diagonal cells as (true, predicted, examples), largest first."""
+    off_diagonal = confusion * (1 - np.eye(len(confusion), dtype=confusion.dtype))
+    flat = np.argsort(-off_diagonal, axis=None, kind="stable")[:count]
+    cells = zip(*np.unravel_index(flat, confusion.shape), strict=True)
+    return [(int(t), int(p), int(off_diagonal[t, p])) for t, p in cells if off_diagonal[t, p] > 0]
+
+
+def _confusion_summary(confusion: np.ndarray, rates: np.ndarray, class_names):
+    """Many classes: the whole matrix as an unlabelled heat map (cells averaged into pixels; square
+    root colour scale, so that rare confusions show), and the most-confused pairs named."""
+    fig, (heat, bars) = plt.subplots(1, 2, figsize=(15, 7), width_ratios=(1, 1))
+    image = heat.imshow(rates, cmap="Blues", norm=matplotlib.colors.PowerNorm(0.5, 0, 1), interpolation="antialiased")
+    heat.set_xlabel("predicted class (index)")
+    heat.set_ylabel("true class (index)")
+    heat.set_title(f"{len(class_names)} classes, rows normalised")
+    fig.colorbar(image, ax=heat, fraction=0.046)
+    pairs = most_confused(confusion, 2 * SUMMARY_ROWS)
+    totals = confusion.sum(1)
+    labels = [f"{_short(class_names[t])} -> {_short(class_names[p])}" for t, p, _ in pairs]
+    bars.barh(np.arange(len(pairs)), [n / max(totals[t], 1) for t, _, n in pairs], color="tab:red")
+    bars.set_yticks(np.arange(len(pairs)), labels, fontsize=7)
+    bars.invert_yaxis()
+    bars.set_xlabel("fraction of the true class's examples")
+    bars.set_title("most confused: true -> predicted")
+    return fig
+
+
+def _short(name: str, width: int = 24) -> str:
+    return name if len(name) <= width else name[: width - 1] + "~"
+
+
 def plot_per_class(confusion: np.ndarray, class_names, path: pathlib.Path) -> pathlib.Path:
+    """Accuracy per class: a bar per class, or, for more than ``NAMED_CLASSES`` classes, every class
+    ranked beside the worst and the best ones named."""
     accuracy = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+    overall = np.trace(confusion) / max(confusion.sum(), 1)
+    if len(class_names) > NAMED_CLASSES:
+        return _save(_per_class_summary(accuracy, overall, class_names), path)
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(class_names)), 4))
     ax.bar(range(len(class_names)), accuracy)
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.axhline(np.trace(confusion) / max(confusion.sum(), 1), color="k", ls="--", lw=1, label="overall")
+    ax.axhline(overall, color="k", ls="--", lw=1, label="overall")
     ax.legend()
     return _save(fig, path)
 
 
+def _per_class_summary(accuracy: np.ndarray, overall: float, class_names):
+    order = np.argsort(accuracy, kind="stable")
+    fig, (ranked, named) = plt.subplots(1, 2, figsize=(14, 6), width_ratios=(1, 1))
+    ranked.plot(np.arange(len(order)), accuracy[order], lw=1.5)
+    ranked.axhline(overall, color="k", ls="--", lw=1, label=f"overall {overall:.1%}")
+    ranked.set_xlabel(f"class, ranked by accuracy ({len(order)} classes)")
+    ranked.set_ylabel("accuracy")
+    ranked.set_ylim(0, 1)
+    ranked.legend()
+    shown = np.concatenate([order[:SUMMARY_ROWS], order[-SUMMARY_ROWS:][::-1]])
+    colours = ["tab:red"] * SUMMARY_ROWS + ["tab:green"] * SUMMARY_ROWS
+    named.barh(np.arange(len(shown)), accuracy[shown], color=colours)
+    named.set_yticks(np.arange(len(shown)), [_short(class_names[i]) for i in shown], fontsize=7)
+    named.invert_yaxis()
+    named.set_xlim(0, 1)
+    named.set_xlabel("accuracy")
+    named.set_title(f"the {SUMMARY_ROWS} worst (red) and best (green) classes")
+    return fig
+
+
 def plot_predictions(images, labels, predictions, class_names, path: pathlib.Path, columns: int = 8) -> pathlib.Path:
     """A grid of images labelled 'predicted / true', wrong predictions in red."""
-    texts = [f"{class_names[p]}\n/ {class_names[t]}" for t, p in zip(labels, predictions, strict=True)]
+    pairs = zip(labels, predictions, strict=True)
+    texts = [f"{_short(class_names[p], 18)}\n/ {_short(class_names[t], 18)}" for t, p in pairs]
     colours = ["green" if p == t else "red" for t, p in zip(labels, predictions, strict=True)]
     return plot_labelled_grid(images, texts, path, colours, columns)
 
@@ -84,9 +165,12 @@ def plot_predictions(images, labels, predictions, class_names, path: pathlib.Pat
 def plot_labelled_grid(images, texts, path: pathlib.Path, colours=None, columns: int = 8) -> pathlib.Path:
     """A grid of equally sized images, each with up to two lines of text above it.
 
-    The images are tiled into one mosaic drawn in a single axes (32 separate axes take seconds).
+    The images are tiled into one mosaic drawn in a single axes (32 separate axes take seconds),
+    each shrunk to at most ``THUMBNAIL`` pixels a side first: about what the figure shows of it,
+    and what keeps the memory of drawing the mosaic small whatever the images' size.
     """
-    count, height, width = len(images), images.shape[1], images.shape[2]
+    images = [_thumbnail(np.asarray(image)) for image in images]
+    count, (height, width) = len(images), images[0].shape[:2]
     rows, gap = -(-count // columns), max(2, height // 8)
     cell_h, cell_w = height + 3 * gap, width + gap  # room for two lines of text above each image
     mosaic = np.full((rows * cell_h, columns * cell_w, 3), 255, np.uint8)

@@ -31,9 +31,10 @@ from alexnet_jax.checkpointing import Checkpoints, check_signature
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import AgreedStop, is_main_process
 from alexnet_jax.errors import TrainingDiverged
-from alexnet_jax.evaluation import create_evaluator, write_report
+from alexnet_jax.evaluation import create_evaluator
 from alexnet_jax.feeds import create_feed, host_views
 from alexnet_jax.parallel import DataParallel
+from alexnet_jax.report import write_report
 from alexnet_jax.train_step import StepConstants, create_train_state, state_variables
 
 REPORT = "validation"  # the final report's file prefix: validation_report.json, validation_confusion.png, ...
@@ -130,16 +131,17 @@ class Run:
 
     @property
     def total_steps(self) -> int:
-        return self.config.num_epochs * self.steps_per_epoch
+        """``num_epochs`` of steps, or ``max_steps`` if fewer (the same schedule, cut short)."""
+        return min(self.config.num_epochs * self.steps_per_epoch, self.config.get("max_steps") or np.inf)
 
     @property
     def num_classes(self) -> int:
         return len(self.train_split.class_names)
 
     def evaluates_at(self, step: int) -> bool:
-        """Whether the epoch that ends at ``step`` is evaluated."""
+        """Whether ``step`` is evaluated: the run's last step, and the ends of every ``eval_every_epochs``-th epoch."""
         epoch, rest = divmod(step, self.steps_per_epoch)
-        return step > 0 and rest == 0 and (epoch % self.config.eval_every_epochs == 0 or step == self.total_steps)
+        return step == self.total_steps or (step > 0 and rest == 0 and epoch % self.config.eval_every_epochs == 0)
 
     def signature(self) -> dict:
         """What the parameters and the data order depend on: a checkpoint resumes only where it matches."""
@@ -231,7 +233,8 @@ class _Trainer:
         self.last_saved = self.step
         self.state = parallel.replicate(state)
         self.device_rng = parallel.replicate(rng)
-        self.feed = create_feed(parallel, run.config, run.train_split, run.steps_per_epoch, self.step, constants)
+        steps = range(self.step, run.total_steps)
+        self.feed = create_feed(parallel, run.config, run.train_split, steps, run.steps_per_epoch, constants)
         self.evaluator = create_evaluator(parallel, state.apply_fn, constants, run.val_split, run.config)
         self._compiled = None
         self._unchecked = []  # (step, metrics) of steps whose skipped_updates flag has not been read
@@ -334,15 +337,15 @@ class _ThroughputWindow:
 
 
 class _LogTrain:
-    """Periodic action: every ``log_every_steps`` and at each epoch's end, the window's means and the
-    rate go to the log and the progress bar."""
+    """Periodic action: every ``log_every_steps``, at each epoch's end and at the last step, the
+    window's means and the rate go to the log and the progress bar."""
 
     def __init__(self, log: metrics_log.MetricsLog, window: _ThroughputWindow, bar: tqdm.tqdm):
         self.log, self.window, self.bar = log, window, bar
 
     def __call__(self, trainer: "_Trainer", stopping: bool):
         step, run = trainer.step, trainer.run
-        if step % run.config.log_every_steps and step % run.steps_per_epoch:
+        if step % run.config.log_every_steps and step % run.steps_per_epoch and step != run.total_steps:
             return
         values = {"epoch": step / run.steps_per_epoch, **self.window.means()}
         record = self.log.write("train", step, {**values, "learning_rate": trainer.learning_rate()})
@@ -450,6 +453,12 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
     """
     run, checkpoints, state, rng, saved = _start(config, workdir)
     step = int(state.step)
+    if step > run.total_steps:  # its report would name a step its parameters are not from
+        checkpoints.close()
+        raise config_checks.ConfigError(
+            f"{run.workdir} has trained {step} steps, more than this config's {run.total_steps} "
+            "(num_epochs, max_steps); --mode=evaluate scores it, a larger value goes on training it"
+        )
     if step >= run.total_steps and distributed.agree(is_main_process() and _report_is_complete(run)):
         checkpoints.close()
         say(f"{run.workdir} has finished all {run.total_steps} steps; nothing to train (--mode=evaluate scores it)")

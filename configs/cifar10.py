@@ -101,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.schedule.max_reductions = 3
 
     config.num_epochs = 30
+    # Ends the run after this many steps (with its final evaluation and report), the schedule still
+    # that of num_epochs: for rehearsals of a long run. None: num_epochs.
+    config.max_steps = config_dict.placeholder(int)
     config.batch_size = 512  # global, over all devices
     config.eval_batch_size = 1000
     config.eval_crops = 1  # 1: one view (centre crop_size crop, or the whole image); 10: the paper's ten crops

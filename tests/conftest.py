@@ -60,6 +60,7 @@ SLOWEST_FILES = (
     "test_prepare_paper_format.py",
     "test_torchvision_recipe.py",
     "test_augment.py",
+    "test_imagenet_shape.py",
     "test_evaluation.py",
     "test_optim.py",
 )

@@ -13,6 +13,7 @@ from alexnet_jax import datasets, input_pipeline, metrics_log
 from alexnet_jax.feeds import ResidentFeed, StreamingFeed
 from alexnet_jax.input_pipeline import ProcessShare, TrainBatch
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
+from alexnet_jax.report import confusion_from_report
 from alexnet_jax.train import step_constants, train_and_evaluate
 from alexnet_jax.train_step import resident_batch
 
@@ -114,7 +115,7 @@ def test_a_streamed_run_trains_evaluates_and_reports(straight_stream_run):
     workdir, summary = straight_stream_run
     assert summary["step"] == summary["total_steps"] == 6
     report = json.loads((workdir / "validation_report.json").read_text())
-    assert report["examples"] == 15 and sum(map(sum, report["confusion_matrix"])) == 15
+    assert report["examples"] == 15 and confusion_from_report(report).sum() == 15
     assert [r["step"] for r in metrics_log.read_metrics(workdir) if r["kind"] == "eval"] == [3, 6]
 
 

@@ -1,0 +1,31 @@
+"""Files written whole or not at all: written beside their final path, then renamed over it, so a
+reader, or a kill at any moment, finds the old file or the new one, never a part of one."""
+
+import contextlib
+import os
+import pathlib
+
+
+@contextlib.contextmanager
+def replacing(path: str | pathlib.Path):
+    """Yields a temporary path beside ``path`` to write; on success it is synced and renamed over
+    ``path``, on failure removed."""
+    path = pathlib.Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        with temporary.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text(path: str | pathlib.Path, text: str):
+    with replacing(path) as temporary:
+        temporary.write_text(text)
+
+
+def write_bytes(path: str | pathlib.Path, data: bytes):
+    with replacing(path) as temporary:
+        temporary.write_bytes(data)

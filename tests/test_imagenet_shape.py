@@ -1,0 +1,115 @@
+"""What grows with ImageNet's shape stays bounded: a 1,000-class run ends with its report and
+figures, writing them takes bounded memory, and ``max_steps`` cuts any run short with its final
+evaluation and report (benchmarks/imagenet_rehearsal.py runs the real models at full size)."""
+
+import contextlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+from alexnet_jax import config_checks, metrics_log
+from alexnet_jax.train import train_and_evaluate
+from configs import smoke
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import report_size  # noqa: E402
+
+# Writing a 1,000-class report took 190 MB above the process's memory where this bound was set
+# (the confusion figure's old design needed about 200 GB); what it measures is a fixed-size figure
+# and a grid of thumbnails, so another matplotlib may move it by tens of MB, not hundreds.
+REPORT_MEMORY_BOUND_MB = 500
+
+
+def png_size(path) -> tuple[int, int]:
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])
+    return width, height
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def run_watched(command: list[str], limit_mb: float, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs ``command``, killing it if its resident memory passes ``limit_mb`` (the test then fails,
+    not the machine); returns it with ``peak_mb``, the largest resident memory seen."""
+    process = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak, started = 0.0, time.monotonic()
+    try:
+        while process.poll() is None and time.monotonic() - started < timeout:
+            with contextlib.suppress(FileNotFoundError, StopIteration, ProcessLookupError):
+                peak = max(peak, rss_mb(process.pid))
+            assert peak < limit_mb, f"{command[1:3]} passed {limit_mb} MB of resident memory"
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        out, err = process.communicate()
+    return subprocess.CompletedProcess(command, process.returncode, out, err), peak
+
+
+THOUSAND_CLASSES = [
+    "--config=configs/smoke.py",
+    "--config.dataset.synthetic_classes=1000",
+    "--config.dataset.synthetic_examples=256",
+    "--config.dataset.synthetic_image_size=16",
+    "--config.model.width=0.125",
+    "--config.model.fc_features=64",
+    "--config.batch_size=64",
+    "--config.eval_batch_size=64",
+    "--config.max_steps=2",  # of 2 epochs x 4 steps
+]
+
+
+def test_a_1000_class_run_ends_with_its_report_and_bounded_figures(tmp_path):
+    command = [sys.executable, "main.py", *THOUSAND_CLASSES, f"--workdir={tmp_path}"]
+    done, _ = run_watched(command, limit_mb=4000)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2
+    report = json.loads((tmp_path / "validation_report.json").read_text())
+    assert report["step"] == 2 and report["examples"] == 64 and len(report["per_class_accuracy"]) == 1000
+    assert sum(cell[2] for cell in report["confusion_cells"]) == 64
+    assert (tmp_path / "validation_report.json").stat().st_size < 100_000
+    for figure in ("confusion", "per_class", "predictions"):
+        width, height = png_size(tmp_path / f"validation_{figure}.png")
+        assert width * height < 2000 * 1000, figure  # a fixed size, not one that grows with the classes
+
+
+def small_config(max_steps: int):
+    config = smoke.get_config()
+    config.dataset.synthetic_examples = 256
+    config.model.width = 0.125
+    config.model.fc_features = 64
+    config.batch_size = config.eval_batch_size = 64
+    config.log_every_steps = 100
+    config.max_steps = max_steps
+    return config
+
+
+def test_max_steps_ends_a_run_with_its_evaluation_goes_on_when_raised_and_refuses_less(tmp_path):
+    summary = train_and_evaluate(small_config(max_steps=2), str(tmp_path))
+    assert summary["step"] == summary["total_steps"] == 2  # of 2 epochs x 4 steps
+    records = metrics_log.read_metrics(tmp_path)
+    assert [(r["kind"], r["step"]) for r in records] == [("train", 2), ("eval", 2)]
+    assert json.loads((tmp_path / "validation_report.json").read_text())["step"] == 2
+    # A larger bound goes on from the checkpoint; a smaller one than the steps trained is refused.
+    summary = train_and_evaluate(small_config(max_steps=3), str(tmp_path))
+    assert summary["step"] == 3 and json.loads((tmp_path / "validation_report.json").read_text())["step"] == 3
+    with pytest.raises(config_checks.ConfigError, match="has trained 3 steps, more than this config's 1"):
+        train_and_evaluate(small_config(max_steps=1), str(tmp_path))
+
+
+def test_writing_a_1000_class_report_stays_within_its_memory_bound():
+    """ImageNet's validation shape: 1,000 classes x 50 images, a grid of 256x256 images; in a fresh
+    process that ends itself if its memory passes twice the bound (so a regression fails, not the
+    machine)."""
+    result = report_size.measure_in_subprocess(1000, 50, 256, rss_limit_mb=2 * REPORT_MEMORY_BOUND_MB + 300)
+    assert result["exit_code"] == 0, result
+    assert result["growth_mb"] < REPORT_MEMORY_BOUND_MB, result
+    assert result["sizes"]["validation_report.json"] < 1_000_000  # 50,000 examples: at most 50,000 cells
