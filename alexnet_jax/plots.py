@@ -51,6 +51,7 @@ def plot_curves(records: list[dict], path: pathlib.Path) -> pathlib.Path:
 # per-class figures summarise at a fixed size instead, so memory and pixels do not grow with classes.
 NAMED_CLASSES = 30
 SUMMARY_ROWS = 15  # the worst and the best classes, and 2x this many most-confused pairs
+HEAT_MAP_BLOCKS = 200  # cells a side of the many-class heat map
 THUMBNAIL = 160  # pixels: the largest side of an image in a grid
 
 
@@ -68,9 +69,9 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
 def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path) -> pathlib.Path:
     """Row-normalised confusion matrix (rows: true class): named cells with their counts, or, for
     more than ``NAMED_CLASSES`` classes, an unlabelled heat map beside the most-confused pairs."""
-    rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     if len(class_names) > NAMED_CLASSES:
-        return _save(_confusion_summary(confusion, rates, class_names), path)
+        return _save(_confusion_summary(confusion, class_names), path)
+    rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     size = max(5, 0.6 * len(class_names))
     fig, ax = plt.subplots(figsize=(size + 1, size))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -93,14 +94,28 @@ def most_confused(confusion: np.ndarray, count: int) -> list[tuple[int, int, int
     return [(int(t), int(p), int(off_diagonal[t, p])) for t, p in cells if off_diagonal[t, p] > 0]
 
 
-def _confusion_summary(confusion: np.ndarray, rates: np.ndarray, class_names):
-    """Many classes: the whole matrix as an unlabelled heat map (cells averaged into pixels; square
-    root colour scale, so that rare confusions show), and the most-confused pairs named."""
+def _blocks(confusion: np.ndarray, most: int) -> tuple[np.ndarray, int]:
+    """The confusion matrix summed over blocks of consecutive classes, at most ``most`` blocks a
+    side; returns (block sums, classes per block)."""
+    size = -(-len(confusion) // most)
+    padded = np.pad(confusion, (0, -len(confusion) % size))
+    count = len(padded) // size
+    return padded.reshape(count, size, count, size).sum((1, 3)), size
+
+
+def _confusion_summary(confusion: np.ndarray, class_names):
+    """Many classes: the matrix summed over blocks of neighbouring classes (related classes sit
+    together in ImageNet's order, so confusions among them show as squares on the diagonal) as an
+    unlabelled heat map, and the most-confused pairs named."""
+    blocks, size = _blocks(confusion, HEAT_MAP_BLOCKS)
+    block_rates = blocks / np.maximum(blocks.sum(1, keepdims=True), 1)
     fig, (heat, bars) = plt.subplots(1, 2, figsize=(15, 7), width_ratios=(1, 1))
-    image = heat.imshow(rates, cmap="Blues", norm=matplotlib.colors.PowerNorm(0.5, 0, 1), interpolation="antialiased")
+    extent = (0, len(blocks) * size, len(blocks) * size, 0)
+    norm = matplotlib.colors.PowerNorm(0.5, 0, 1)  # square-root scale: rare confusions show
+    image = heat.imshow(block_rates, cmap="Blues", norm=norm, interpolation="nearest", extent=extent)
     heat.set_xlabel("predicted class (index)")
     heat.set_ylabel("true class (index)")
-    heat.set_title(f"{len(class_names)} classes, rows normalised")
+    heat.set_title(f"{len(class_names)} classes in blocks of {size}, rows normalised")
     fig.colorbar(image, ax=heat, fraction=0.046)
     pairs = most_confused(confusion, 2 * SUMMARY_ROWS)
     totals = confusion.sum(1)
