@@ -14,6 +14,7 @@ cropped on the devices. No JAX here: Grain worker processes import this module.
 import dataclasses
 import io
 import math
+import pathlib
 
 import numpy as np
 import simplejpeg
@@ -84,6 +85,43 @@ def centre_square(image: Image.Image, size: int, resample=Image.Resampling.BICUB
     return image.resize((width, height), resample).crop((left, top, left + size, top + size))
 
 
+# JPEG quality of the stored JPEGs that are encoded anew (the paper's 256x256; non-RGB photos at full size).
+JPEG_QUALITY = 90
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """How ``--mode=prepare`` stores an image: its shorter side scaled to ``size`` (bicubic,
+    antialiased) and the centre square kept, or at its own size (``size`` None); as ``format``
+    (PNG: lossless; JPEG: at ``quality``, but an RGB JPEG at its own size is kept byte for byte).
+
+    The scaled image is the paper's definition applied to the full-size photo. A JPEG whose shorter
+    side is at least twice ``size`` is decoded at a reduced scale (libjpeg's 1/2, 1/4 or 1/8, through
+    PIL's ``draft``) that keeps it at least twice ``size``: 2.2x faster for those photos, and closer
+    to the full-size decode than JPEG at quality 90 is (BENCHMARKS.md, "What prepare stores").
+    Decoding down to ``size`` itself would change 5% of ImageNet's photos by as much as q90 does.
+    """
+
+    size: int | None = None
+    format: str = "png"
+    quality: int = JPEG_QUALITY
+
+    def encode(self, source: pathlib.Path | bytes) -> bytes:
+        """One image, from its file or its encoded bytes, in this encoding."""
+        with Image.open(source if isinstance(source, pathlib.Path) else io.BytesIO(source)) as image:
+            if self.size:
+                image.draft("RGB", (2 * self.size, 2 * self.size))  # JPEG: no smaller than twice the size
+            image.load()  # a broken file fails here, whatever the format
+            if self.format == "jpeg" and not self.size and image.format == "JPEG" and image.mode == "RGB":
+                return source.read_bytes() if isinstance(source, pathlib.Path) else source
+            image = image.convert("RGB")
+        buffer = io.BytesIO()
+        if self.size:
+            image = centre_square(image, self.size)
+        image.save(buffer, format=self.format.upper(), **({"quality": self.quality} if self.format == "jpeg" else {}))
+        return buffer.getvalue()
+
+
 def example_rng(seed: int, step: int, position: int) -> np.random.Generator:
     """The host's random stream for the example at ``position`` of global batch ``step``: the same
     whichever process or worker reads it."""
@@ -140,3 +178,22 @@ class RandomResizedCrop:
         box = (left * scale_x, top * scale_y, (left + box_width) * scale_x, (top + box_height) * scale_y)
         resized = Image.fromarray(pixels).resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
         return np.asarray(resized)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationInput:
+    """What evaluation feeds the model for a photo, as one function: ``--mode=prepare``'s
+    ``encoding`` of it, then the host's evaluation ``view`` of the stored image, or plain decoding
+    (``--mode=predict`` runs a photo through this, so it sees what a validation image would)."""
+
+    encoding: Encoding
+    view: CentreSquare | None = None
+
+    @property
+    def size(self) -> int:
+        """The side of the images it makes."""
+        return self.view.size if self.view is not None else self.encoding.size
+
+    def __call__(self, encoded: bytes) -> np.ndarray:
+        stored = self.encoding.encode(encoded)
+        return self.view(stored) if self.view is not None else decode_image(stored)

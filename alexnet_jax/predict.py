@@ -1,11 +1,11 @@
 """``--mode=predict``: the top-5 classes of image files, from a workdir's checkpoint.
 
-The images are prepared as the checkpoint's config prepared its validation images: the torchvision
-recipe (``input.eval_resize``) scales the shorter side to that size (bilinear) and keeps the
-centre square; the stored-size configs (CIFAR, the paper's 256x256) scale and cut every image to
-the size the model was trained on (bicubic, as ``--mode=prepare`` stores them). On the
-accelerator, the centre ``crop_size`` crop (or the paper's ten crops) is scored with the config's
-normalisation, in batches of ``eval_batch_size``.
+Each image goes through exactly what a validation image of the checkpoint's config goes through:
+``--mode=prepare``'s encoding (the paper's 256x256 JPEG; full size for torchvision's recipe; the
+size trained on, losslessly, for CIFAR), then evaluation's host view (torchvision's: the shorter
+side scaled to ``eval_resize``, the centre square) or plain decoding (``images.EvaluationInput``).
+On the accelerator, the centre ``crop_size`` crop (or the paper's ten crops) is scored with the
+config's normalisation, in batches of ``eval_batch_size``.
 """
 
 import concurrent.futures
@@ -26,7 +26,7 @@ from PIL import Image
 from alexnet_jax import config_checks, plots, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints
 from alexnet_jax.evaluate import resolve_checkpoint
-from alexnet_jax.images import centre_square
+from alexnet_jax.images import CentreSquare, Encoding, EvaluationInput
 from alexnet_jax.torchvision_weights import readable_class_names
 from alexnet_jax.train import create_state, step_constants
 from alexnet_jax.train_step import eval_log_probabilities, state_variables
@@ -49,13 +49,11 @@ def find_images(patterns: list[str]) -> list[pathlib.Path]:
     return list(dict.fromkeys(found))
 
 
-def load_image(path: pathlib.Path, size: int, resample) -> np.ndarray | str:
-    """``path`` as uint8 RGB, shorter side scaled to ``size`` and the centre square kept (an animated
-    image's first frame); an error message if it cannot be read."""
+def load_image(path: pathlib.Path, evaluation_input) -> np.ndarray | str:
+    """``path`` as evaluation feeds it to the model (``images.EvaluationInput``); an error message if
+    it cannot be read."""
     try:
-        with Image.open(path) as image:
-            image.seek(0)
-            return np.asarray(centre_square(image.convert("RGB"), size, resample))
+        return evaluation_input(path.read_bytes())
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
 
@@ -68,13 +66,16 @@ def saved_config(workdir: pathlib.Path):
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def _view(config, data: dict) -> tuple[int, object]:
-    """The size images are scaled to on the host, and the filter: as the config's validation images."""
+def _evaluation_input(config, data: dict) -> EvaluationInput:
+    """How the config's validation images reach the model: torchvision's recipe (``eval_resize``)
+    keeps full-size photos and scales each on the host; the configs that crop (the paper's) were
+    trained on prepare's 256x256 JPEGs; the others (CIFAR) on images as they are, losslessly."""
     if config.input.get("eval_resize"):
-        return config.input.eval_resize, Image.Resampling.BILINEAR
+        return EvaluationInput(Encoding(None, "jpeg"), CentreSquare(config.input.eval_resize))
     if "image_shape" not in data:
         raise CheckpointError("the checkpoint does not say the image size it was trained on; retrain with this version")
-    return data["image_shape"][0], Image.Resampling.BICUBIC
+    size = data["image_shape"][0]
+    return EvaluationInput(Encoding(size, "jpeg" if config.augment.get("crop_size") else "png"))
 
 
 class Predictor:
@@ -94,8 +95,9 @@ class Predictor:
         data = checkpoints.read_data(step)
         num_classes = data["num_classes"]
         self.class_names = readable_class_names(data.get("class_names") or [f"class {i}" for i in range(num_classes)])
-        self.size, self.resample = _view(self.config, data)
-        state, _ = create_state(self.config, num_classes, (self.size, self.size, 3), steps_per_epoch=1)
+        self.input = _evaluation_input(self.config, data)
+        size = self.input.size
+        state, _ = create_state(self.config, num_classes, (size, size, 3), steps_per_epoch=1)
         state, _, _ = checkpoints.restore(step, state, jax.random.key(0))
         checkpoints.close()
         self.variables, self.batch = state_variables(state), self.config.eval_batch_size
@@ -144,7 +146,7 @@ def _predict_all(predictor: Predictor, paths: list[pathlib.Path]) -> tuple[list[
     memory stays flat however many there are; and the first ``GRID_IMAGES`` images, for the grid.
     Unreadable files are reported on stderr and skipped."""
     rows, shown, batch = [], [], predictor.batch
-    load = lambda path: load_image(path, predictor.size, predictor.resample)  # noqa: E731
+    load = lambda path: load_image(path, predictor.input)  # noqa: E731
     bar = tqdm.tqdm(total=len(paths), desc="predicting", unit="image", leave=False, disable=None)
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
         for start in range(0, len(paths), batch):

@@ -12,19 +12,21 @@ Three formats:
   converted to RGB and stored as JPEG at ``JPEG_QUALITY``.
 
 Images are encoded in parallel over all cores (PIL opens any format by content: greyscale, CMYK,
-a PNG named .JPEG) into a cache beside the dataset, one file per image written atomically, so a
-killed prepare continues where it stopped when run again. Then TFDS's ad-hoc builder writes
-ArrayRecord files with ``image``, ``label`` (class names kept) and ``file_name`` (the path under
-the split). A TFDS source's labels, class names and file names are kept the same way, its
-images read once for encoding and never held in memory all at once. The result is read like any TFDS dataset:
-``tfds.data_source(name, data_dir=..., split='train[:90%]')``. TFDS shuffles examples by a hash of
+a PNG named .JPEG) straight into TFDS's ad-hoc builder, which writes ArrayRecord files with
+``image``, ``label`` (class names kept) and ``file_name`` (the path under the split); no copy of
+the images is kept on the way, and a prepare that stops, however it stops, leaves nothing that
+passes for a dataset (run it again: it starts over). A TFDS source's labels, class names and file
+names are kept the same way, its images read once for encoding and never held in memory all at
+once. The result is read like any TFDS dataset: ``tfds.data_source(name, data_dir=...,
+split='train[:90%]')``. TFDS shuffles examples by a hash of
 their file path when writing, so slices such as ``train[90%:]`` are a fixed pseudo-random subset
 rather than the last classes in folder order.
 """
 
+import collections
 import contextlib
 import dataclasses
-import io
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -35,10 +37,9 @@ import types
 
 import tensorflow_datasets as tfds
 import tqdm
-from PIL import Image
 
 from alexnet_jax.datasets import DatasetError, is_catalog_name, tfds_source
-from alexnet_jax.images import centre_square
+from alexnet_jax.images import Encoding
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -72,109 +73,73 @@ def scan_image_folder(root: pathlib.Path) -> tuple[dict[str, list[tuple[pathlib.
     return splits, class_names
 
 
-# JPEG quality of the paper format: see README "ImageNet" for the sizes and decoding rates measured.
-JPEG_QUALITY = 90
-
-
-FORMATS = ("png", "jpeg")
-
-
-@dataclasses.dataclass(frozen=True)
-class Encoding:
-    """How images are stored: scaled and centre-cropped to ``size`` (JPEG), or at their size as
-    ``format`` (PNG: lossless; JPEG: RGB JPEGs as they are)."""
-
-    size: int | None = None
-    format: str = "png"
-    quality: int = JPEG_QUALITY
-
-    def __post_init__(self):
-        if self.size:
-            object.__setattr__(self, "format", "jpeg")
-
-    @property
-    def suffix(self) -> str:
-        return ".jpg" if self.format == "jpeg" else ".png"
-
-    @property
-    def cache_name(self) -> str:
-        return f"{self.size or 'original'}-{self.format}-q{self.quality}"
-
-    def encode(self, source: pathlib.Path | bytes) -> bytes:
-        """One image, from its file or its encoded bytes, in this encoding."""
-        with Image.open(source if isinstance(source, pathlib.Path) else io.BytesIO(source)) as image:
-            if self.size:
-                image.draft("RGB", (self.size, self.size))  # JPEG: decode big photos at a reduced scale
-            image.load()  # a broken file fails here, whatever the format
-            if self.format == "jpeg" and not self.size and image.format == "JPEG" and image.mode == "RGB":
-                return source.read_bytes() if isinstance(source, pathlib.Path) else source
-            image = image.convert("RGB")
-        buffer = io.BytesIO()
-        if self.size:
-            image = centre_square(image, self.size)
-        image.save(buffer, format=self.format.upper(), **({"quality": self.quality} if self.format == "jpeg" else {}))
-        return buffer.getvalue()
-
-
 @dataclasses.dataclass(frozen=True)
 class EncodeJob:
-    """One image to encode into the cache: its file or bytes, named ``name`` in error messages."""
+    """One image to encode: its file, or its encoded bytes named ``name`` in error messages; its
+    TFDS ``key``; and what is stored beside it (label, file name)."""
 
-    encoding: Encoding
     source: pathlib.Path | bytes
-    cached: pathlib.Path
     name: str
+    key: str
+    fields: dict
 
 
-def _encode_into_cache(job: EncodeJob) -> str | None:
-    """Encodes one image into the cache unless it is there; returns an error message or None."""
-    if job.cached.exists():
-        return None
-    try:
-        encoded = job.encoding.encode(job.source)
-    except Exception as e:  # PIL raises many types for broken files
-        return f"{type(e).__name__}: {e}"
-    job.cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = job.cached.with_name(job.cached.name + ".partial")
-    partial.write_bytes(encoded)
-    partial.replace(job.cached)  # atomic: a kill leaves no half-written image
-    return None
+def _encode_chunk(encoding: Encoding, jobs: list[EncodeJob]) -> list[tuple[bytes | None, str | None]]:
+    """(encoded image, None) or (None, error message) per job; runs in a worker process."""
+    results = []
+    for job in jobs:
+        try:
+            results.append((encoding.encode(job.source), None))
+        except Exception as e:  # PIL raises many types for broken files
+            results.append((None, f"{type(e).__name__}: {e}"))
+    return results
 
 
-def encode_all(jobs, total: int, workers: int, chunk: int = 64, block: int = 8192) -> list[tuple[str, str]]:
-    """Encodes ``total`` jobs (an iterable of ``EncodeJob``, read ``block`` at a time so that a big
-    dataset's bytes are never all in memory) on up to ``workers`` processes (one for a single
-    chunk: this one), with a progress bar; returns the (name, error) of undecodable images."""
-    workers = min(workers, -(-total // chunk))
-    failed = []
-    with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(tqdm.tqdm(total=total, desc="encoding", unit="img", disable=None))
-        # spawn: no fork of JAX's threads
-        pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers)) if workers > 1 else None
-        jobs = iter(jobs)
-        for jobs_block in iter(lambda: tuple(itertools.islice(jobs, block)), ()):
-            errors = (
-                pool.imap(_encode_into_cache, jobs_block, chunksize=chunk)
-                if pool
-                else map(_encode_into_cache, jobs_block)
+def ordered_map(function, items, workers: int, chunk: int = 32):
+    """``function(chunk of items)``'s results, one per item, in order: computed by ``workers``
+    processes (this one for 1), at most ``4 x workers`` chunks ahead of the consumer, so that
+    memory stays flat however fast the workers are."""
+    chunks = iter(lambda: list(itertools.islice(items, chunk)), [])
+    if workers <= 1:
+        for part in chunks:
+            yield from zip(part, function(part), strict=True)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:  # spawn: no fork of JAX's threads
+        pending = collections.deque()
+        for part in itertools.chain(chunks, [None]):
+            if part is not None:
+                pending.append((part, pool.apply_async(function, (part,))))
+            while pending and (part is None or len(pending) >= 4 * workers):
+                done, result = pending.popleft()
+                yield from zip(done, result.get(), strict=True)
+
+
+class _Examples:
+    """The (key, example) pairs TFDS writes, each image encoded on the way by worker processes;
+    undecodable images stop the writing (``DatasetError``) or, with ``skip_bad_images``, are
+    skipped and listed in ``skipped``."""
+
+    def __init__(self, encoding: Encoding, workers: int, skip_bad_images: bool, bar: tqdm.tqdm):
+        self.encoding, self.workers, self.skip_bad_images, self.bar = encoding, workers, skip_bad_images, bar
+        self.skipped: list[str] = []
+
+    def __call__(self, jobs):
+        encode = functools.partial(_encode_chunk, self.encoding)
+        for job, (image, error) in ordered_map(encode, iter(jobs), self.workers):
+            self.bar.update(1)
+            if error is not None:
+                self._bad(job.name, error)
+                continue
+            yield job.key, {"image": image, **job.fields}
+
+    def _bad(self, name: str, error: str):
+        if not self.skip_bad_images:
+            raise DatasetError(
+                f"cannot decode image {name} ({error}); fix or delete it, or pass --skip_bad_images "
+                "(nothing was written)"
             )
-            for job, error in zip(jobs_block, errors, strict=True):
-                bar.update(1)
-                if error is not None:
-                    failed.append((job.name, error))
-    return failed
-
-
-def _check_bad_images(failed, skip_bad_images: bool, cache: pathlib.Path):
-    if failed and not skip_bad_images:
-        path, error = failed[0]
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise DatasetError(
-            f"cannot decode image {path} ({error}){more}; fix or delete it, or pass --skip_bad_images "
-            f"(the images encoded so far are kept in {cache} for the next run)"
-        )
-    for path, error in failed:
-        logging.warning("skipping bad image %s (%s)", path, error)
+        logging.warning("skipping bad image %s (%s)", name, error)
+        self.skipped.append(name)
 
 
 def prepare_image_folder(
@@ -196,25 +161,24 @@ def prepare_image_folder(
     _check_output_name(name)
     root = pathlib.Path(image_folder).expanduser()
     splits, class_names = scan_image_folder(root)
-    output = _Output(name, version, pathlib.Path(data_dir).expanduser(), Encoding(image_size, image_format))
-    jobs = [
-        EncodeJob(output.encoding, path, output.cached(path.relative_to(root)), str(path))
-        for files in splits.values()
-        for path, _ in files
-    ]
-    bad = output.encode(jobs, len(jobs), workers, skip_bad_images)
     class_index = {label: i for i, label in enumerate(class_names)}
 
-    def examples(files):
+    def jobs(files):
         for path, label in files:
-            if str(path) not in bad:
-                relative = str(path.relative_to(root))
-                image = output.cached(path.relative_to(root)).read_bytes()
-                yield relative, {"image": image, "label": class_index[label], "file_name": relative}
+            relative = str(path.relative_to(root))
+            yield EncodeJob(path, str(path), relative, {"label": class_index[label], "file_name": relative})
 
+    output = _Output(name, version, pathlib.Path(data_dir).expanduser(), _encoding(image_size, image_format))
+    total = sum(map(len, splits.values()))
     description = f"Image folder {root} prepared by alexnet_jax."
-    output.write({split: examples(files) for split, files in splits.items()}, class_names, description)
-    return sorted(bad)
+    return output.write(
+        {split: jobs(files) for split, files in splits.items()},
+        total,
+        workers,
+        skip_bad_images,
+        class_names,
+        description,
+    )
 
 
 def open_tfds_splits(source_name: str, data_dir: str, splits, manual_dir: str | None = None) -> dict:
@@ -244,33 +208,25 @@ def prepare_tfds_splits(
     """Writes TFDS data ``sources`` (split -> source, images encoded) re-encoded as the TFDS dataset
     ``name`` under ``data_dir`` (labels and file names kept); returns the names of skipped images."""
     _check_output_name(name)
-    output = _Output(name, version, pathlib.Path(data_dir).expanduser(), Encoding(image_size, image_format))
 
-    def jobs():
-        for split, source in sources.items():
-            for index in range(len(source)):
-                cached = output.cached(pathlib.Path(split, f"{index:09d}"))
-                if cached.exists():  # encoded by an earlier run: not even read
-                    yield EncodeJob(output.encoding, b"", cached, "")
-                else:
-                    record = source[index]
-                    yield EncodeJob(output.encoding, record["image"], cached, f"{split}/{_text(record['file_name'])}")
-
-    total = sum(len(source) for source in sources.values())
-    bad = output.encode(jobs(), total, workers, skip_bad_images)
-
-    def examples(split, source):
+    def jobs(split, source):
         for index in range(len(source)):
             record = source[index]
             file_name = _text(record["file_name"])  # as the source names it
-            if f"{split}/{file_name}" not in bad:
-                image = output.cached(pathlib.Path(split, f"{index:09d}")).read_bytes()
-                yield f"{split}/{index}", {"image": image, "label": int(record["label"]), "file_name": file_name}
+            fields = {"label": int(record["label"]), "file_name": file_name}
+            yield EncodeJob(record["image"], f"{split}/{file_name}", f"{split}/{index}", fields)
 
+    output = _Output(name, version, pathlib.Path(data_dir).expanduser(), _encoding(image_size, image_format))
+    total = sum(len(source) for source in sources.values())
     class_names = next(iter(sources.values())).dataset_info.features["label"].names
     description = f"TFDS {', '.join(sources)} re-encoded by alexnet_jax."
-    output.write({split: examples(split, source) for split, source in sources.items()}, class_names, description)
-    return sorted(bad)
+    split_jobs = {split: jobs(split, source) for split, source in sources.items()}
+    return output.write(split_jobs, total, workers, skip_bad_images, class_names, description)
+
+
+def _encoding(image_size: int | None, image_format: str) -> Encoding:
+    """``--image_size`` stores the paper's format, always JPEG; else the images' sizes as ``image_format``."""
+    return Encoding(image_size, "jpeg" if image_size else image_format)
 
 
 def _text(value) -> str:
@@ -288,28 +244,17 @@ def _check_output_name(name: str):
 
 @dataclasses.dataclass(frozen=True)
 class _Output:
-    """The dataset being written: its name, encoding and cache of encoded images (removed when written)."""
+    """The dataset being written: its name, version, data directory and encoding."""
 
     name: str
     version: str
     data_root: pathlib.Path
     encoding: Encoding
 
-    @property
-    def cache(self) -> pathlib.Path:
-        return self.data_root / ".prepare_cache" / f"{self.name}-{self.encoding.cache_name}"
-
-    def cached(self, relative: pathlib.Path) -> pathlib.Path:
-        return (self.cache / relative).with_suffix(self.encoding.suffix)
-
-    def encode(self, jobs, total: int, workers: int | None, skip_bad_images: bool) -> set[str]:
-        """Encodes the jobs into the cache; returns the names of the bad images (raises unless skipped)."""
-        failed = encode_all(jobs, total, workers or os.cpu_count())
-        _check_bad_images(failed, skip_bad_images, self.cache)
-        return {name for name, _ in failed}
-
-    def write(self, split_examples: dict, class_names, description: str):
-        """Writes the splits' (key, example) iterables as ArrayRecord files, then removes the cache."""
+    def write(self, split_jobs: dict, total: int, workers, skip_bad_images: bool, class_names, description: str):
+        """Encodes the splits' jobs on ``workers`` processes (None: one per core) straight into
+        TFDS's ArrayRecord writer; returns the names of the skipped images. On any failure the
+        folders it made are removed, so that no half-written dataset is taken for a prepared one."""
         shape = (self.encoding.size, self.encoding.size, 3) if self.encoding.size else (None, None, 3)
         features = tfds.features.FeaturesDict(
             {
@@ -318,21 +263,33 @@ class _Output:
                 "file_name": tfds.features.Text(),
             }
         )
-        created = self.data_root / self.name if not (self.data_root / self.name).exists() else None
-        try:
-            tfds.dataset_builders.store_as_tfds_dataset(
-                name=self.name,
-                version=self.version,
-                features=features,
-                split_datasets=split_examples,
-                data_dir=str(self.data_root),
-                description=description,
-                file_format="array_record",
-            )
-        except BaseException:
-            if created is not None:  # leave no half-written dataset that a later run could take for a prepared one
-                shutil.rmtree(created, ignore_errors=True)
-            raise
-        shutil.rmtree(self.cache)
-        if not any(self.cache.parent.iterdir()):
-            self.cache.parent.rmdir()
+        made = [p for p in (self.data_root, self.data_root / self.name, self.data_root / "downloads") if not p.exists()]
+        with tqdm.tqdm(total=total, desc="encoding", unit="img", disable=None) as bar:
+            examples = _Examples(self.encoding, workers or os.cpu_count(), skip_bad_images, bar)
+            try:
+                tfds.dataset_builders.store_as_tfds_dataset(
+                    name=self.name,
+                    version=self.version,
+                    features=features,
+                    split_datasets={split: examples(jobs) for split, jobs in split_jobs.items()},
+                    data_dir=str(self.data_root),
+                    description=description,
+                    file_format="array_record",
+                )
+            except BaseException:
+                for folder in made:
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise
+        _remove_empty(self.data_root / "downloads", keep=self.data_root / "downloads" not in made)
+        return sorted(examples.skipped)
+
+
+def _remove_empty(folder: pathlib.Path, keep: bool):
+    """Removes the empty folders TFDS made under ``folder`` (``downloads/extracted``), and ``folder``
+    itself unless ``keep``."""
+    for directory in sorted(folder.rglob("*"), reverse=True) if folder.is_dir() else []:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    if not keep:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -24,8 +24,8 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from alexnet_jax import datasets, input_pipeline  # noqa: E402
-from alexnet_jax.images import CentreSquare, RandomResizedCrop, example_rng  # noqa: E402
-from alexnet_jax.prepare import Encoding, prepare_image_folder  # noqa: E402
+from alexnet_jax.images import CentreSquare, Encoding, RandomResizedCrop, example_rng  # noqa: E402
+from alexnet_jax.prepare import prepare_image_folder  # noqa: E402
 
 _FOLDER = flags.DEFINE_string("folder", None, "Folder of JPEG photos; unset: generated stand-ins.")
 _COUNT = flags.DEFINE_integer("count", 500, "Photos to use (stand-ins to generate).")
@@ -115,7 +115,7 @@ def pipeline_rows(photos, work: pathlib.Path, name: str, encoding: Encoding, vie
 
 
 def paper_rows(photos, work: pathlib.Path) -> list[tuple]:
-    encoding = Encoding(256)
+    encoding = Encoding(256, "jpeg")
     rows = [("prepare: decode, scale, centre-crop, encode 256x256 q90 (1 process)", rate(encoding.encode, photos), 1)]
     prepared = [encoding.encode(p) for p in photos]
     for name, decode in decoders().items():

@@ -12,6 +12,7 @@ from PIL import Image
 
 from alexnet_jax import datasets
 from alexnet_jax.images import CentreSquare, RandomResizedCrop, example_rng
+from alexnet_jax.train import load_split
 
 
 def jpeg(width, height) -> bytes:
@@ -112,3 +113,34 @@ def test_the_torchvision_config_runs_from_the_command_line(tmp_path, cli):
     assert np.allclose(rates, [0.01, 0.001]) and not math.isnan(records[-1]["val_top1"])
     report = json.loads((tmp_path / "run" / "validation_report.json").read_text())
     assert report["examples"] == 12  # every validation image, through the host's centre squares
+
+
+def test_predict_feeds_a_large_jpeg_to_the_model_exactly_as_evaluation_does(tmp_path):
+    """A 2000x1500 photo prepared (full size; the paper's format) and read as evaluation reads it
+    equals, pixel for pixel, what --mode=predict makes of the same file, for both ImageNet configs."""
+    import ml_collections
+
+    from alexnet_jax.predict import _evaluation_input
+    from alexnet_jax.prepare import prepare_image_folder
+    from configs import imagenet2012_paper, imagenet_torchvision
+
+    rng = np.random.default_rng(0)
+    x, y = np.meshgrid(np.linspace(0, 200, 2000), np.linspace(0, 200, 1500))
+    pixels = np.clip(np.stack([x, y, x + y], -1) / 2 + rng.normal(0, 30, (1500, 2000, 3)), 0, 255).astype(np.uint8)
+    photo = tmp_path / "folder" / "validation" / "n01440764" / "big.JPEG"
+    photo.parent.mkdir(parents=True)
+    Image.fromarray(pixels).save(photo, quality=90)
+    for module, prepared in (
+        (imagenet_torchvision, {"image_format": "jpeg"}),
+        (imagenet2012_paper, {"image_size": 64}),
+    ):
+        config, data_dir = module.get_config(), tmp_path / f"tfds_{module.__name__}"
+        prepare_image_folder(str(photo.parents[2]), "one_photo", str(data_dir), workers=1, **prepared)
+        config.dataset = ml_collections.ConfigDict({"name": "one_photo", "data_dir": str(data_dir), "download": False})
+        config.augment.crop_size = 56
+        evaluated = load_split(config, "validation", train=False).read(np.arange(1))["image"][0]
+        predicted = _evaluation_input(config, {"image_shape": [64, 64, 3]})(photo.read_bytes())
+        np.testing.assert_array_equal(predicted, evaluated)
+        # Decoding the photo at full size and scaling it (what predict did) gives other pixels.
+        full = CentreSquare(evaluated.shape[0])(np.asarray(Image.open(photo).convert("RGB")))
+        assert not np.array_equal(full, evaluated), module.__name__
