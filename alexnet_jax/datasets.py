@@ -83,7 +83,8 @@ class StreamSplit:
                     "need one size: prepare the dataset at one size (--image_size), or let the host scale them "
                     "(--config.input.random_resized_crop and eval_resize)"
                 )
-        return {"image": images, "label": np.asarray([r["label"] for r in records], np.int32)}
+        key = label_key(self.source)
+        return {"image": images, "label": np.asarray([r[key] for r in records], np.int32)}
 
 
 def is_catalog_name(name: str) -> bool:
@@ -140,8 +141,30 @@ def load_split(
     return StreamSplit(source, _class_names(source), tuple(image_shape), description, view)
 
 
+def label_key(source) -> str:
+    """The feature holding an example's class: ``label``, or ``original_label`` in TFDS's
+    ``imagenet2012_real`` (whose ``real_label`` lists the classes its reassessment accepts)."""
+    features = source.dataset_info.features
+    return "label" if "label" in features else "original_label"
+
+
 def _class_names(source) -> tuple[str, ...]:
-    return tuple(source.dataset_info.features["label"].names)
+    return tuple(source.dataset_info.features[label_key(source)].names)
+
+
+def real_labels(dataset_config, split: str) -> list[np.ndarray] | None:
+    """Every example's ``real_label`` (ReaL: the classes a reassessment of ImageNet's validation
+    labels accepts, possibly none), in order; None if the dataset has no such feature."""
+    if dataset_config.name == SYNTHETIC:
+        return None
+    source = tfds_source(dataset_config, split, decoders=_ENCODED)
+    if "real_label" not in source.dataset_info.features:
+        return None
+    labels = []
+    for start in range(0, len(source), _READ_CHUNK):
+        records = _read_records(source, range(start, min(start + _READ_CHUNK, len(source))))
+        labels += [np.asarray(record["real_label"], np.int64).reshape(-1) for record in records]
+    return labels
 
 
 def _check_not_empty(source, description: str):
@@ -231,7 +254,8 @@ class _DecodedChunk:
         images = np.empty((len(examples), *self.image_shape), np.uint8)
         shapes = [decode_into(example["image"], image) for example, image in zip(examples, images, strict=True)]
         other = sorted({shape for shape in shapes if shape != self.image_shape})
-        labels = np.array([example["label"] for example in examples], np.int32)
+        key = label_key(self.source)
+        labels = np.array([example[key] for example in examples], np.int32)
         return {"image": images, "label": labels, "other_shapes": np.array(other, np.int64).reshape(-1, 3)}
 
 

@@ -5,8 +5,9 @@ import pathlib
 import re
 
 import jax
+import numpy as np
 
-from alexnet_jax import config_checks, runtime
+from alexnet_jax import config_checks, datasets, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_signature
 from alexnet_jax.distributed import is_main_process
 from alexnet_jax.evaluation import create_evaluator
@@ -43,7 +44,8 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     """Scores checkpoint ``which`` ('latest', 'best' or a step) on ``config.dataset.eval_split``.
 
     Writes ``eval_<dataset>_<split>_*`` plots and a JSON report into the workdir and returns the
-    report. Metrics are named neutrally (``loss``, ``top1``, ``top5``): the split may be any.
+    report. Metrics are named neutrally (``loss``, ``top1``, ``top5``): the split may be any; a
+    split with ReaL labels (``imagenet2012_real``, or a dataset prepared from it) adds ``real_top1``.
     """
     workdir = pathlib.Path(workdir)
     config_checks.validate(config, jax.device_count())
@@ -70,6 +72,19 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     header = {"checkpoint_step": step, "dataset": dataset, "split": split_name}
     if not is_main_process():
         return {**header, **metrics, "examples": len(split)}
+    real = datasets.real_labels(config.dataset, split_name)
+    if real is not None:
+        metrics["real_top1"], metrics["real_examples"] = real_top1(predictions, real)
     report = write_report(workdir, name, split, predictions, labels, {**header, **metrics})
-    print(json.dumps({k: report[k] for k in (*header, "loss", "top1", "top5", "examples")}))
+    print(json.dumps({k: report[k] for k in (*header, *metrics, "examples")}))
     return report
+
+
+def real_top1(predictions: np.ndarray, real_labels: list[np.ndarray]) -> tuple[float, int]:
+    """ReaL top-1 accuracy (Beyer et al., 2020, "Are we done with ImageNet?"): the share of the
+    examples that have real labels whose predicted class is one of them (examples with none are not
+    counted); and how many were counted."""
+    counted = [(predicted, real) for predicted, real in zip(predictions, real_labels, strict=True) if len(real)]
+    if not counted:
+        return float("nan"), 0
+    return sum(int(predicted in real) for predicted, real in counted) / len(counted), len(counted)

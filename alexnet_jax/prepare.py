@@ -35,10 +35,11 @@ import pathlib
 import shutil
 import types
 
+import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from alexnet_jax.datasets import DatasetError, is_catalog_name, tfds_source
+from alexnet_jax.datasets import DatasetError, is_catalog_name, label_key, tfds_source
 from alexnet_jax.images import Encoding
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -206,22 +207,28 @@ def prepare_tfds_splits(
     image_format: str = "jpeg",
 ) -> list[str]:
     """Writes TFDS data ``sources`` (split -> source, images encoded) re-encoded as the TFDS dataset
-    ``name`` under ``data_dir`` (labels and file names kept); returns the names of skipped images."""
+    ``name`` under ``data_dir``, labels (``imagenet2012_real``: its original label as ``label``, and
+    its ``real_label`` lists) and file names kept; returns the names of skipped images."""
     _check_output_name(name)
+    first = next(iter(sources.values()))
+    key, features = label_key(first), first.dataset_info.features
+    class_names = features[key].names
+    real = tfds.features.Sequence(tfds.features.ClassLabel(names=class_names))
+    extra = {"real_label": real} if "real_label" in features else {}
 
     def jobs(split, source):
         for index in range(len(source)):
             record = source[index]
             file_name = _text(record["file_name"])  # as the source names it
-            fields = {"label": int(record["label"]), "file_name": file_name}
+            fields = {"label": int(record[key]), "file_name": file_name}
+            fields.update({feature: np.asarray(record[feature]).tolist() for feature in extra})
             yield EncodeJob(record["image"], f"{split}/{file_name}", f"{split}/{index}", fields)
 
     output = _Output(name, version, pathlib.Path(data_dir).expanduser(), _encoding(image_size, image_format))
     total = sum(len(source) for source in sources.values())
-    class_names = next(iter(sources.values())).dataset_info.features["label"].names
     description = f"TFDS {', '.join(sources)} re-encoded by alexnet_jax."
     split_jobs = {split: jobs(split, source) for split, source in sources.items()}
-    return output.write(split_jobs, total, workers, skip_bad_images, class_names, description)
+    return output.write(split_jobs, total, workers, skip_bad_images, class_names, description, extra)
 
 
 def _encoding(image_size: int | None, image_format: str) -> Encoding:
@@ -251,9 +258,10 @@ class _Output:
     data_root: pathlib.Path
     encoding: Encoding
 
-    def write(self, split_jobs: dict, total: int, workers, skip_bad_images: bool, class_names, description: str):
+    def write(self, split_jobs: dict, total: int, workers, skip_bad_images: bool, class_names, description, extra=None):
         """Encodes the splits' jobs on ``workers`` processes (None: one per core) straight into
-        TFDS's ArrayRecord writer; returns the names of the skipped images. On any failure the
+        TFDS's ArrayRecord writer, with the ``extra`` features of the jobs' fields (ReaL's
+        ``real_label``); returns the names of the skipped images. On any failure the
         folders it made are removed, so that no half-written dataset is taken for a prepared one."""
         shape = (self.encoding.size, self.encoding.size, 3) if self.encoding.size else (None, None, 3)
         features = tfds.features.FeaturesDict(
@@ -261,6 +269,7 @@ class _Output:
                 "image": tfds.features.Image(shape=shape, encoding_format=self.encoding.format),
                 "label": tfds.features.ClassLabel(names=class_names),
                 "file_name": tfds.features.Text(),
+                **(extra or {}),
             }
         )
         made = [p for p in (self.data_root, self.data_root / self.name, self.data_root / "downloads") if not p.exists()]

@@ -25,7 +25,7 @@ sample photos) by random crops, scales, mirrors and colour changes, at ImageNet'
 
 For each: wall-clock seconds, the peak resident memory of the process tree (the sum over the
 command and its worker processes, sampled every 0.2 s; shared pages count once per process), the
-peak and final disk use of the folders it writes, and the files it left. Prints a Markdown table
+peak (sampled as often) and final disk use of the folders it writes, and the files it left. Prints a Markdown table
 and writes it, with the per-image costs, to ``ROOT/rehearsal.json``.
 """
 
@@ -55,10 +55,11 @@ flags.DEFINE_string("photos", None, "Folder of JPEG photos the synthetic ImageNe
 flags.DEFINE_string("root", "/tmp/imagenet_rehearsal", "Where the folder, datasets and runs are written.")
 flags.DEFINE_integer("train_per_class", 2, "Training images per class (1,000 classes).")
 flags.DEFINE_integer("val_per_class", 1, "Validation images per class.")
-flags.DEFINE_integer("steps", 3, "Training steps of each run (--config.max_steps).")
+flags.DEFINE_integer("steps", 4, "Training steps of each run (--config.max_steps; the stopped run stops at 2 or 3).")
 flags.DEFINE_integer("workers", None, "Processes for writing the folder and preparing (default: all cores).")
 flags.DEFINE_list("stages", [], "Stages to run (default: all, in order).")
 flags.DEFINE_list("train_flags", [], "Extra flags for every training command (e.g. --config.batch_size=64).")
+flags.DEFINE_string("checkout", str(ROOT_DIR), "The checkout whose main.py runs (to compare two versions).")
 
 STAGES = (
     "prepare_256",
@@ -214,12 +215,11 @@ def measure(stage: str, command: list[str], folders, stop_when=None) -> Measured
     _, files_before = disk_use(folders)
     started = time.perf_counter()
     log = open(pathlib.Path(FLAGS.root) / f"{stage}.log", "w")
-    child = subprocess.Popen(command, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT)
-    process, stopped, last_disk = psutil.Process(child.pid), False, 0.0
+    child = subprocess.Popen(command, cwd=FLAGS.checkout, stdout=log, stderr=subprocess.STDOUT)
+    process, stopped = psutil.Process(child.pid), False
     while child.poll() is None:
         result.peak_rss = max(result.peak_rss, tree_rss(process))
-        if time.perf_counter() - last_disk > 1.0:
-            result.peak_disk, last_disk = max(result.peak_disk, disk_use(folders)[0]), time.perf_counter()
+        result.peak_disk = max(result.peak_disk, disk_use(folders)[0])
         if stop_when is not None and not stopped and stop_when():
             child.send_signal(signal.SIGTERM)
             stopped = True
@@ -267,7 +267,7 @@ def logged_a_step(workdir: pathlib.Path):
 
 def stage_commands(root: pathlib.Path) -> dict:
     """Stage -> (command, folders it writes, stop condition)."""
-    main = [sys.executable, str(ROOT_DIR / "main.py")]
+    main = [sys.executable, "main.py"]
     tfds, runs = root / "tfds", root / "runs"
     cache = f"--compilation_cache={root / 'xla_cache'}"
     bound = [f"--config.max_steps={FLAGS.steps}", "--config.log_every_steps=1", cache, *FLAGS.train_flags]

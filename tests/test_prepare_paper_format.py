@@ -104,3 +104,53 @@ def test_tfds_imagenet2012_prepares_in_the_papers_format(tmp_path):
         labels = {r["file_name"].decode(): int(r["label"]) for r in records}
         assert labels == {str(r["file_name"]): int(r["label"]) for r in originals[split]}
         assert prepared.read(np.arange(6))["image"].shape == (6, SIZE, SIZE, 3)
+
+
+def test_real_top1_counts_only_images_with_real_labels():
+    from alexnet_jax.evaluate import real_top1
+
+    predictions = np.array([3, 5, 7, 1])
+    real = [np.array([3, 4]), np.array([], np.int64), np.array([6]), np.array([1])]
+    assert real_top1(predictions, real) == (2 / 3, 3)
+
+
+def test_imagenet_v2_and_real_labels_prepare_and_evaluate(tmp_path, cli):
+    """TFDS's imagenet_v2 and imagenet2012_real (mocked by TFDS: random photos, labels and ReaL
+    lists) prepared in the paper's format; a checkpoint trained a step, then --mode=evaluate on
+    each, the ReaL set's report with ReaL top-1 over the images that have real labels."""
+    import tensorflow_datasets as tfds
+
+    from alexnet_jax.prepare import open_tfds_splits, prepare_tfds_splits
+
+    data_dir, sources = tmp_path / "tfds", {}
+    with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+        for source, split, name in (("imagenet_v2", "test", "v2_mock"), ("imagenet2012_real", "validation", "real")):
+            sources[name] = open_tfds_splits(source, str(data_dir), [split], manual_dir=str(tmp_path / "tars"))
+            originals = [sources[name][split][i] for i in range(8)]
+    for name, splits in sources.items():  # written outside the mock, which makes TFDS's writing a no-op
+        assert prepare_tfds_splits(splits, name, str(data_dir), image_size=SIZE, workers=1) == []
+    prepared = datasets.real_labels(datasets_config("real", data_dir), "validation")
+    split = datasets.load_split(datasets_config("real", data_dir), "validation", stream=True)
+    names = [r["file_name"].decode() for r in split.source.__getitems__(list(range(8)))]  # TFDS reorders
+    want = {str(r["file_name"]): list(r["real_label"]) for r in originals}
+    assert dict(zip(names, map(list, prepared), strict=True)) == want
+    assert datasets.real_labels(datasets_config("v2_mock", data_dir), "test") is None
+    run = [
+        "--config=configs/imagenet2012_paper.py",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.dataset.data_dir={data_dir}",
+        *SMALL_IMAGENET_RUN,
+        "--config.augment.crop_size=24",
+    ]
+    v2 = ["--config.dataset.name=v2_mock", "--config.dataset.train_split=test", "--config.dataset.eval_split=test"]
+    code, out, err = cli(*run, *v2, "--config.max_steps=1")
+    assert code == 0, err[-3000:]
+    code, out, err = cli(*run, *v2, "--mode=evaluate", "--checkpoint=latest")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["examples"] == 8, err[-3000:]
+    real = ["--config.dataset.name=real", "--config.dataset.eval_split=validation"]
+    code, out, err = cli(*run, *real, "--mode=evaluate", "--checkpoint=latest")
+    assert code == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["real_examples"] == sum(len(r) > 0 for r in prepared) and 0 <= result["real_top1"] <= 1
+    report = json.loads((tmp_path / "run" / "eval_real_validation_report.json").read_text())
+    assert report["real_top1"] == result["real_top1"]
