@@ -155,21 +155,25 @@ def eval_step(
 def eval_log_probabilities(variables: dict, images: jax.Array, apply_fn, constants: StepConstants) -> jax.Array:
     """Log class probabilities of uint8 NHWC ``images`` at test time: of one view (the centre
     ``crop_size`` crop, or the whole image), or of the mean softmax over the paper's ten crops;
-    with ``eval_flip``, of the mean softmax over the view and its mirror image."""
+    with ``eval_flip``, of the mean softmax over the view and its mirror image.
+
+    Several views are scored one after another (``jax.lax.map``), so that evaluation needs the
+    memory of one batch of views, not ten: on a CPU, the paper config's 1,280 crops at once took
+    23 GB (BENCHMARKS.md, "ImageNet's shape")."""
 
     def log_softmax(views):
         logits = apply_fn(variables, augment.normalize(views, constants.normalization), train=False)
         return jax.nn.log_softmax(logits, axis=-1)
 
+    def mean_over(views):  # [V, N, ...] -> log of the mean probability over the V views
+        return jax.nn.logsumexp(jax.lax.map(log_softmax, views), axis=0) - jnp.log(float(len(views)))
+
     if constants.eval_crops == 10:
-        crops = augment.ten_crops(images, constants.crop_size)  # [10, N, size, size, C]
-        per_crop = log_softmax(crops.reshape(-1, *crops.shape[2:])).reshape(10, images.shape[0], -1)
-        return jax.nn.logsumexp(per_crop, axis=0) - jnp.log(10.0)  # log of the mean probability
+        return mean_over(augment.ten_crops(images, constants.crop_size))  # [10, N, size, size, C]
     if constants.crop_size is not None:
         images = augment.centre_crop(images, constants.crop_size)
     if constants.eval_flip:
-        both = log_softmax(jnp.concatenate([images, images[:, :, ::-1]]))
-        return jnp.logaddexp(both[: len(images)], both[len(images) :]) - jnp.log(2.0)
+        return mean_over(jnp.stack([images, images[:, :, ::-1]]))
     return log_softmax(images)
 
 
