@@ -233,6 +233,10 @@ def _prepare(args: Args) -> int:
         raise UserError(
             "--mode=prepare needs one of --image_folder (a folder of images) or --tfds_source (a TFDS name)"
         )
+    prepared = prepare.prepared_version(args.dataset_name, args.data_dir)
+    if prepared is not None:
+        print(f"{args.dataset_name} is already prepared in {prepared}; nothing to do (remove it to prepare it again)")
+        return 0
     options = {"image_size": args.image_size, "workers": args.workers, "image_format": args.image_format}
     if args.tfds_source:
         sources = prepare.open_tfds_splits(args.tfds_source, args.data_dir, args.splits, args.manual_dir)

@@ -32,6 +32,7 @@ import logging
 import multiprocessing
 import os
 import pathlib
+import re
 import shutil
 import types
 
@@ -239,6 +240,14 @@ def _encoding(image_size: int | None, image_format: str) -> Encoding:
 def _text(value) -> str:
     """A TFDS Text feature's value (bytes as read back; str from TFDS's test mocks) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def prepared_version(name: str, data_dir: str) -> pathlib.Path | None:
+    """The folder of dataset ``name`` under ``data_dir`` if one was written whole (TFDS writes
+    ``dataset_info.json`` last, into a folder it renames into place), else None."""
+    written = pathlib.Path(data_dir).expanduser().glob(f"{name}/*.*.*/dataset_info.json")
+    versions = sorted(path.parent for path in written if re.fullmatch(r"\d+\.\d+\.\d+", path.parent.name))
+    return versions[-1] if versions else None
 
 
 def _check_output_name(name: str):

@@ -60,6 +60,12 @@ flags.DEFINE_integer("workers", None, "Processes for writing the folder and prep
 flags.DEFINE_list("stages", [], "Stages to run (default: all, in order).")
 flags.DEFINE_list("train_flags", [], "Extra flags for every training command (e.g. --config.batch_size=64).")
 flags.DEFINE_string("checkout", str(ROOT_DIR), "The checkout whose main.py runs (to compare two versions).")
+flags.DEFINE_integer(
+    "tfds_buffer_mb",
+    None,
+    "Prepare with TFDS's in-memory shuffle buffer at this size instead of its 1,000 MB, so that a small "
+    "folder takes the path ImageNet takes: records spilled to temporary bucket files, then written out.",
+)
 
 STAGES = (
     "prepare_256",
@@ -288,6 +294,10 @@ def stage_commands(root: pathlib.Path) -> dict:
         *bound,
     ]
     prepare = [*main, "--mode=prepare", f"--image_folder={root / 'images'}", f"--data_dir={tfds}"]
+    if FLAGS.tfds_buffer_mb:  # main.py run with TFDS's module constant changed first
+        patch = f"import tensorflow_datasets.core.shuffle as s; s.MAX_MEM_BUFFER_SIZE = {FLAGS.tfds_buffer_mb} << 20"
+        run = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path('main.py', run_name='__main__')"
+        prepare[1:2] = ["-c", f"{patch}; {run}", "main.py"]
     prepare += [f"--workers={FLAGS.workers}"] if FLAGS.workers else []
     weights = root / "synthetic_alexnet_owt.safetensors"
     finetune = [

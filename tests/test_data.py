@@ -50,6 +50,10 @@ def test_prepare_train_evaluate_predict_from_the_command_line(tmp_path, cli):
     prepare = ("--mode=prepare", f"--image_folder={folder}", "--dataset_name=cli_folder", f"--data_dir={tmp_path}")
     code, out, err = cli(*prepare)
     assert code == 0 and f"prepared cli_folder in {tmp_path}" in out, err[-3000:]
+    written = {path: path.stat().st_mtime_ns for path in (tmp_path / "cli_folder").rglob("*")}
+    code, out, err = cli(*prepare)  # again, as a user will: it says so and touches nothing
+    assert code == 0 and f"cli_folder is already prepared in {tmp_path / 'cli_folder' / '1.0.0'}" in out, err
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "cli_folder").rglob("*")} == written
     workdir = tmp_path / "run"
     data = [
         "--config=configs/smoke.py",
