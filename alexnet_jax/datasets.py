@@ -59,6 +59,7 @@ class StreamSplit:
     image_shape: tuple[int, ...]  # of the images as batched
     description: str
     view: object = None
+    label_key: str = "label"  # the feature holding the class (``label_key``)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -83,8 +84,7 @@ class StreamSplit:
                     "need one size: prepare the dataset at one size (--image_size), or let the host scale them "
                     "(--config.input.random_resized_crop and eval_resize)"
                 )
-        key = label_key(self.source)
-        return {"image": images, "label": np.asarray([r[key] for r in records], np.int32)}
+        return {"image": images, "label": np.asarray([r[self.label_key] for r in records], np.int32)}
 
 
 def is_catalog_name(name: str) -> bool:
@@ -138,7 +138,7 @@ def load_split(
         image_shape = (view.size, view.size, image_shape[-1])
     elif None in image_shape:  # sizes not declared: take the first image's
         image_shape = decode_image(source[0]["image"]).shape
-    return StreamSplit(source, _class_names(source), tuple(image_shape), description, view)
+    return StreamSplit(source, _class_names(source), tuple(image_shape), description, view, label_key(source))
 
 
 def label_key(source) -> str:
@@ -247,6 +247,7 @@ class _DecodedChunk:
     source: object
     image_shape: tuple[int, ...]
     size: int
+    label_key: str
 
     def __call__(self, number: int) -> dict[str, np.ndarray]:
         start = int(number) * self.size
@@ -254,8 +255,7 @@ class _DecodedChunk:
         images = np.empty((len(examples), *self.image_shape), np.uint8)
         shapes = [decode_into(example["image"], image) for example, image in zip(examples, images, strict=True)]
         other = sorted({shape for shape in shapes if shape != self.image_shape})
-        key = label_key(self.source)
-        labels = np.array([example[key] for example in examples], np.int32)
+        labels = np.array([example[self.label_key] for example in examples], np.int32)
         return {"image": images, "label": labels, "other_shapes": np.array(other, np.int64).reshape(-1, 3)}
 
 
@@ -267,7 +267,8 @@ def read_all(source, description: str, workers: int | None = 0, chunk: int = _RE
     images (44 chunks) are read by up to 5, a 5,000-image split in this process."""
     _check_not_empty(source, description)
     total, chunks = len(source), -(-len(source) // chunk)
-    read = _DecodedChunk(source, decode_image(_read_records(source, range(1))[0]["image"]).shape, chunk)
+    shape = decode_image(_read_records(source, range(1))[0]["image"]).shape
+    read = _DecodedChunk(source, shape, chunk, label_key(source))
     workers = min(os.cpu_count() if workers is None else workers, chunks // 8)
     if workers > 0:
         from alexnet_jax.input_pipeline import pipeline  # Grain, only where it is used

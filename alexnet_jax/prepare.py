@@ -270,8 +270,9 @@ class _Output:
     def write(self, split_jobs: dict, total: int, workers, skip_bad_images: bool, class_names, description, extra=None):
         """Encodes the splits' jobs on ``workers`` processes (None: one per core) straight into
         TFDS's ArrayRecord writer, with the ``extra`` features of the jobs' fields (ReaL's
-        ``real_label``); returns the names of the skipped images. On any failure the
-        folders it made are removed, so that no half-written dataset is taken for a prepared one."""
+        ``real_label``); returns the names of the skipped images. On any failure the folders it
+        made are removed, so that no half-written dataset is taken for a prepared one; what a
+        killed prepare left (TFDS's ``incomplete.*`` folders) is removed first."""
         shape = (self.encoding.size, self.encoding.size, 3) if self.encoding.size else (None, None, 3)
         features = tfds.features.FeaturesDict(
             {
@@ -281,6 +282,8 @@ class _Output:
                 **(extra or {}),
             }
         )
+        for stale in (self.data_root / self.name).glob("incomplete.*"):  # what a killed prepare left
+            shutil.rmtree(stale, ignore_errors=True)
         made = [p for p in (self.data_root, self.data_root / self.name, self.data_root / "downloads") if not p.exists()]
         with tqdm.tqdm(total=total, desc="encoding", unit="img", disable=None) as bar:
             examples = _Examples(self.encoding, workers or os.cpu_count(), skip_bad_images, bar)

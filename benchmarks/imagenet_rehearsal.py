@@ -314,8 +314,12 @@ def stage_commands(root: pathlib.Path) -> dict:
     predict = [*main, "--mode=predict", f"--workdir={runs / 'torchvision'}", cache]
     predict += [f"--images={root / 'images' / 'validation'}", f"--output={root / 'predictions.csv'}"]
     return {
-        "prepare_256": ([*prepare, "--dataset_name=rehearsal_256", "--image_size=256"], [tfds], None),
-        "prepare_full": ([*prepare, "--dataset_name=rehearsal_full", "--image_format=jpeg"], [tfds], None),
+        "prepare_256": ([*prepare, "--dataset_name=rehearsal_256", "--image_size=256"], [tfds / "rehearsal_256"], None),
+        "prepare_full": (
+            [*prepare, "--dataset_name=rehearsal_full", "--image_format=jpeg"],
+            [tfds / "rehearsal_full"],
+            None,
+        ),
         "paper_stopped": (paper, [runs / "paper"], logged_a_step(runs / "paper")),
         "paper_resumed": (paper, [runs / "paper"], None),
         "paper_evaluate": ([*paper, "--mode=evaluate", "--checkpoint=latest"], [runs / "paper"], None),
@@ -351,7 +355,7 @@ def main(argv):
     if not weights.exists():
         synthetic_torchvision_weights(weights)
     commands, results = stage_commands(root), []
-    print("| stage | exit code | seconds | peak RSS, process tree (MB) | peak disk (MB) | final disk (MB) | files |")
+    print("| stage | exit code | seconds | peak RSS, process tree (MiB) | peak disk (MiB) | final disk (MiB) | files |")
     print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
     for stage in FLAGS.stages or STAGES:
         command, folders, stop_when = commands[stage]

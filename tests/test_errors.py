@@ -145,6 +145,7 @@ CASES = [
     ("another model", lambda p: [*p["trained"], "--config.model.width=0.25"], "different run (model: {"),
     ("another class count", lambda p: [*p["trained"], "--config.dataset.synthetic_classes=5"], "(num_classes: 10"),
     ("another batch layout", lambda p: [*p["trained"], "--config.batch_size=32"], "(global_batch_size: 64 there, 32"),
+    ("more steps than it runs", lambda p: [*p["trained"], "--config.max_steps=5"], "has trained 12 steps, more than"),
     ("evaluate, no checkpoints", lambda p: [*TINY, "--mode=evaluate", f"--workdir={p['new']}"], "no checkpoints in"),
     (
         "evaluate best, none evaluated",

@@ -29,10 +29,14 @@ def test_an_imagenet_style_folder_prepares_in_the_papers_format(tmp_path):
     with pytest.raises(datasets.DatasetError, match=f"cannot decode image {bad}.*nothing was written"):
         prepare_image_folder(str(folder), "tiny_imagenet", str(data_dir), image_size=SIZE, workers=1)
     assert not data_dir.exists()  # nothing that could pass for a dataset, nor the folders TFDS made
+    killed = data_dir / "tiny_imagenet" / "incomplete.X1Y2_1.0.0"  # what a SIGKILLed prepare leaves
+    killed.mkdir(parents=True)
+    (killed / "bucket_0001.tmp").write_bytes(b"\0" * 1000)
     skipped = prepare_image_folder(
         str(folder), "tiny_imagenet", str(data_dir), skip_bad_images=True, image_size=SIZE, workers=1
     )
     assert skipped == [str(bad)] and sorted(p.name for p in data_dir.iterdir()) == ["tiny_imagenet"]
+    assert [p.name for p in (data_dir / "tiny_imagenet").iterdir()] == ["1.0.0"]  # the killed one's leftovers gone
     config = datasets_config("tiny_imagenet", data_dir)
     train = datasets.load_split(config, "train", stream=True)
     assert len(train) == 12 and train.image_shape == (SIZE, SIZE, 3)
