@@ -271,62 +271,53 @@ def logged_a_step(workdir: pathlib.Path):
     return lambda: metrics.exists() and '"kind": "train"' in metrics.read_text()
 
 
-def stage_commands(root: pathlib.Path) -> dict:
-    """Stage -> (command, folders it writes, stop condition)."""
-    main = [sys.executable, "main.py"]
-    tfds, runs = root / "tfds", root / "runs"
-    cache = f"--compilation_cache={root / 'xla_cache'}"
-    bound = [f"--config.max_steps={FLAGS.steps}", "--config.log_every_steps=1", cache, *FLAGS.train_flags]
-    paper = [
-        *main,
-        "--config=configs/imagenet2012_paper.py",
-        f"--workdir={runs / 'paper'}",
-        "--config.dataset.name=rehearsal_256",
-        f"--config.dataset.data_dir={tfds}",
-        *bound,
-    ]
-    torchvision = [
-        *main,
-        "--config=configs/imagenet_torchvision.py",
-        f"--workdir={runs / 'torchvision'}",
-        "--config.dataset.name=rehearsal_full",
-        f"--config.dataset.data_dir={tfds}",
-        *bound,
-    ]
-    prepare = [*main, "--mode=prepare", f"--image_folder={root / 'images'}", f"--data_dir={tfds}"]
+def prepare_command(root: pathlib.Path) -> list[str]:
+    """``--mode=prepare`` of the folder into ``ROOT/tfds`` (dataset flags to add)."""
+    command = [sys.executable, "main.py", "--mode=prepare", f"--image_folder={root / 'images'}"]
+    command += [f"--data_dir={root / 'tfds'}"] + ([f"--workers={FLAGS.workers}"] if FLAGS.workers else [])
     if FLAGS.tfds_buffer_mb:  # main.py run with TFDS's module constant changed first
         patch = f"import tensorflow_datasets.core.shuffle as s; s.MAX_MEM_BUFFER_SIZE = {FLAGS.tfds_buffer_mb} << 20"
         run = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path('main.py', run_name='__main__')"
-        prepare[1:2] = ["-c", f"{patch}; {run}", "main.py"]
-    prepare += [f"--workers={FLAGS.workers}"] if FLAGS.workers else []
+        command[1:2] = ["-c", f"{patch}; {run}", "main.py"]
+    return command
+
+
+def stage_commands(root: pathlib.Path) -> dict:
+    """Stage -> (command, folders it writes, stop condition)."""
+    tfds, runs = root / "tfds", root / "runs"
+    cache = f"--compilation_cache={root / 'xla_cache'}"
+    main = [sys.executable, "main.py", cache]
+
+    def train(config: str, workdir: str, dataset: str, *more) -> list[str]:
+        steps = [f"--config.max_steps={FLAGS.steps}", "--config.log_every_steps=1", *FLAGS.train_flags]
+        where = [f"--workdir={runs / workdir}", f"--config.dataset.name={dataset}", f"--config.dataset.data_dir={tfds}"]
+        return [*main, f"--config=configs/{config}.py", *where, *steps, *more]
+
+    paper = train("imagenet2012_paper", "paper", "rehearsal_256")
+    splits = ["--config.dataset.train_split=train", "--config.dataset.eval_split=validation"]
+    finetune = train(
+        "finetune_folder", "finetune", "rehearsal_full", f"--config.init_from={runs / 'converted'}", *splits
+    )
+    predict = [*main, "--mode=predict", f"--workdir={runs / 'torchvision'}", f"--output={root / 'predictions.csv'}"]
     weights = root / "synthetic_alexnet_owt.safetensors"
-    finetune = [
-        *main,
-        "--config=configs/finetune_folder.py",
-        f"--workdir={runs / 'finetune'}",
-        f"--config.init_from={runs / 'converted'}",
-        "--config.dataset.name=rehearsal_full",
-        f"--config.dataset.data_dir={tfds}",
-        "--config.dataset.train_split=train",
-        "--config.dataset.eval_split=validation",
-        *bound,
-    ]
-    predict = [*main, "--mode=predict", f"--workdir={runs / 'torchvision'}", cache]
-    predict += [f"--images={root / 'images' / 'validation'}", f"--output={root / 'predictions.csv'}"]
     return {
-        "prepare_256": ([*prepare, "--dataset_name=rehearsal_256", "--image_size=256"], [tfds / "rehearsal_256"], None),
+        "prepare_256": (
+            [*prepare_command(root), "--dataset_name=rehearsal_256", "--image_size=256"],
+            [tfds / "rehearsal_256"],
+            None,
+        ),
         "prepare_full": (
-            [*prepare, "--dataset_name=rehearsal_full", "--image_format=jpeg"],
+            [*prepare_command(root), "--dataset_name=rehearsal_full", "--image_format=jpeg"],
             [tfds / "rehearsal_full"],
             None,
         ),
         "paper_stopped": (paper, [runs / "paper"], logged_a_step(runs / "paper")),
         "paper_resumed": (paper, [runs / "paper"], None),
         "paper_evaluate": ([*paper, "--mode=evaluate", "--checkpoint=latest"], [runs / "paper"], None),
-        "torchvision": (torchvision, [runs / "torchvision"], None),
-        "predict": (predict, [runs / "torchvision", root / "predictions.csv"], None),
+        "torchvision": (train("imagenet_torchvision", "torchvision", "rehearsal_full"), [runs / "torchvision"], None),
+        "predict": ([*predict, f"--images={root / 'images' / 'validation'}"], [runs / "torchvision"], None),
         "convert": (
-            [*main, "--mode=convert", f"--weights={weights}", f"--workdir={runs / 'converted'}", cache],
+            [*main, "--mode=convert", f"--weights={weights}", f"--workdir={runs / 'converted'}"],
             [runs / "converted"],
             None,
         ),
