@@ -74,3 +74,21 @@ def test_ten_crop_and_mirror_scores_are_the_mean_softmax_of_the_views_one_by_one
     assert not np.allclose(np.log(per_crop[4]), np.log(per_crop[9]), rtol=1e-3)  # the mirror image scores otherwise
     want = np.log((per_crop[4] + per_crop[9]) / 2)  # eval_flip: the centre crop's and its mirror's mean softmax
     np.testing.assert_allclose(mirrored, want, rtol=1e-12, atol=1e-12)
+
+
+def test_ten_crops_are_scored_in_the_memory_of_one_crop_batch():
+    """The ten views go through the model one after another: the compiled evaluation's scratch
+    memory is that of one batch of crops plus the crops themselves, not ten batches' activations
+    (the paper config's 1,280 crops at once took 23 GB on a CPU)."""
+    model = models.AlexNetCIFAR(num_classes=5, width=0.5, fc_features=64, dropout_rate=0.0)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    images = jnp.zeros((64, 36, 36, 3), jnp.uint8)
+
+    def scratch_bytes(eval_crops: int) -> int:
+        constants = StepConstants(num_classes=5, crop_size=32, normalization="imagenet", eval_crops=eval_crops)
+        scores = jax.jit(lambda p, x: eval_log_probabilities({"params": p}, x, model.apply, constants))
+        return scores.lower(params, images).compile().memory_analysis().temp_size_in_bytes
+
+    one, ten = scratch_bytes(1), scratch_bytes(10)
+    crops = 10 * images.size  # values in the ten crops of the batch, held whole (uint8, float32 at most)
+    assert ten <= one + 4 * crops, (one, ten)  # ten batches' activations at once: about 10x one
