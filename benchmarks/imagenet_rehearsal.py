@@ -5,7 +5,8 @@ user runs, and what each costs.
 
 First it writes an ImageNet-shaped image folder under ``ROOT/images``: the 1,000 ILSVRC-2012
 classes named by their WordNet ids, ``--train_per_class`` and ``--val_per_class`` JPEGs each
-(default 2 and 1: 3,000 photos), made from the photos in ``--photos`` (e.g. the 500 ImageNet
+(default 2 and 1: 3,000 photos; all stages then take about 15 minutes on a 2-core CPU, most of
+it the two ten-crop evaluations), made from the photos in ``--photos`` (e.g. the 500 ImageNet
 sample photos) by random crops, scales, mirrors and colour changes, at ImageNet's spread of sizes
 (mostly 500 px on the long side, some small, some over 2,000 px, a few tiny; see
 ``draw_size``), a few greyscale, a few CMYK, one PNG named .JPEG. Then it runs, each as its own
