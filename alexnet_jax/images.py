@@ -122,6 +122,18 @@ class Encoding:
         return buffer.getvalue()
 
 
+def encode_each(encoding: Encoding, sources: list) -> list[tuple[bytes | None, str | None]]:
+    """(encoded image, None), or (None, why not) for an image that cannot be read, per source (a
+    file or encoded bytes): what --mode=prepare's worker processes run."""
+    results = []
+    for source in sources:
+        try:
+            results.append((encoding.encode(source), None))
+        except Exception as e:  # PIL raises many types for broken files
+            results.append((None, f"{type(e).__name__}: {e}"))
+    return results
+
+
 def example_rng(seed: int, step: int, position: int) -> np.random.Generator:
     """The host's random stream for the example at ``position`` of global batch ``step``: the same
     whichever process or worker reads it."""

@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from alexnet_jax.datasets import DatasetError, is_catalog_name, label_key, tfds_source
-from alexnet_jax.images import Encoding
+from alexnet_jax.images import Encoding, encode_each
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -86,48 +86,51 @@ class EncodeJob:
     fields: dict
 
 
-def _encode_chunk(encoding: Encoding, jobs: list[EncodeJob]) -> list[tuple[bytes | None, str | None]]:
-    """(encoded image, None) or (None, error message) per job; runs in a worker process."""
-    results = []
-    for job in jobs:
-        try:
-            results.append((encoding.encode(job.source), None))
-        except Exception as e:  # PIL raises many types for broken files
-            results.append((None, f"{type(e).__name__}: {e}"))
-    return results
+CHUNK = 32  # images a worker process encodes per task
 
 
-def ordered_map(function, items, workers: int, chunk: int = 32):
-    """``function(chunk of items)``'s results, one per item, in order: computed by ``workers``
-    processes (this one for 1), at most ``4 x workers`` chunks ahead of the consumer, so that
+def ordered_map(function, items, pool, ahead: int, chunk: int = CHUNK):
+    """``function(list of items)``'s results, one per item, in order: computed by ``pool``'s
+    processes (in this one if None), at most ``ahead`` chunks ahead of the consumer, so that
     memory stays flat however fast the workers are."""
     chunks = iter(lambda: list(itertools.islice(items, chunk)), [])
-    if workers <= 1:
+    if pool is None:
         for part in chunks:
-            yield from zip(part, function(part), strict=True)
+            yield from function(part)
+        return
+    pending = collections.deque()
+    for part in itertools.chain(chunks, [None]):
+        if part is not None:
+            pending.append(pool.apply_async(function, (part,)))
+        while pending and (part is None or len(pending) >= ahead):
+            yield from pending.popleft().get()
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int):
+    """``workers`` encoding processes, or None (encode in this one) for fewer than 2."""
+    if workers < 2:
+        yield None
         return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:  # spawn: no fork of JAX's threads
-        pending = collections.deque()
-        for part in itertools.chain(chunks, [None]):
-            if part is not None:
-                pending.append((part, pool.apply_async(function, (part,))))
-            while pending and (part is None or len(pending) >= 4 * workers):
-                done, result = pending.popleft()
-                yield from zip(done, result.get(), strict=True)
+        yield pool
 
 
 class _Examples:
-    """The (key, example) pairs TFDS writes, each image encoded on the way by worker processes;
+    """The (key, example) pairs TFDS writes, each image encoded on the way by ``pool``'s processes;
     undecodable images stop the writing (``DatasetError``) or, with ``skip_bad_images``, are
     skipped and listed in ``skipped``."""
 
-    def __init__(self, encoding: Encoding, workers: int, skip_bad_images: bool, bar: tqdm.tqdm):
-        self.encoding, self.workers, self.skip_bad_images, self.bar = encoding, workers, skip_bad_images, bar
+    def __init__(self, encoding: Encoding, pool, workers: int, skip_bad_images: bool, bar: tqdm.tqdm):
+        self.encoding, self.pool, self.skip_bad_images, self.bar = encoding, pool, skip_bad_images, bar
+        self.ahead = 4 * workers  # chunks in flight
         self.skipped: list[str] = []
 
     def __call__(self, jobs):
-        encode = functools.partial(_encode_chunk, self.encoding)
-        for job, (image, error) in ordered_map(encode, iter(jobs), self.workers):
+        jobs, sources = itertools.tee(jobs)
+        encode = functools.partial(encode_each, self.encoding)
+        encoded = ordered_map(encode, (job.source for job in sources), self.pool, self.ahead)
+        for job, (image, error) in zip(jobs, encoded, strict=True):
             self.bar.update(1)
             if error is not None:
                 self._bad(job.name, error)
@@ -285,8 +288,10 @@ class _Output:
         for stale in (self.data_root / self.name).glob("incomplete.*"):  # what a killed prepare left
             shutil.rmtree(stale, ignore_errors=True)
         made = [p for p in (self.data_root, self.data_root / self.name, self.data_root / "downloads") if not p.exists()]
-        with tqdm.tqdm(total=total, desc="encoding", unit="img", disable=None) as bar:
-            examples = _Examples(self.encoding, workers or os.cpu_count(), skip_bad_images, bar)
+        bar = tqdm.tqdm(total=total, desc="encoding", unit="img", disable=None)
+        workers = min(workers or os.cpu_count(), -(-total // CHUNK))  # no process without a chunk to encode
+        with bar, worker_pool(workers) as pool:
+            examples = _Examples(self.encoding, pool, workers, skip_bad_images, bar)
             try:
                 tfds.dataset_builders.store_as_tfds_dataset(
                     name=self.name,
