@@ -26,7 +26,8 @@ sample photos) by random crops, scales, mirrors and colour changes, at ImageNet'
 
 For each: wall-clock seconds, the peak resident memory of the process tree (the sum over the
 command and its worker processes, sampled every 0.2 s; shared pages count once per process), the
-peak (sampled as often) and final disk use of the folders it writes, and the files it left. Prints a Markdown table
+disk it added to the folders it writes (the data directory; the workdir) at its peak (sampled as
+often) and at its end, and the files it left. Prints a Markdown table
 and writes it, with the per-image costs, to ``ROOT/rehearsal.json``.
 """
 
@@ -209,6 +210,7 @@ class Measured:
     seconds: float = 0.0
     exit_code: int | None = None
     peak_rss: int = 0
+    start_disk: int = 0
     peak_disk: int = 0
     final_disk: int = 0
     files_created: int = 0
@@ -219,7 +221,7 @@ def measure(stage: str, command: list[str], folders, stop_when=None) -> Measured
     """Runs ``command`` (from the repository root), sampling its process tree's memory and the disk
     use of ``folders`` until it ends; sends it SIGTERM once ``stop_when()`` is true."""
     result = Measured(stage, command)
-    _, files_before = disk_use(folders)
+    result.start_disk, files_before = disk_use(folders)
     started = time.perf_counter()
     log = open(pathlib.Path(FLAGS.root) / f"{stage}.log", "w")
     child = subprocess.Popen(command, cwd=FLAGS.checkout, stdout=log, stderr=subprocess.STDOUT)
@@ -302,14 +304,10 @@ def stage_commands(root: pathlib.Path) -> dict:
     predict = [*main, "--mode=predict", f"--workdir={runs / 'torchvision'}", f"--output={root / 'predictions.csv'}"]
     weights = root / "synthetic_alexnet_owt.safetensors"
     return {
-        "prepare_256": (
-            [*prepare_command(root), "--dataset_name=rehearsal_256", "--image_size=256"],
-            [tfds / "rehearsal_256"],
-            None,
-        ),
+        "prepare_256": ([*prepare_command(root), "--dataset_name=rehearsal_256", "--image_size=256"], [tfds], None),
         "prepare_full": (
             [*prepare_command(root), "--dataset_name=rehearsal_full", "--image_format=jpeg"],
-            [tfds / "rehearsal_full"],
+            [tfds],
             None,
         ),
         "paper_stopped": (paper, [runs / "paper"], logged_a_step(runs / "paper")),
@@ -329,8 +327,8 @@ def stage_commands(root: pathlib.Path) -> dict:
 def row(m: Measured) -> str:
     mb = lambda n: f"{n / 2**20:,.0f}"  # noqa: E731
     return (
-        f"| {m.stage} | {m.exit_code} | {m.seconds:,.1f} | {mb(m.peak_rss)} | {mb(m.peak_disk)} | "
-        f"{mb(m.final_disk)} | {m.files_created:,} |"
+        f"| {m.stage} | {m.exit_code} | {m.seconds:,.1f} | {mb(m.peak_rss)} | {mb(m.peak_disk - m.start_disk)}, "
+        f"{mb(m.final_disk - m.start_disk)} | {m.files_created:,} |"
     )
 
 
@@ -347,8 +345,8 @@ def main(argv):
     if not weights.exists():
         synthetic_torchvision_weights(weights)
     commands, results = stage_commands(root), []
-    print("| stage | exit code | seconds | peak RSS, process tree (MiB) | peak disk (MiB) | final disk (MiB) | files |")
-    print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
+    print("| stage | exit code | seconds | peak RSS, process tree (MiB) | disk added: peak, end (MiB) | files |")
+    print("|---|---:|---:|---:|---:|---:|", flush=True)
     for stage in FLAGS.stages or STAGES:
         command, folders, stop_when = commands[stage]
         results.append(measure(stage, command, folders, stop_when))
