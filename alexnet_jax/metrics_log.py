@@ -1,10 +1,11 @@
 """Writes metric events to ``metrics.jsonl`` (one JSON object per line) and TensorBoard."""
 
 import json
-import os
 import pathlib
 
 import tensorboardX
+
+from alexnet_jax import files
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -14,17 +15,6 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _replace_file(path: pathlib.Path, text: str):
-    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``: a
-    reader, or a kill at any moment, sees the old file or the new one, never a partial one."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
 
 
 class MetricsLog:
@@ -39,7 +29,7 @@ class MetricsLog:
         workdir = pathlib.Path(workdir)
         kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
         self._path = workdir / METRICS_FILE
-        _replace_file(self._path, "".join(json.dumps(r) + "\n" for r in kept))
+        files.write_text(self._path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self._path.open("a")
         # TensorBoard discards events of earlier files at steps >= purge_step when it reads this one.
         self._tensorboard = tensorboardX.SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)

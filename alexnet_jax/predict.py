@@ -12,6 +12,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import glob
+import io
 import json
 import os
 import pathlib
@@ -23,7 +24,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from alexnet_jax import config_checks, plots, runtime
+from alexnet_jax import config_checks, files, plots, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints
 from alexnet_jax.evaluate import resolve_checkpoint
 from alexnet_jax.images import CentreSquare, Encoding, EvaluationInput
@@ -187,12 +188,14 @@ def _table(rows: list[dict], max_width: int = 60) -> str:
 
 
 def _write(rows: list[dict], path: pathlib.Path):
+    """The rows as JSON lines or CSV, written whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        files.write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
         return
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", *[f"{field}{k + 1}" for k in range(TOP) for field in ("class", "probability")]])
-        for row in rows:
-            writer.writerow([row["image"], *[v for c in row["top5"] for v in (c["class"], f"{c['probability']:.6f}")]])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["image", *[f"{field}{k + 1}" for k in range(TOP) for field in ("class", "probability")]])
+    for row in rows:
+        writer.writerow([row["image"], *[v for c in row["top5"] for v in (c["class"], f"{c['probability']:.6f}")]])
+    files.write_text(path, table.getvalue())

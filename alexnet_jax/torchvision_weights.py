@@ -154,7 +154,7 @@ def convert(weights: str, config, workdir: str) -> dict:
     ``--mode=predict``, ``--mode=evaluate`` and ``--config.init_from`` read. Returns the checkpoint's data."""
     import jax
 
-    from alexnet_jax import runtime
+    from alexnet_jax import files, runtime
     from alexnet_jax.checkpointing import Checkpoints
     from alexnet_jax.train import create_state, model_signature
 
@@ -179,7 +179,7 @@ def convert(weights: str, config, workdir: str) -> dict:
         "converted_from": str(pathlib.Path(weights).absolute()),
     }
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    files.write_text(workdir / "config.json", config.to_json_best_effort(indent=1))
     checkpoints = Checkpoints(workdir / "checkpoints", keep=1, async_save=False)
     checkpoints.save(state, jax.random.key(config.seed), data, force=True)
     checkpoints.close()

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, datasets, distributed, finetune, metrics_log, models, optim, runtime
+from alexnet_jax import config_checks, datasets, distributed, files, finetune, metrics_log, models, optim, runtime
 from alexnet_jax.checkpointing import Checkpoints, check_signature
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import AgreedStop, is_main_process
@@ -464,7 +464,7 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
         say(f"{run.workdir} has finished all {run.total_steps} steps; nothing to train (--mode=evaluate scores it)")
         return _summary(run)
     if is_main_process():
-        (run.workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+        files.write_text(run.workdir / "config.json", config.to_json_best_effort(indent=1))
     if 0 < step < run.total_steps:
         say(f"resuming from step {step} of {run.total_steps} (epoch {step // run.steps_per_epoch})")
     log = metrics_log.MetricsLog(run.workdir, resume_step=step, enabled=is_main_process())
