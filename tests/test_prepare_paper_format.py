@@ -10,7 +10,7 @@ from conftest import SMALL_IMAGENET_RUN, datasets_config, write_imagenet_style_f
 from PIL import Image
 
 from alexnet_jax import datasets
-from alexnet_jax.images import centre_square
+from alexnet_jax.images import Encoding, centre_square
 from alexnet_jax.prepare import prepare_image_folder
 
 SIZE = 32
@@ -158,3 +158,18 @@ def test_imagenet_v2_and_real_labels_prepare_and_evaluate(tmp_path, cli):
     assert result["real_examples"] == sum(len(r) > 0 for r in prepared) and 0 <= result["real_top1"] <= 1
     report = json.loads((tmp_path / "run" / "eval_real_validation_report.json").read_text())
     assert report["real_top1"] == result["real_top1"]
+
+
+def test_photos_under_twice_the_stored_size_are_stored_from_a_full_size_decode():
+    """The paper's format is the shorter side scaled to the size, centre square, of the full photo:
+    a reduced-scale JPEG decode is allowed only where it keeps twice the size (BENCHMARKS.md, "What
+    prepare stores"). A 300x200 photo stored at 64 is therefore byte for byte the full decode's."""
+    import io
+
+    rng = np.random.default_rng(0)
+    pixels = np.clip(rng.normal(128, 60, (200, 300, 3)), 0, 255).astype(np.uint8)
+    photo = io.BytesIO()
+    Image.fromarray(pixels).save(photo, format="JPEG", quality=95)
+    reference = io.BytesIO()
+    centre_square(Image.open(io.BytesIO(photo.getvalue())).convert("RGB"), 64).save(reference, "JPEG", quality=90)
+    assert Encoding(64, "jpeg").encode(photo.getvalue()) == reference.getvalue()
