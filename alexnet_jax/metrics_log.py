@@ -11,10 +11,18 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+    """The records of ``metrics.jsonl``; a line that does not parse (the last one, cut short by a kill
+    while it was appended) is left out, and the next resume rewrites the file without it."""
     path = pathlib.Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in records if isinstance(r, dict) and "kind" in r and "step" in r]
 
 
 class MetricsLog:

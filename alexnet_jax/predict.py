@@ -64,7 +64,12 @@ def saved_config(workdir: pathlib.Path):
     path = workdir / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; predict from a workdir of a training run or of --mode=convert")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        raise CheckpointError(
+            f"{path} is damaged (not a config); run the training command again: it writes it again"
+        ) from None
 
 
 def _evaluation_input(config, data: dict) -> EvaluationInput:

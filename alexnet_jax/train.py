@@ -150,13 +150,16 @@ class Run:
             "num_classes": self.num_classes,
             "image_shape": list(self.train_split.image_shape),
             "global_batch_size": self.config.batch_size,
+            "dataset": self.config.dataset.name,
+            "train_split": self.config.dataset.train_split,
             "train_examples": len(self.train_split),
+            "seed": self.config.seed,  # the data order, the augmentation and dropout keys
         }
 
     def checkpoint_data(self, step: int) -> dict:
         position = {"epoch": step // self.steps_per_epoch, "step_in_epoch": step % self.steps_per_epoch}
         names = {"class_names": list(self.train_split.class_names)}  # for --mode=predict; not compared
-        return {**position, "train_split": self.config.dataset.train_split, **self.signature(), **names}
+        return {**position, **self.signature(), **names}
 
 
 def load_split(config, split: str, train: bool) -> ArraySplit | StreamSplit:
@@ -198,11 +201,15 @@ def _summary(run: Run) -> dict:
 
 
 def _report_is_complete(run: Run) -> bool:
-    """Whether the final report and curves were written (the last thing a run does)."""
+    """Whether the final report and curves were written (the last thing a run does); a damaged
+    report counts as not written, and is written again."""
     report = run.workdir / f"{REPORT}_report.json"
     if not (report.exists() and (run.workdir / "curves.png").exists()):
         return False
-    return json.loads(report.read_text()).get("step") == run.total_steps
+    try:
+        return json.loads(report.read_text()).get("step") == run.total_steps
+    except (ValueError, AttributeError):  # not JSON, or not a report
+        return False
 
 
 def _check_resumable(run: Run, checkpoints: Checkpoints):
@@ -439,6 +446,18 @@ def _start(config, workdir: str):
     return run, checkpoints, *_restore_latest(run, checkpoints, state, rng)
 
 
+def _write_config(workdir: pathlib.Path, config, replace: bool):
+    """Writes ``config.json`` (what predict reads); a finished run's is kept, unless it is damaged."""
+    path = workdir / "config.json"
+    if not replace:
+        try:
+            json.loads(path.read_text())
+            return
+        except (OSError, ValueError):
+            pass
+    files.write_text(path, config.to_json_best_effort(indent=1))
+
+
 def _has_checkpoints(workdir: pathlib.Path) -> bool:
     """Whether ``workdir`` holds a committed checkpoint (Orbax names them by their step)."""
     directory = workdir / "checkpoints"
@@ -459,12 +478,13 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
             f"{run.workdir} has trained {step} steps, more than this config's {run.total_steps} "
             "(num_epochs, max_steps); --mode=evaluate scores it, a larger value goes on training it"
         )
-    if step >= run.total_steps and distributed.agree(is_main_process() and _report_is_complete(run)):
+    finished = step >= run.total_steps and distributed.agree(is_main_process() and _report_is_complete(run))
+    if is_main_process():
+        _write_config(run.workdir, config, replace=not finished)
+    if finished:
         checkpoints.close()
         say(f"{run.workdir} has finished all {run.total_steps} steps; nothing to train (--mode=evaluate scores it)")
         return _summary(run)
-    if is_main_process():
-        files.write_text(run.workdir / "config.json", config.to_json_best_effort(indent=1))
     if 0 < step < run.total_steps:
         say(f"resuming from step {step} of {run.total_steps} (epoch {step // run.steps_per_epoch})")
     log = metrics_log.MetricsLog(run.workdir, resume_step=step, enabled=is_main_process())

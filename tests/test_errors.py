@@ -42,6 +42,8 @@ def bad_folders(tmp_path_factory):
     (root / "a_file").write_text("not a directory")
     (root / "empty_data_dir").mkdir()
     (root / "truncated.safetensors").write_bytes(b"\xff" * 8 + b"{")
+    (root / "damaged_run").mkdir()
+    (root / "damaged_run" / "config.json").write_text('{"seed": 0, "model": {')
     return root
 
 
@@ -146,6 +148,18 @@ CASES = [
     ("another class count", lambda p: [*p["trained"], "--config.dataset.synthetic_classes=5"], "(num_classes: 10"),
     ("another batch layout", lambda p: [*p["trained"], "--config.batch_size=32"], "(global_batch_size: 64 there, 32"),
     ("more steps than it runs", lambda p: [*p["trained"], "--config.max_steps=5"], "has trained 12 steps, more than"),
+    ("fewer epochs than it ran", lambda p: [*p["trained"], "--config.num_epochs=1"], "more than this config's 4 "),
+    ("another seed", lambda p: [*p["trained"], "--config.seed=1"], "(seed: 0 there, 1 now)"),
+    (
+        "another slice of the same size",
+        lambda p: [*p["trained"], "--config.dataset.train_split=train[:100%]"],
+        "(train_split: 'train' there, 'train[:100%]' now)",
+    ),
+    (
+        "predict, config.json damaged",
+        lambda p: ["--mode=predict", f"--workdir={p['damaged_run']}", "--images=x.png"],
+        "config.json is damaged",
+    ),
     ("evaluate, no checkpoints", lambda p: [*TINY, "--mode=evaluate", f"--workdir={p['new']}"], "no checkpoints in"),
     (
         "evaluate best, none evaluated",
@@ -214,6 +228,7 @@ def test_a_mistake_gives_one_line_and_loses_nothing(
         "empty_data_dir": bad_folders / "empty_data_dir",
         "a_file": bad_folders / "a_file",
         "bad_weights": bad_folders / "truncated.safetensors",
+        "damaged_run": bad_folders / "damaged_run",
         "trained": [*TINY, f"--workdir={straight_run[0]}"],
         "prepare": lambda name: [
             "--mode=prepare",

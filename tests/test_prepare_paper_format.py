@@ -173,3 +173,19 @@ def test_photos_under_twice_the_stored_size_are_stored_from_a_full_size_decode()
     reference = io.BytesIO()
     centre_square(Image.open(io.BytesIO(photo.getvalue())).convert("RGB"), 64).save(reference, "JPEG", quality=90)
     assert Encoding(64, "jpeg").encode(photo.getvalue()) == reference.getvalue()
+
+
+def test_files_of_one_class_that_share_a_stem_are_both_kept(tmp_path):
+    """A red x.png and a blue x.jpg in one class are two images (a cache keyed by the stem once
+    stored the blue one twice)."""
+    for name, colour in (("x.png", (220, 20, 20)), ("x.jpg", (20, 20, 220)), ("y.png", (20, 220, 20))):
+        folder = tmp_path / "folder" / "train" / ("a" if name.startswith("x") else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), colour, np.uint8)).save(folder / name)
+    prepare_image_folder(str(tmp_path / "folder"), "stems", str(tmp_path / "tfds"), workers=1)
+    split = datasets.load_split(datasets_config("stems", tmp_path / "tfds"), "train", stream=True)
+    records = split.source.__getitems__(list(range(len(split))))
+    centres = split.read(np.arange(len(split)))["image"][:, 4, 4]
+    colours = {r["file_name"].decode(): centre for r, centre in zip(records, centres, strict=True)}
+    assert len(colours) == 3
+    assert np.argmax(colours["train/a/x.png"]) == 0 and np.argmax(colours["train/a/x.jpg"]) == 2  # red, blue

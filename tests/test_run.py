@@ -107,6 +107,18 @@ def test_stops_and_a_death_during_the_report_then_resumes_end_as_an_uninterrupte
     assert_complete(tmp_path)
     assert_same_final_state(tmp_path, straight_run[0])
 
+    # Files cut short by a kill (written elsewhere than here, say, or by an older version): the
+    # report and config.json are written again, a metrics line cut short is left out, not fatal.
+    report = (tmp_path / "validation_report.json").read_text()
+    (tmp_path / "validation_report.json").write_text(report[: len(report) // 2])
+    (tmp_path / "config.json").write_text('{"seed": ')
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "train", "st')
+    assert train_and_evaluate(tiny_run_config(), str(tmp_path))["step"] == TOTAL_STEPS
+    assert (tmp_path / "validation_report.json").read_text() == report
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
+    assert_complete(tmp_path)
+
 
 def test_the_first_throughput_window_excludes_compilation(straight_run):
     speeds = [r["images_per_s"] for r in metrics_log.read_metrics(straight_run[0]) if r["kind"] == "train"]
