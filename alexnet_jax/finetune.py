@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from alexnet_jax import models
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints
+from alexnet_jax.torchvision_weights import readable_class_names
 
 
 def _checkpoint_folder(init_from: str) -> pathlib.Path:
@@ -66,6 +67,13 @@ def merge(fresh: dict, pretrained: dict, head: str, where: pathlib.Path, new_hea
     for module, leaves in fresh.items():
         if module not in pretrained:
             raise CheckpointError(f"{where} has no layer {module}; is it a checkpoint of this model?")
+        missing = sorted(set(leaves) - set(pretrained[module]))
+        if missing:
+            raise CheckpointError(
+                f"{where}: {module}/{missing[0]} is not in that checkpoint, whose {module} holds "
+                f"{', '.join(sorted(pretrained[module]))}; use the model settings it was trained with "
+                "(e.g. --config.model.norm)"
+            )
         shapes_differ = any(leaves[k].shape != pretrained[module][k].shape for k in leaves)
         if module == head and (shapes_differ or new_head):
             merged[module], afresh = leaves, [*afresh, module]
@@ -78,6 +86,14 @@ def merge(fresh: dict, pretrained: dict, head: str, where: pathlib.Path, new_hea
                 )
         merged[module] = {k: np.asarray(pretrained[module][k], np.asarray(v).dtype) for k, v in leaves.items()}
     return merged, afresh
+
+
+def same_classes(saved, current) -> bool:
+    """Whether two lists name the same classes in the same order: by their ids (ImageNet's WordNet
+    ids, which --mode=convert records), or, for a checkpoint that recorded ImageNet's readable names,
+    by those names."""
+    saved, current = list(saved), list(current)
+    return saved == current or readable_class_names(saved) == readable_class_names(current)
 
 
 def initialise_from(config, state, class_names):
@@ -93,7 +109,7 @@ def initialise_from(config, state, class_names):
         )
     head = models.HEADS[config.model.name]
     saved_names = data.get("class_names")
-    new_head = saved_names is not None and list(saved_names) != list(class_names)
+    new_head = saved_names is not None and not same_classes(saved_names, class_names)
     merged, afresh = merge(jax.device_get(state.params), params, head, folder, new_head)
     state = state.replace(params=jax.device_put(merged))
     if state.batch_stats is not None and batch_stats is not None:

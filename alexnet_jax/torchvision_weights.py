@@ -148,6 +148,16 @@ def params_from_torchvision(state_dict: dict[str, np.ndarray], expected) -> dict
     return params
 
 
+def converted_data(weights: str) -> dict:
+    """What a converted checkpoint records of its classes and source (besides the model): ImageNet's
+    1,000 classes by WordNet id, as ImageNet's datasets name them (predict shows their names)."""
+    return {
+        "num_classes": 1000,
+        "class_names": [wnid for wnid, _ in imagenet_classes()],
+        "converted_from": str(pathlib.Path(weights).absolute()),
+    }
+
+
 def convert(weights: str, config, workdir: str) -> dict:
     """Writes torchvision's AlexNet weights from ``weights`` into ``workdir`` as checkpoint 0 of an
     ``alexnet_owt`` run of ``config`` (with ``config.json`` and the class names), which
@@ -172,12 +182,7 @@ def convert(weights: str, config, workdir: str) -> dict:
     state, _ = create_state(config, 1000, (size, size, 3), steps_per_epoch=1)
     params = params_from_torchvision(state_dict, state.params)
     state = state.replace(params=jax.device_put(params))
-    data = {
-        "model": model_signature(config.model),
-        "num_classes": 1000,
-        "class_names": [name for _, name in imagenet_classes()],
-        "converted_from": str(pathlib.Path(weights).absolute()),
-    }
+    data = {"model": model_signature(config.model), **converted_data(weights)}
     workdir.mkdir(parents=True, exist_ok=True)
     files.write_text(workdir / "config.json", config.to_json_best_effort(indent=1))
     checkpoints = Checkpoints(workdir / "checkpoints", keep=1, async_save=False)

@@ -2,9 +2,11 @@
 layers stay bit-identical, the others train."""
 
 import numpy as np
+import pytest
 from conftest import TOTAL_STEPS, StopAt, final_arrays, tiny_run_config
 
 from alexnet_jax import finetune
+from alexnet_jax.checkpointing import CheckpointError
 from alexnet_jax.train import train_and_evaluate
 
 
@@ -41,3 +43,11 @@ def test_the_head_starts_afresh_for_other_classes_only(tmp_path):
     assert afresh == ["Dense_2"] and merged["Dense_2"]["kernel"].max() == 0.0 and merged["Dense_0"]["bias"].min() == 1
     more = {"Dense_0": layer(1.0), "Dense_2": layer(1.0, classes=10)}
     assert finetune.merge(fresh, more, "Dense_2", tmp_path, new_head=False)[1] == ["Dense_2"]
+
+
+def test_a_checkpoint_without_a_tensor_this_model_has_is_one_line(tmp_path):
+    """A batch-norm run's convolutions have no bias: loading them into a model with biases names the tensor."""
+    fresh = {"Conv_0": {"kernel": np.zeros((3, 3, 3, 8)), "bias": np.zeros(8)}}
+    batch_norm_run = {"Conv_0": {"kernel": np.ones((3, 3, 3, 8))}}
+    with pytest.raises(CheckpointError, match="Conv_0/bias is not in that checkpoint, whose Conv_0 holds kernel"):
+        finetune.merge(fresh, batch_norm_run, "Dense_2", tmp_path, new_head=False)

@@ -66,3 +66,18 @@ def test_a_wrong_weights_file_is_one_line_naming_the_tensor(tmp_path):
     pickled.write_bytes(b"PK\x03\x04 not a whole zip")
     with pytest.raises(WeightsError, match=r"needs PyTorch|cannot be read as a PyTorch state dict"):
         torchvision_weights.read_state_dict(pickled)
+
+
+def test_converted_weights_name_imagenets_classes_as_its_datasets_do():
+    """--mode=convert records ImageNet's classes by WordNet id, as TFDS's imagenet2012 and <wnid>
+    folders name them, so fine-tuning on ImageNet keeps the pretrained classifier (init_from
+    compares with ``same_classes``), and predict shows the readable names."""
+    from alexnet_jax import finetune
+
+    wnids = [wnid for wnid, _ in torchvision_weights.imagenet_classes()]
+    recorded = torchvision_weights.converted_data("w.safetensors")["class_names"]
+    assert recorded == wnids and finetune.same_classes(recorded, wnids)
+    assert torchvision_weights.readable_class_names(recorded)[:2] == ["tench", "goldfish"]
+    # A checkpoint converted by an earlier version, which recorded readable names, names the same classes.
+    readable = torchvision_weights.readable_class_names(wnids)
+    assert finetune.same_classes(readable, wnids) and not finetune.same_classes(readable[::-1], wnids)
