@@ -7,6 +7,7 @@ in memory, for smoke runs, tests and throughput benchmarks.
 """
 
 import dataclasses
+import logging
 import os
 import pathlib
 import shutil
@@ -28,6 +29,17 @@ _ENCODED = {"image": tfds.decode.SkipDecoding()}  # images stay encoded; decode_
 
 class DatasetError(UserError):
     """A dataset cannot be read; the message says what to do."""
+
+
+class _DropUnpreparedWarning(logging.Filter):
+    """TFDS warns that a dataset's version folder has no ``dataset_info.json`` whenever it looks at
+    one that is not prepared; the one-line error that follows says what to do, so that warning goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropUnpreparedWarning())
 
 
 @dataclasses.dataclass(frozen=True)

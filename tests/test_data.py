@@ -1,6 +1,7 @@
 """Image folder -> TFDS -> training and evaluation; TFDS cifar10 through mock_data; data errors."""
 
 import json
+import logging
 import pathlib
 import socket
 import subprocess
@@ -140,11 +141,12 @@ def test_tfds_cifar10_path_with_mock_data(tmp_path, monkeypatch):
     assert len(split.class_names) == 10 and split.labels.max() < 10  # the mock has no label names
 
 
-def test_missing_dataset_errors_say_how_to_prepare_offline(tmp_path):
+def test_missing_dataset_errors_say_how_to_prepare_offline(tmp_path, caplog):
     with pytest.raises(
         datasets.DatasetError, match="not prepared.*--mode=prepare --image_folder=DIR --dataset_name=my_cifar10"
     ):
         datasets.load_split(datasets_config("cifar10", tmp_path, download=False), "train")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # the error line alone, no TFDS warning
     with pytest.raises(datasets.DatasetError, match="no TFDS dataset 'my_photos'.*--dataset_name=my_photos"):
         datasets.load_split(datasets_config("my_photos", tmp_path), "train")
 
