@@ -116,7 +116,9 @@ def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
             "RGB JPEGs byte for byte (ImageNet for torchvision's recipe).",
             **fv,
         ),
-        "workers": flags.DEFINE_integer("workers", None, "prepare: encoding processes (default: all cores).", **fv),
+        "workers": flags.DEFINE_integer(
+            "workers", None, "prepare: encoding processes (default: one per core the process may use).", **fv
+        ),
         "coordinator_address": flags.DEFINE_string(
             "coordinator_address", None, "Several processes: process 0's host:port, the same for every process.", **fv
         ),

@@ -8,7 +8,6 @@ in memory, for smoke runs, tests and throughput benchmarks.
 
 import dataclasses
 import logging
-import os
 import pathlib
 import shutil
 import socket
@@ -19,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from alexnet_jax import cpus
 from alexnet_jax.errors import UserError
 from alexnet_jax.images import decode_image, decode_into, example_rng
 
@@ -281,7 +281,7 @@ def read_all(source, description: str, workers: int | None = 0, chunk: int = _RE
     total, chunks = len(source), -(-len(source) // chunk)
     shape = decode_image(_read_records(source, range(1))[0]["image"]).shape
     read = _DecodedChunk(source, shape, chunk, label_key(source))
-    workers = min(os.cpu_count() if workers is None else workers, chunks // 8)
+    workers = min(cpus.usable_cpus() if workers is None else workers, chunks // 8)
     if workers > 0:
         from alexnet_jax.input_pipeline import pipeline  # Grain, only where it is used
 

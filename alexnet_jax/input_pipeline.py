@@ -13,12 +13,13 @@ its own block of each global batch.
 """
 
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import flags
+
+from alexnet_jax import cpus
 
 if TYPE_CHECKING:
     import grain
@@ -98,7 +99,7 @@ def pipeline(batch_fn: Callable, start: int, stop: int, workers: int | None) -> 
     None: one per core)."""
     import grain  # here, not at the top: the resident path's runs never pay for importing it
 
-    workers = os.cpu_count() if workers is None else workers
+    workers = cpus.usable_cpus() if workers is None else workers
     dataset = grain.MapDataset.range(start, stop).map(batch_fn)
     # One thread per process: parallelism comes from worker processes, one batch at a time each.
     dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))

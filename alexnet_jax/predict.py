@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from alexnet_jax import config_checks, files, plots, runtime
+from alexnet_jax import config_checks, cpus, files, plots, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints
 from alexnet_jax.evaluate import resolve_checkpoint
 from alexnet_jax.images import CentreSquare, Encoding, EvaluationInput
@@ -154,7 +154,7 @@ def _predict_all(predictor: Predictor, paths: list[pathlib.Path]) -> tuple[list[
     rows, shown, batch = [], [], predictor.batch
     load = lambda path: load_image(path, predictor.input)  # noqa: E731
     bar = tqdm.tqdm(total=len(paths), desc="predicting", unit="image", leave=False, disable=None)
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+    with concurrent.futures.ThreadPoolExecutor(cpus.usable_cpus()) as pool:
         for start in range(0, len(paths), batch):
             chunk = paths[start : start + batch]
             loaded = [(path, pixels) for path, pixels in zip(chunk, pool.map(load, chunk), strict=True)]

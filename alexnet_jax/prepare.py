@@ -30,7 +30,6 @@ import functools
 import itertools
 import logging
 import multiprocessing
-import os
 import pathlib
 import re
 import shutil
@@ -40,6 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from alexnet_jax import cpus
 from alexnet_jax.datasets import DatasetError, is_catalog_name, label_key, tfds_source
 from alexnet_jax.images import Encoding, encode_each
 
@@ -289,7 +289,7 @@ class _Output:
             shutil.rmtree(stale, ignore_errors=True)
         made = [p for p in (self.data_root, self.data_root / self.name, self.data_root / "downloads") if not p.exists()]
         bar = tqdm.tqdm(total=total, desc="encoding", unit="img", disable=None)
-        workers = min(workers or os.cpu_count(), -(-total // CHUNK))  # no process without a chunk to encode
+        workers = min(workers or cpus.usable_cpus(), -(-total // CHUNK))  # no process without a chunk to encode
         with bar, worker_pool(workers) as pool:
             examples = _Examples(self.encoding, pool, workers, skip_bad_images, bar)
             try:

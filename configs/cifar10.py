@@ -53,7 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
     # streaming: Grain worker processes read and decode each batch (for data that does not).
     config.input.pipeline = "resident"
     # Decoding processes: streaming, for every batch; resident, for the first read of a split of 8,192
-    # or more images (at most one per 8 chunks of 1,024). None: one per core; 0: the training process.
+    # or more images (at most one per 8 chunks of 1,024). None: one per core this process may use
+    # (its affinity and container CPU quota count; cpus.py); 0: the training process.
     config.input.workers = config_dict.placeholder(int)
     # streaming, for full-size photos (torchvision's recipe): the host scales each training image's
     # random box (crop_area fraction, crop_aspect width/height) to this size, and each evaluation

@@ -140,3 +140,28 @@ def test_help_lists_every_mode_with_its_example(cli):
     for mode in ("evaluate", "prepare", "convert", "predict"):
         assert f"python main.py --mode={mode}" in out
     assert "--data_dir=DATA_DIR \\\n      [--image_size=256" in out  # continued lines as written
+
+
+def test_worker_counts_follow_the_cores_this_process_may_use(tmp_path):
+    """Affinity (taskset, SLURM) and a container's CPU quota (Docker --cpus, Kubernetes limits)
+    count, not the host's cores."""
+    from alexnet_jax import cpus
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
+    assert cpus.cgroup_cpu_quota(v2) == 1.5 and cpus.usable_cpus(v2) == 1
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpus.cgroup_cpu_quota(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpus.cgroup_cpu_quota(v1) == 4.0 and cpus.cgroup_cpu_quota(tmp_path / "none") is None
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert cpus.usable_cpus(tmp_path / "none") == 1 and cpus.usable_cpus(v1) == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert cpus.usable_cpus(tmp_path / "none") == len(allowed)
