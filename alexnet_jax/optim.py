@@ -30,7 +30,10 @@ def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     if schedule.name in ("constant", "plateau"):  # plateau: the rate changes only by the rule's decisions
         return optax.constant_schedule(base)
     if schedule.name == "step":
-        boundaries = {round(epoch * steps_per_epoch): schedule.step_factor for epoch in step_epochs(config)}
+        boundaries = {}  # epochs that round to one step multiply there once each
+        for epoch in step_epochs(config):
+            step = round(epoch * steps_per_epoch)
+            boundaries[step] = boundaries.get(step, 1.0) * schedule.step_factor
         return optax.piecewise_constant_schedule(base, boundaries)
     if schedule.name == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
@@ -93,12 +96,13 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
     scaling the rate.
 
     Weight decay applies to kernels only (cuda-convnet's), or to biases too with
-    ``optimizer.decay_biases`` (PyTorch's). The rate is an injected hyperparameter
-    (``optax.inject_hyperparams``): the optimizer state holds the rate of the last update, and with
-    the plateau rule the rate itself, which the loop divides. Around it, ``optax.apply_if_finite``
-    skips any update whose gradients are not all finite (a NaN or an infinite loss), leaving
-    parameters and optimizer state as they were; its ``last_finite`` says whether the last one was
-    applied, and the loop stops or goes on (``nonfinite_updates``).
+    ``optimizer.decay_biases`` (PyTorch's). Inside, ``optax.apply_if_finite`` skips any update whose
+    gradients are not all finite (a NaN or an infinite loss), leaving parameters and the momentum as
+    they were; its ``last_finite`` says whether the last one was applied, and the loop stops or goes
+    on (``nonfinite_updates``). Around it the rate is an injected hyperparameter
+    (``optax.inject_hyperparams``), whose count advances at every step, skipped or not, so the rate
+    at step s is the schedule's at s: the optimizer state holds the rate of the last update, and
+    with the plateau rule the rate itself, which the loop divides.
     """
     opt, scales = config.optimizer, _finetune_scales(config)
 
@@ -109,19 +113,21 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
         steps = (decay, momentum, rate) if opt.update_rule == "pytorch" else (decay, rate, momentum)
         return optax.chain(*steps, *scales)
 
+    def sgd_if_finite(learning_rate):
+        return optax.apply_if_finite(sgd(learning_rate), max_consecutive_errors=2**30)
+
     rate = opt.learning_rate if config.schedule.name == "plateau" else schedule
-    return optax.apply_if_finite(optax.inject_hyperparams(sgd)(learning_rate=rate), max_consecutive_errors=2**30)
+    return optax.inject_hyperparams(sgd_if_finite)(learning_rate=rate)
 
 
 def learning_rate(opt_state) -> jax.Array:
     """The rate in the optimizer state (of the last update; with the plateau rule, the current one)."""
-    return opt_state.inner_state.hyperparams["learning_rate"]
+    return opt_state.hyperparams["learning_rate"]
 
 
 def with_learning_rate(opt_state, rate: jax.Array):
     """The optimizer state with the rate replaced (the plateau rule's division)."""
-    hyperparams = {**opt_state.inner_state.hyperparams, "learning_rate": rate}
-    return opt_state._replace(inner_state=opt_state.inner_state._replace(hyperparams=hyperparams))
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": rate})
 
 
 @dataclasses.dataclass

@@ -125,7 +125,8 @@ def train_step(
     }
     metrics = jax.lax.pmean(metrics, AXIS)
     applied = state.apply_gradients(grads=grads)
-    finite = applied.opt_state.last_finite  # optax.apply_if_finite: False if the update was skipped
+    # optax.apply_if_finite, inside optim.create_optimizer's inject_hyperparams: False if the update was skipped.
+    finite = applied.opt_state.inner_state.last_finite
     if has_stats:  # statistics of a skipped step are dropped too
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         applied = applied.replace(batch_stats=jax.tree.map(keep, batch_stats, state.batch_stats))

@@ -16,6 +16,28 @@ def test_step_schedule_divides_by_ten_at_the_given_epochs(config):
     )
 
 
+def test_step_epochs_on_one_step_each_divide_there(config):
+    """Two epochs that round to the same step (here 3 steps an epoch) divide there twice, not once."""
+    config.schedule.name, config.schedule.step_epochs, config.num_epochs = "step", (1.0, 1.1), 4
+    schedule = optim.create_schedule(config, steps_per_epoch=3)
+    lr = config.optimizer.learning_rate
+    np.testing.assert_allclose([schedule(2), schedule(3), schedule(11)], [lr, lr / 100, lr / 100], rtol=1e-6)
+
+
+def test_skipped_updates_do_not_hold_back_the_schedule(config):
+    """With a non-finite gradient skipped at step 1, the rate applied at step s is still the
+    schedule's at s (the rate's count advances with every step, skipped or not)."""
+    rates = jnp.asarray([0.1, 0.05, 0.025, 0.0125])
+    tx = optim.create_optimizer(config, lambda step: rates[step])
+    params = {"w": jnp.ones((2, 2))}
+    state = tx.init(params)
+    for step, gradient in enumerate([1.0, jnp.nan, 1.0, 1.0]):
+        updates, state = tx.update({"w": jnp.full((2, 2), gradient)}, state, params)
+        assert float(optim.learning_rate(state)) == float(rates[step]), step
+        assert bool(state.inner_state.last_finite) == (step != 1)
+        params = optax.apply_updates(params, updates)
+
+
 def test_warmup_cosine_and_onecycle_shapes(config):
     config.num_epochs, config.schedule.warmup_epochs = 10, 1
     config.schedule.name = "warmup_cosine"
