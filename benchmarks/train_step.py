@@ -25,15 +25,31 @@ from alexnet_jax.input_pipeline import epoch_order  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
 from alexnet_jax.train import create_state, step_constants  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar10_cpu.py", "Config to benchmark.")
-_MODES = flags.DEFINE_list("modes", ["shard_map", "pmap"], "Parallel wrappers to compare.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per wrapper.")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line's flags (defined when run as a script, so that tests can import this module)."""
+    config_flags.DEFINE_config_file("config", "configs/cifar10_cpu.py", "Config to benchmark.")
+    flags.DEFINE_list("modes", ["shard_map", "pmap"], "Parallel wrappers to compare.")
+    flags.DEFINE_integer("steps", 20, "Timed steps per wrapper.")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+
+
+def synthetic_image_size(config) -> int:
+    """The side of the synthetic images for ``config``: what its step is fed. The ImageNet configs
+    crop 224 from stored 256x256 images (the paper's) or are fed 224x224 host views (torchvision's);
+    the others take the config's ``synthetic_image_size`` (CIFAR's 32)."""
+    crop = config.augment.crop_size
+    if crop is None:
+        return config.dataset.synthetic_image_size
+    return config.input.get("random_resized_crop") or max(crop, round(crop * 8 / 7))
 
 
 def setup(config, parallel: DataParallel, num_steps: int):
-    """The compiled step and its device-resident arguments, on synthetic data."""
+    """The compiled step and its device-resident arguments, on synthetic data of the size the config is fed."""
     config.dataset.name = datasets.SYNTHETIC
+    config.dataset.synthetic_image_size = synthetic_image_size(config)
     config.dataset.synthetic_examples = config.batch_size * (num_steps + 1)
     split = datasets.synthetic_split(config.dataset, "train")
     steps_per_epoch = len(split) // config.batch_size
@@ -81,15 +97,15 @@ def measure(config, mode: str, steps: int, warmup: int, flops_per_img: float) ->
 
 def main(argv):
     del argv
-    config = _CONFIG.value
+    config = FLAGS.config
     print(
         f"model={config.model.name} dtype={config.model.dtype} channels={tuple(config.model.channels)} "
-        f"width={config.model.width} batch={config.batch_size} image={config.dataset.synthetic_image_size} "
+        f"width={config.model.width} batch={config.batch_size} image={synthetic_image_size(config)} "
         f"device={jax.devices()[0].device_kind} x{jax.device_count()} jax={jax.__version__}"
     )
     flops = flops_per_image(config)
     rows = [
-        measure(config.copy_and_resolve_references(), mode, _STEPS.value, _WARMUP.value, flops) for mode in _MODES.value
+        measure(config.copy_and_resolve_references(), mode, FLAGS.steps, FLAGS.warmup, flops) for mode in FLAGS.modes
     ]
     print("\n| wrapper | devices | compile (s) | step median (ms) | spread (ms) | images/s | GFLOP/image | GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -101,4 +117,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -63,3 +63,19 @@ def test_the_time_to_accuracy_script_reads_the_line_the_loop_prints():
     }
     assert time_to_accuracy.first_reaching(run, 0.91) == 7.5
     assert time_to_accuracy.first_reaching(run, 0.96) is None
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__"))
+def test_the_train_step_benchmark_feeds_every_shipped_config_images_it_can_take(name):
+    """benchmarks/train_step.py feeds each config synthetic images of the size its step is fed
+    (the ImageNet configs crop 224 of them), so it runs on every shipped config."""
+    import importlib
+
+    import train_step as step_benchmark
+
+    from alexnet_jax import config_checks
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    size = step_benchmark.synthetic_image_size(config)
+    config_checks.check_crop(config, (size, size, 3))  # raises if the crops do not fit
+    assert size == (224 if config.input.get("random_resized_crop") else 256 if config.augment.crop_size else 32)
