@@ -146,3 +146,34 @@ class Checkpoints:
 
     def close(self):
         self.manager.close()
+
+
+def read_variables(folder: pathlib.Path) -> tuple[dict, dict | None]:
+    """The parameters and batch-norm statistics (or None) of the checkpoint in ``folder``
+    (``<workdir>/checkpoints/<step>``) as host arrays, without the optimizer state: what evaluation,
+    prediction and fine-tuning need, whatever optimizer the run was trained with."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # Orbax warns that a step's item folder has no metadata of its own
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            saved = checkpointer.metadata(folder / "state").item_metadata
+            wanted = {key: saved[key] for key in ("params", "batch_stats") if key in saved}
+            target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), wanted)
+            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+            restore = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+            restored = checkpointer.restore(folder / "state", args=restore)
+    finally:
+        absl_logger.setLevel(level)
+    return restored["params"], restored.get("batch_stats")
+
+
+def check_shapes(restored: dict, expected: dict, folder: pathlib.Path, remedy: str):
+    """Raises ``CheckpointError`` naming the first tensor of ``expected`` (shapes, e.g. from
+    ``jax.eval_shape``) that ``restored`` lacks or holds with another shape."""
+    want, got = dict(jax.tree_util.tree_leaves_with_path(expected)), dict(jax.tree_util.tree_leaves_with_path(restored))
+    for path, leaf in want.items():
+        name = jax.tree_util.keystr(path)
+        if path not in got or got[path].shape != leaf.shape:
+            there = got[path].shape if path in got else "nothing"
+            raise CheckpointError(f"{folder}: {name} is {there} there, {leaf.shape} in this model; {remedy}")

@@ -1,5 +1,6 @@
 """Evaluates the latest, best or a given checkpoint of a workdir on any dataset split."""
 
+import functools
 import json
 import pathlib
 import re
@@ -7,14 +8,14 @@ import re
 import jax
 import numpy as np
 
-from alexnet_jax import config_checks, datasets, runtime
-from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_signature
+from alexnet_jax import config_checks, datasets, models, runtime
+from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_shapes, check_signature, read_variables
 from alexnet_jax.distributed import is_main_process
 from alexnet_jax.evaluation import create_evaluator
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.report import write_report
-from alexnet_jax.train import create_state, load_split, model_signature, step_constants
-from alexnet_jax.train_step import state_variables
+from alexnet_jax.train import load_split, model_input_shape, model_signature, step_constants
+from alexnet_jax.train_step import model_variables
 
 
 def resolve_checkpoint(checkpoints: Checkpoints, which: str, directory) -> int:
@@ -60,13 +61,17 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     saved = checkpoints.read_data(step)
     expected = {"model": model_signature(config.model), "num_classes": len(split.class_names)}
     check_signature(saved, expected, workdir, "evaluate with the config it was trained with")
-    state, _ = create_state(config, len(split.class_names), split.image_shape, steps_per_epoch=1)
-    parallel = DataParallel(config.parallel)
-    state, _, _ = checkpoints.restore(step, state, jax.random.key(0), parallel.replicated_sharding)
     checkpoints.close()
+    variables = model_variables(*read_variables(directory / str(step)))  # not the optimizer: any will do
+    model, parallel = models.create_model(config.model, len(split.class_names)), DataParallel(config.parallel)
+    inputs = np.zeros((1, *model_input_shape(config, split.image_shape)), np.float32)
+    expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), inputs)
+    check_shapes(
+        variables, dict(expected), directory / str(step), "evaluate with the config and images it was trained on"
+    )
     constants = step_constants(config, len(split.class_names))
-    evaluator = create_evaluator(parallel, state.apply_fn, constants, split, config)
-    metrics, predictions, labels = evaluator(parallel.replicate(state_variables(state)))
+    evaluator = create_evaluator(parallel, model.apply, constants, split, config)
+    metrics, predictions, labels = evaluator(parallel.replicate(variables))
     dataset, split_name = config.dataset.name, config.dataset.eval_split
     name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{dataset}_{split_name}").strip("_")
     header = {"checkpoint_step": step, "dataset": dataset, "split": split_name}

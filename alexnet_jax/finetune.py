@@ -7,7 +7,6 @@ with ``--mode=convert``. The update scales per layer (frozen, pretrained, head) 
 ``optim.create_optimizer``.
 """
 
-import logging
 import pathlib
 
 import jax
@@ -15,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from alexnet_jax import models
-from alexnet_jax.checkpointing import CheckpointError, Checkpoints
+from alexnet_jax.checkpointing import CheckpointError, Checkpoints, read_variables
 from alexnet_jax.torchvision_weights import readable_class_names
 
 
@@ -42,21 +41,9 @@ def _checkpoint_folder(init_from: str) -> pathlib.Path:
 def read_pretrained(init_from: str) -> tuple[dict, dict | None, dict, pathlib.Path]:
     """(params, batch-norm statistics or None, the checkpoint's data, its folder) as host arrays."""
     folder = _checkpoint_folder(init_from)
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # Orbax warns that a step's item folder has no metadata of its own
-    try:
-        with ocp.PyTreeCheckpointer() as checkpointer:
-            saved = checkpointer.metadata(folder / "state").item_metadata
-            wanted = {key: saved[key] for key in ("params", "batch_stats") if key in saved}
-            target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), wanted)
-            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-            restore = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-            restored = checkpointer.restore(folder / "state", args=restore)
-    finally:
-        absl_logger.setLevel(level)
+    params, batch_stats = read_variables(folder)
     data = ocp.JsonCheckpointHandler().restore(folder / "data") if (folder / "data").is_dir() else {}
-    return restored["params"], restored.get("batch_stats"), dict(data), folder
+    return params, batch_stats, dict(data), folder
 
 
 def merge(fresh: dict, pretrained: dict, head: str, where: pathlib.Path, new_head: bool) -> tuple[dict, list[str]]:

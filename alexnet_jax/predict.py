@@ -24,13 +24,13 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from alexnet_jax import config_checks, cpus, files, plots, runtime
-from alexnet_jax.checkpointing import CheckpointError, Checkpoints
+from alexnet_jax import config_checks, cpus, files, models, plots, runtime
+from alexnet_jax.checkpointing import CheckpointError, Checkpoints, read_variables
 from alexnet_jax.evaluate import resolve_checkpoint
 from alexnet_jax.images import CentreSquare, Encoding, EvaluationInput
 from alexnet_jax.torchvision_weights import readable_class_names
-from alexnet_jax.train import create_state, step_constants
-from alexnet_jax.train_step import eval_log_probabilities, state_variables
+from alexnet_jax.train import step_constants
+from alexnet_jax.train_step import eval_log_probabilities, model_variables
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 TOP = 5
@@ -102,17 +102,15 @@ class Predictor:
         num_classes = data["num_classes"]
         self.class_names = readable_class_names(data.get("class_names") or [f"class {i}" for i in range(num_classes)])
         self.input = _evaluation_input(self.config, data)
-        size = self.input.size
-        state, _ = create_state(self.config, num_classes, (size, size, 3), steps_per_epoch=1)
-        state, _, _ = checkpoints.restore(step, state, jax.random.key(0))
         checkpoints.close()
-        self.variables, self.batch = state_variables(state), self.config.eval_batch_size
+        self.variables = model_variables(*read_variables(workdir / "checkpoints" / str(step)))  # no optimizer
+        apply_fn, self.batch = models.create_model(self.config.model, num_classes).apply, self.config.eval_batch_size
         # Centre crop, or the paper's ten crops (which hold the mirrors: no extra mirror then).
         constants = step_constants(self.config, num_classes)
         constants = dataclasses.replace(
             constants, eval_crops=10 if ten_crop else 1, eval_flip=constants.eval_flip and not ten_crop
         )
-        probabilities = lambda v, x: jax.numpy.exp(eval_log_probabilities(v, x, state.apply_fn, constants))  # noqa: E731
+        probabilities = lambda v, x: jax.numpy.exp(eval_log_probabilities(v, x, apply_fn, constants))  # noqa: E731
         self._probabilities = jax.jit(probabilities)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -148,6 +148,11 @@ CASES = [
     ("another class count", lambda p: [*p["trained"], "--config.dataset.synthetic_classes=5"], "(num_classes: 10"),
     ("another batch layout", lambda p: [*p["trained"], "--config.batch_size=32"], "(global_batch_size: 64 there, 32"),
     ("more steps than it runs", lambda p: [*p["trained"], "--config.max_steps=5"], "has trained 12 steps, more than"),
+    (
+        "evaluate on images of another size",
+        lambda p: [*p["trained"], "--mode=evaluate", "--config.dataset.synthetic_image_size=16"],
+        "in this model; evaluate with the config and images it was trained on",
+    ),
     ("fewer epochs than it ran", lambda p: [*p["trained"], "--config.num_epochs=1"], "more than this config's 4 "),
     ("another seed", lambda p: [*p["trained"], "--config.seed=1"], "(seed: 0 there, 1 now)"),
     (

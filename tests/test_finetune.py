@@ -7,6 +7,7 @@ from conftest import TOTAL_STEPS, StopAt, final_arrays, tiny_run_config
 
 from alexnet_jax import finetune
 from alexnet_jax.checkpointing import CheckpointError
+from alexnet_jax.evaluate import evaluate_checkpoint
 from alexnet_jax.train import train_and_evaluate
 
 
@@ -27,6 +28,9 @@ def test_fine_tuning_on_other_classes_keeps_frozen_layers(straight_run, tmp_path
     assert len(convs) >= 5
     for key in convs:
         np.testing.assert_array_equal(tuned[key], pretrained[key], err_msg=key)
+    # Evaluated from the workdir with a config that knows nothing of the fine-tuning (its optimizer differs).
+    plain = tiny_run_config("--config.dataset.synthetic_classes=3", "--config.num_epochs=1")
+    assert evaluate_checkpoint(plain, str(tmp_path / "tuned"), "latest")["checkpoint_step"] == 2
     for key in ("params/Dense_0/kernel", "params/Dense_1/kernel"):  # loaded, then trained
         # Trained: moved. Loaded: nearer than a fresh initialisation, about sqrt(2) x the norm away.
         moved = np.linalg.norm(tuned[key] - pretrained[key])
