@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from alexnet_jax import runtime
+from alexnet_jax import files, runtime
 from alexnet_jax.errors import UserError
 
 CLUSTERS = "SLURM, Open MPI, Cloud TPU pods, Kubernetes"
@@ -183,7 +183,7 @@ def check_shared_directory(directory: pathlib.Path):
     marker = directory / MARKER
     if is_main_process():
         directory.mkdir(parents=True, exist_ok=True)
-        marker.write_bytes(token)
+        files.write_bytes(marker, token)
     multihost_utils.sync_global_devices("shared directory: marker written")
     try:
         seen = marker.read_bytes() == token
