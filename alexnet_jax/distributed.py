@@ -7,10 +7,12 @@ waiting in a collective for a process that has gone.
 """
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import os
 import pathlib
 import secrets
 import socket
@@ -206,6 +208,25 @@ def agree(value: bool) -> bool:
     if jax.process_count() == 1:
         return value
     return bool(multihost_utils.broadcast_one_to_all(np.array(value)))
+
+
+@contextlib.contextmanager
+def exclusive_workdir(workdir: pathlib.Path):
+    """Holds ``workdir`` for this run (process 0 locks it; see ``runtime.lock_workdir``) until the
+    context ends; every process raises ``WorkdirInUse`` if another run holds it."""
+    held, busy = None, None
+    if is_main_process():
+        try:
+            held = runtime.lock_workdir(workdir)
+        except runtime.WorkdirInUse as e:
+            busy = e
+    if agree(busy is not None):
+        raise busy or runtime.WorkdirInUse(f"{workdir} is in use by another run (process 0 found it locked)")
+    try:
+        yield
+    finally:
+        if held is not None:
+            os.close(held)
 
 
 class AgreedStop:

@@ -14,6 +14,7 @@ logs, plots and reports and prints, checkpoints are written by all together (Orb
 requested on any process stops all of them at the same step.
 """
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -427,15 +428,16 @@ def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | N
     write_report(run.workdir, REPORT, run.val_split, predictions, labels, {"step": run.total_steps, **metrics})
 
 
-def _start(config, workdir: str):
-    """Checks and reads everything a run needs; returns (run, checkpoints, state, rng, saved data),
-    the state and key restored from the latest checkpoint if there is one."""
+def _start(config, workdir: str, held: contextlib.ExitStack):
+    """Checks and reads everything a run needs, then holds the workdir (in ``held``); returns (run,
+    checkpoints, state, rng, saved data), the state and key restored from the latest checkpoint if
+    there is one."""
     run = load_run(config, pathlib.Path(workdir))
     state, _ = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
     initialised = None  # pretrained weights are read before anything is written; a resumed run has its own
     if config.get("init_from") and not _has_checkpoints(run.workdir):
         state, initialised = finetune.initialise_from(config, state, run.train_split.class_names)
-    run.workdir.mkdir(parents=True, exist_ok=True)
+    held.enter_context(distributed.exclusive_workdir(run.workdir))  # before anything is written
     checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
     _check_resumable(run, checkpoints)
     if is_main_process():
@@ -468,9 +470,14 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
     """Trains (or resumes, or completes) the run in ``workdir``; returns a summary of its validation results.
 
     ``stop`` defaults to SIGINT/SIGTERM handling; anything with ``poll(step) -> bool`` and the
-    context-manager methods can stand in for it.
+    context-manager methods can stand in for it. Refuses a workdir another run is training in.
     """
-    run, checkpoints, state, rng, saved = _start(config, workdir)
+    with contextlib.ExitStack() as held:
+        return _train(*_start(config, workdir, held), stop)
+
+
+def _train(run: Run, checkpoints: Checkpoints, state, rng, saved: dict, stop) -> dict:
+    """Trains, or completes, the run from ``state``; returns a summary of its validation results."""
     step = int(state.step)
     if step > run.total_steps:  # its report would name a step its parameters are not from
         checkpoints.close()
@@ -480,7 +487,7 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
         )
     finished = step >= run.total_steps and distributed.agree(is_main_process() and _report_is_complete(run))
     if is_main_process():
-        _write_config(run.workdir, config, replace=not finished)
+        _write_config(run.workdir, run.config, replace=not finished)
     if finished:
         checkpoints.close()
         say(f"{run.workdir} has finished all {run.total_steps} steps; nothing to train (--mode=evaluate scores it)")
