@@ -8,8 +8,11 @@ the manager keeps the latest ``keep`` checkpoints plus the one with the best val
 The training loop decides when to save.
 """
 
+import contextlib
+import errno
 import logging
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -21,20 +24,31 @@ from alexnet_jax.errors import UserError
 BEST_METRIC = "val_top1"
 
 
-class _DropUnrankedSaveWarning(logging.Filter):
-    """Interval checkpoints are saved without validation metrics on purpose (only evaluated
-    checkpoints compete for "best"); Orbax warns at each such save, which would break the
-    progress bar, so that one message is dropped."""
+class _DropOrbaxNoise(logging.Filter):
+    """Drops two of Orbax's messages: its warning at each interval checkpoint saved without
+    validation metrics (on purpose: only evaluated checkpoints compete for "best"), which would break
+    the progress bar, and the tracebacks its writing threads log for a full disk, which the save
+    raises again where ``Checkpoints`` turns it into one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        message, error = record.getMessage(), record.exc_info[1] if record.exc_info else None
+        return "did not provide metrics" not in message and not _is_disk_full(f"{message} {error}")
 
 
-logging.getLogger("absl").addFilter(_DropUnrankedSaveWarning())
+def _is_disk_full(message: str) -> bool:
+    """Whether an error message is the operating system's ENOSPC (TensorStore's wording included)."""
+    return "No space left on device" in message or f"os_error_code='{errno.ENOSPC}'" in message
+
+
+logging.getLogger("absl").addFilter(_DropOrbaxNoise())
 
 
 class CheckpointError(UserError):
     """A checkpoint does not fit the run asking for it; the message says what to do."""
+
+
+class DiskFull(UserError):
+    """A checkpoint could not be written for want of space; the committed ones are intact."""
 
 
 def _best_metric(metrics) -> float:
@@ -95,6 +109,7 @@ class Checkpoints:
             enable_async_checkpointing=async_save,
         )
         self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+        self._saving = (None, 0)  # the step and bytes of the latest save
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -110,11 +125,39 @@ class Checkpoints:
         return dict(self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"])
 
     def save(self, state, rng, data_position: dict, metrics: dict | None = None, force: bool = False) -> bool:
-        """Starts saving ``state`` at its step (in the background); returns whether it saves."""
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(_items(state, rng)), data=ocp.args.JsonSave(data_position)
-        )
-        return self.manager.save(int(state.step), args=args, metrics=metrics, force=force)
+        """Starts saving ``state`` at its step (in the background); returns whether it saves.
+
+        Raises ``DiskFull`` if this save, or the one before it, ran out of space."""
+        self.wait()  # the previous save's errors are that save's
+        items = _items(state, rng)
+        self._saving = (int(state.step), sum(x.nbytes for x in jax.tree.leaves(items)))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(items), data=ocp.args.JsonSave(data_position))
+        with self._saving_whole():
+            return self.manager.save(int(state.step), args=args, metrics=metrics, force=force)
+
+    @contextlib.contextmanager
+    def _saving_whole(self):
+        """Turns a full disk met while saving into ``DiskFull``: the half-written checkpoint removed
+        (its space given back), one line saying how much space to make and where the run resumes."""
+        try:
+            yield
+        except Exception as e:
+            if not (_is_disk_full(str(e)) or getattr(e, "errno", None) == errno.ENOSPC):
+                raise
+            step, size = self._saving
+            directory = pathlib.Path(self.manager.directory)
+            if jax.process_index() == 0:
+                for partial in directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(partial, ignore_errors=True)
+            committed = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+            if committed:  # what one takes on this disk, block sizes and all
+                size = max(size, sum(f.stat().st_blocks * 512 for f in (directory / str(committed[-1])).rglob("*")))
+            raise DiskFull(
+                f"no space left on the device for checkpoint {step} in {directory} "
+                f"({_megabytes(shutil.disk_usage(directory).free)} free, a checkpoint takes {_megabytes(size)}); "
+                "make room for a few, then run the same command: it resumes "
+                + (f"from step {committed[-1]}" if committed else "from the start")
+            ) from None
 
     def restore(self, step: int, state, rng, sharding: jax.sharding.Sharding | None = None):
         """Restores checkpoint ``step`` into the structure of ``state``; returns (state, rng, data).
@@ -142,10 +185,17 @@ class Checkpoints:
         return state, rng, dict(restored["data"])
 
     def wait(self):
-        self.manager.wait_until_finished()
+        """Waits for the save in the background; raises ``DiskFull`` if it ran out of space."""
+        with self._saving_whole():
+            self.manager.wait_until_finished()
 
     def close(self):
-        self.manager.close()
+        with self._saving_whole():
+            self.manager.close()
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
 
 
 def read_variables(folder: pathlib.Path) -> tuple[dict, dict | None]:

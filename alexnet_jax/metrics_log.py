@@ -1,5 +1,6 @@
 """Writes metric events to ``metrics.jsonl`` (one JSON object per line) and TensorBoard."""
 
+import contextlib
 import json
 import pathlib
 
@@ -53,7 +54,11 @@ class MetricsLog:
             self._tensorboard.add_scalar(f"{kind}/{key}", float(value), int(step))
         return record
 
-    def close(self):
-        if self._file is not None:
+    def close(self, quietly: bool = False):
+        """Closes the files; ``quietly`` (the disk is full): what cannot be written is dropped."""
+        if self._file is None:
+            return
+        with contextlib.suppress(*((OSError,) if quietly else ())):
             self._file.close()
+        with contextlib.suppress(*((OSError,) if quietly else ())):
             self._tensorboard.close()

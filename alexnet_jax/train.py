@@ -28,7 +28,7 @@ import numpy as np
 import tqdm
 
 from alexnet_jax import config_checks, datasets, distributed, files, finetune, metrics_log, models, optim, runtime
-from alexnet_jax.checkpointing import Checkpoints, check_signature
+from alexnet_jax.checkpointing import Checkpoints, DiskFull, check_signature
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import AgreedStop, is_main_process
 from alexnet_jax.errors import TrainingDiverged
@@ -500,17 +500,18 @@ def _train(run: Run, checkpoints: Checkpoints, state, rng, saved: dict, stop) ->
         try:
             last_eval = _train_loop(trainer, log, stop) if step < run.total_steps else None
             trainer.check_finite(latest=True)
+            if trainer.last_saved != trainer.step:
+                trainer.save()
+            checkpoints.close()  # waits for the save
         except TrainingDiverged:
-            checkpoints.wait()  # the last good checkpoint may still be being written
-            checkpoints.close()
+            checkpoints.close()  # the last good checkpoint may still be being written
             log.close()
+            raise
+        except DiskFull:
+            log.close(quietly=True)  # what TensorBoard cannot write now is in metrics.jsonl
             raise
         finally:
             trainer.feed.close()  # stops the streaming workers
-        if trainer.last_saved != trainer.step:
-            trainer.save()
-        checkpoints.wait()
-        checkpoints.close()
         if trainer.step < run.total_steps:
             log.close()
             say(f"\nstopped by a signal at step {trainer.step}; checkpoint saved, run the same command to resume")

@@ -212,13 +212,16 @@ def kill_plan(seed: int, save_steps, evaluation_steps, total_steps: int, after_a
     return sorted(plan, key=lambda moment: moment[1])
 
 
-def run_forked(runs: list[dict], outdir: pathlib.Path, together=False, preload=True, timeout=240) -> list[dict]:
+def run_forked(
+    runs: list[dict], outdir: pathlib.Path, together=False, preload=True, timeout=240, prefix=()
+) -> list[dict]:
     """Runs main.py once per entry of ``runs`` with ``tests/forked_main.py`` (see there), one after
     another or ``together``; returns per run what the driver reports, plus its stdout and stderr.
-    A driver that outlives ``timeout`` is killed with all its children."""
+    The driver's command line starts with ``prefix``; a driver that outlives ``timeout`` is killed
+    with all its children."""
     outdir.mkdir(parents=True)
     spec = json.dumps({"together": together, "preload": preload, "runs": runs})
-    command = [sys.executable, os.path.join(ROOT, "tests", "forked_main.py"), spec, str(outdir)]
+    command = [*prefix, sys.executable, os.path.join(ROOT, "tests", "forked_main.py"), spec, str(outdir)]
     driver = subprocess.Popen(command, cwd=ROOT, text=True, stdout=-1, stderr=-1, start_new_session=True)
     try:
         _, err = driver.communicate(timeout=timeout)

@@ -14,7 +14,10 @@ Each child gets ``devices`` fake CPU devices, JAX's x64 mode if asked, and sends
 - ``evaluation``: right after the evaluation at ``step`` is logged (before the checkpoint save);
 - ``save``: inside the asynchronous write of checkpoint ``step``: every file written, the
   checkpoint not yet committed (Orbax's rename of its temporary directory);
-- ``save_started``: right after the save of checkpoint ``step`` has started.
+- ``save_started``: right after the save of checkpoint ``step`` has started;
+- ``disk_full``: inside the write of checkpoint ``step``, the disk is full (``ENOSPC``; no signal).
+
+A run's ``remove``, a list of paths, are deleted before it starts (to free space).
 
 Writes OUTDIR/run<i>.out and .err, and OUTDIR/runs.json: for each run, its exit status (negative:
 the signal) and the entries of its workdir's checkpoint directory right after it ended (one after
@@ -23,6 +26,7 @@ group ends them all.
 """
 
 import atexit
+import errno
 import json
 import os
 import pathlib
@@ -70,6 +74,15 @@ def _arm(moment: str, step: int, signum: int):
             return await finalize(self)
 
         atomicity.AtomicRenameTemporaryPath.finalize = signal_before_commit
+    elif moment == "disk_full":
+        finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+        async def full_before_commit(self):
+            if self.get_final().name == str(step):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return await finalize(self)
+
+        atomicity.AtomicRenameTemporaryPath.finalize = full_before_commit
     else:
         raise ValueError(f"unknown moment {moment!r}")
 
@@ -96,6 +109,8 @@ def _child(run: dict, out: pathlib.Path, err: pathlib.Path):
 
 
 def _start(run: dict, outdir: pathlib.Path, i: int) -> int:
+    for path in run.get("remove", ()):
+        os.remove(path)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()

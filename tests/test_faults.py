@@ -2,10 +2,11 @@
 full disk during a checkpoint save, a damaged checkpoint, a killed prepare, a dead input worker."""
 
 import os
+import re
 import signal
 import subprocess
 
-from conftest import MAIN, ROOT, TINY, assert_same_final_state, process_env
+from conftest import MAIN, ROOT, TINY, assert_same_final_state, process_env, run_forked
 
 
 def _start_training(workdir) -> subprocess.Popen:
@@ -38,3 +39,47 @@ def test_a_second_run_on_a_busy_workdir_refuses_and_the_first_goes_on(straight_r
     assert_same_final_state(workdir, straight_run[0])
     code, out, err = cli(*TINY, f"--workdir={workdir}")  # the lock went with the first run
     assert code == 0 and "has finished all" in out, err[-3000:]
+
+
+def _can_mount_a_small_disk(tmp_path) -> bool:
+    """Whether this machine lets a process mount a tmpfs in a mount namespace of its own (as root,
+    or where unprivileged user namespaces are allowed)."""
+    probe = ["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tmp_path)]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+# A real full disk: a 4 MB tmpfs with 1.4 MB left, then freed. A checkpoint of TINY takes ~0.5 MB
+# and the run keeps two or three, so some save runs out of space. Where mounting is not allowed,
+# the write of checkpoint 6 fails with ENOSPC instead.
+FULL_DISK = (
+    'mount -t tmpfs -o size=4000k tmpfs "$0" && head -c 2600000 /dev/zero > "$0/filler" && "$@"; '
+    'status=$?; cp -a "$0/run" "$0.copy"; exit $status'
+)
+
+
+def test_a_full_disk_during_a_save_stops_in_one_line_and_the_run_resumes_once_freed(straight_run, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if _can_mount_a_small_disk(disk):
+        prefix, first = ["unshare", "-rm", "bash", "-c", FULL_DISK, str(disk)], {}
+    else:
+        prefix, first = [], {"signal": ["disk_full", 6, 0]}
+    argv = [*TINY, f"--workdir={disk / 'run'}"]
+    runs = [{"argv": argv, **first}, {"argv": argv, "remove": [str(disk / "filler")] if prefix else []}]
+    full, freed = run_forked(runs, tmp_path / "outputs", prefix=prefix)
+    workdir = disk.with_name("disk.copy") if prefix else disk / "run"
+    assert full["status"] == 2 and full["err"].count("\n") == 1, full["err"][-3000:]
+    committed = [int(name) for name in full["checkpoints"] if name.isdigit()]
+    resumed = max(committed)
+    assert re.search(
+        rf"^error: no space left on the device for checkpoint \d+ in {disk / 'run' / 'checkpoints'} \([\d,.]+ MB "
+        rf"free, a checkpoint takes 0\.\d MB\); make room for a few, then run the same command: it resumes from "
+        rf"step {resumed}\n$",
+        full["err"],
+    ), full["err"]
+    assert freed["status"] == 0, freed["err"][-3000:]
+    assert f"resuming from step {resumed} of" in freed["out"]
+    assert_same_final_state(workdir, straight_run[0])
