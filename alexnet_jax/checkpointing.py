@@ -10,6 +10,7 @@ The training loop decides when to save.
 
 import contextlib
 import errno
+import json
 import logging
 import pathlib
 import shutil
@@ -19,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from alexnet_jax import files
 from alexnet_jax.errors import UserError
 
 BEST_METRIC = "val_top1"
@@ -137,27 +139,37 @@ class Checkpoints:
 
     @contextlib.contextmanager
     def _saving_whole(self):
-        """Turns a full disk met while saving into ``DiskFull``: the half-written checkpoint removed
-        (its space given back), one line saying how much space to make and where the run resumes."""
+        """Turns a full disk met while saving into ``DiskFull``, the half-written checkpoint removed
+        (its space given back)."""
         try:
             yield
         except Exception as e:
             if not (_is_disk_full(str(e)) or getattr(e, "errno", None) == errno.ENOSPC):
                 raise
-            step, size = self._saving
-            directory = pathlib.Path(self.manager.directory)
+            step, directory = self._saving[0], pathlib.Path(self.manager.directory)
             if jax.process_index() == 0:
                 for partial in directory.glob(f"{step}.orbax-checkpoint-tmp*"):
                     shutil.rmtree(partial, ignore_errors=True)
-            committed = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-            if committed:  # what one takes on this disk, block sizes and all
-                size = max(size, sum(f.stat().st_blocks * 512 for f in (directory / str(committed[-1])).rglob("*")))
-            raise DiskFull(
-                f"no space left on the device for checkpoint {step} in {directory} "
-                f"({_megabytes(shutil.disk_usage(directory).free)} free, a checkpoint takes {_megabytes(size)}); "
-                "make room for a few, then run the same command: it resumes "
-                + (f"from step {committed[-1]}" if committed else "from the start")
-            ) from None
+            raise self._disk_full(f"checkpoint {step} in {directory}") from None
+
+    def out_of_space(self, path) -> DiskFull:
+        """What to raise when writing ``path`` (any file of the run) met a full disk; waits for the
+        save in flight first (which raises ``DiskFull`` itself if it ran out too)."""
+        self.wait()
+        return self._disk_full(str(path))
+
+    def _disk_full(self, what: str) -> DiskFull:
+        """One line: how much space to make, and where the same command will resume."""
+        directory = pathlib.Path(self.manager.directory)
+        committed = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+        size = self._saving[1]
+        if committed:  # what one takes on this disk, block sizes and all
+            size = max(size, sum(f.stat().st_blocks * 512 for f in (directory / str(committed[-1])).rglob("*")))
+        return DiskFull(
+            f"no space left on the device for {what} ({_megabytes(shutil.disk_usage(directory).free)} free, a "
+            f"checkpoint takes {_megabytes(size)}); make room for a few, then run the same command: it resumes "
+            + (f"from step {committed[-1]}" if committed else "from the start")
+        )
 
     def restore(self, step: int, state, rng, sharding: jax.sharding.Sharding | None = None):
         """Restores checkpoint ``step`` into the structure of ``state``; returns (state, rng, data).
@@ -185,13 +197,75 @@ class Checkpoints:
         return state, rng, dict(restored["data"])
 
     def wait(self):
-        """Waits for the save in the background; raises ``DiskFull`` if it ran out of space."""
+        """Waits for the save in the background (raises ``DiskFull`` if it ran out of space), then
+        records the sizes of the files it committed."""
         with self._saving_whole():
             self.manager.wait_until_finished()
+        folder = pathlib.Path(self.manager.directory) / str(self._saving[0])
+        if jax.process_index() == 0 and folder.is_dir() and not (folder / SIZES).exists():
+            files.write_text(folder / SIZES, json.dumps(_file_sizes(folder), indent=0))
+
+    def set_aside_damaged(self) -> list[str]:
+        """Renames the newest checkpoints that are damaged to ``<step>.damaged`` (Orbax then ignores
+        them, nothing is deleted) down to the newest intact one; returns what was wrong with each.
+        Raises ``CheckpointError`` (renaming nothing) if every one is damaged."""
+        directory = pathlib.Path(self.manager.directory)
+        found = []
+        for step in reversed(self.all_steps()):
+            problem = damage(directory / str(step))
+            if problem is None:
+                break
+            found.append((step, problem))
+        else:
+            if found:
+                raise CheckpointError(
+                    f"every checkpoint in {directory} is damaged (step {found[0][0]}: {found[0][1]}); nothing "
+                    "resumes from them: move the directory away to start afresh"
+                )
+        for step, _ in found:
+            (directory / str(step)).rename(directory / f"{step}.damaged")
+        self.manager.reload()
+        return [f"checkpoint {step} in {directory} is damaged ({why}); kept as {step}.damaged" for step, why in found]
 
     def close(self):
-        with self._saving_whole():
-            self.manager.close()
+        self.wait()
+        self.manager.close()
+
+
+SIZES = "file_sizes.json"  # in each committed checkpoint: its files and their sizes in bytes
+
+
+def _file_sizes(folder: pathlib.Path) -> dict[str, int]:
+    """The sizes of the files of a checkpoint's items (Orbax may rewrite its own metadata beside them)."""
+    found = sorted(f for item in ("state", "data") for f in (folder / item).rglob("*") if f.is_file())
+    return {str(f.relative_to(folder)): f.stat().st_size for f in found}
+
+
+def damage(folder: pathlib.Path) -> str | None:
+    """What is wrong with the committed checkpoint in ``folder`` (a file missing or cut short since
+    it was committed), or None: intact, or saved without ``SIZES`` (killed right after the commit)."""
+    try:
+        recorded = json.loads((folder / SIZES).read_text())
+    except (OSError, ValueError):
+        return None if folder.is_dir() else "its folder is missing"
+    for name, size in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} holds {path.stat().st_size:,} of its {size:,} bytes"
+    return None
+
+
+def raise_if_damaged(directory: pathlib.Path, step: int, saved: list[int]):
+    """Raises ``CheckpointError`` naming what is wrong with checkpoint ``step``, and the intact ones."""
+    problem = damage(directory / str(step))
+    if problem is not None:
+        intact = ", ".join(str(s) for s in saved if damage(directory / str(s)) is None) or "none"
+        raise CheckpointError(
+            f"checkpoint {step} in {directory} is damaged ({problem}); use another: --checkpoint=STEP "
+            f"(intact: {intact})"
+        )
 
 
 def _megabytes(size: int) -> str:

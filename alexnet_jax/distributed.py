@@ -213,7 +213,8 @@ def agree(value: bool) -> bool:
 @contextlib.contextmanager
 def exclusive_workdir(workdir: pathlib.Path):
     """Holds ``workdir`` for this run (process 0 locks it; see ``runtime.lock_workdir``) until the
-    context ends; every process raises ``WorkdirInUse`` if another run holds it."""
+    context ends; every process raises ``WorkdirInUse`` if another run holds it. Yields a function
+    that signs the lock with this run's process (call it once the run is sure to go on)."""
     held, busy = None, None
     if is_main_process():
         try:
@@ -223,7 +224,7 @@ def exclusive_workdir(workdir: pathlib.Path):
     if agree(busy is not None):
         raise busy or runtime.WorkdirInUse(f"{workdir} is in use by another run (process 0 found it locked)")
     try:
-        yield
+        yield lambda: held is not None and runtime.sign_lock(held)
     finally:
         if held is not None:
             os.close(held)

@@ -9,7 +9,14 @@ import jax
 import numpy as np
 
 from alexnet_jax import config_checks, datasets, models, runtime
-from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_shapes, check_signature, read_variables
+from alexnet_jax.checkpointing import (
+    CheckpointError,
+    Checkpoints,
+    check_shapes,
+    check_signature,
+    raise_if_damaged,
+    read_variables,
+)
 from alexnet_jax.distributed import is_main_process
 from alexnet_jax.evaluation import create_evaluator
 from alexnet_jax.parallel import DataParallel
@@ -19,7 +26,14 @@ from alexnet_jax.train_step import model_variables
 
 
 def resolve_checkpoint(checkpoints: Checkpoints, which: str, directory) -> int:
-    """The step that ``which`` ('latest', 'best' or a step number) names; ``CheckpointError`` if none."""
+    """The step that ``which`` ('latest', 'best' or a step number) names; ``CheckpointError`` if
+    none, or if that checkpoint is damaged."""
+    step = _named_step(checkpoints, which, directory)
+    raise_if_damaged(pathlib.Path(directory), step, checkpoints.all_steps())
+    return step
+
+
+def _named_step(checkpoints: Checkpoints, which: str, directory) -> int:
     if which not in ("latest", "best") and not which.isdigit():
         raise config_checks.ConfigError(f"--checkpoint={which!r} must be 'latest', 'best' or a step number")
     saved = checkpoints.all_steps()

@@ -93,7 +93,8 @@ class WorkdirInUse(UserError):
 def lock_workdir(workdir: pathlib.Path) -> int:
     """Creates ``workdir`` and locks its file ``lock`` for this process (an advisory ``flock``, which
     the kernel releases when the process ends, however it ends); returns the file descriptor to
-    close when done. Raises ``WorkdirInUse`` naming the holder if another process holds it."""
+    close when done. Raises ``WorkdirInUse`` naming the holder (see ``sign_lock``) if another
+    process holds it."""
     workdir.mkdir(parents=True, exist_ok=True)
     fd = os.open(workdir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -104,7 +105,11 @@ def lock_workdir(workdir: pathlib.Path) -> int:
         raise WorkdirInUse(
             f"{workdir} is in use by another run ({holder}); wait for it to end or stop it, or use another --workdir"
         ) from None
+    return fd
+
+
+def sign_lock(fd: int):
+    """Writes who holds the lock ``fd`` into its file, for the message of a run refused by it."""
     since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, since {since}\n".encode(), 0)
-    return fd

@@ -16,6 +16,7 @@ requested on any process stops all of them at the same step.
 
 import contextlib
 import dataclasses
+import errno
 import json
 import pathlib
 import signal
@@ -28,7 +29,7 @@ import numpy as np
 import tqdm
 
 from alexnet_jax import config_checks, datasets, distributed, files, finetune, metrics_log, models, optim, runtime
-from alexnet_jax.checkpointing import Checkpoints, DiskFull, check_signature
+from alexnet_jax.checkpointing import CheckpointError, Checkpoints, DiskFull, check_signature
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import AgreedStop, is_main_process
 from alexnet_jax.errors import TrainingDiverged
@@ -214,11 +215,33 @@ def _report_is_complete(run: Run) -> bool:
 
 
 def _check_resumable(run: Run, checkpoints: Checkpoints):
-    """Refuses, before anything is built or written, a workdir holding another run's checkpoints."""
+    """Refuses, before anything is built or written, a workdir holding another run's checkpoints,
+    or more steps than this run has (its report would name a step its parameters are not from)."""
     latest = checkpoints.latest_step()
-    if latest is not None:
-        remedy = "resume with the config it was trained with, or use a new --workdir"
-        check_signature(checkpoints.read_data(latest), run.signature(), run.workdir, remedy)
+    if latest is None:
+        return
+    remedy = "resume with the config it was trained with, or use a new --workdir"
+    check_signature(checkpoints.read_data(latest), run.signature(), run.workdir, remedy)
+    if latest > run.total_steps:
+        raise config_checks.ConfigError(
+            f"{run.workdir} has trained {latest} steps, more than this config's {run.total_steps} "
+            "(num_epochs, max_steps); --mode=evaluate scores it, a larger value goes on training it"
+        )
+
+
+def _set_aside_damaged(checkpoints: Checkpoints):
+    """Process 0 sets the newest damaged checkpoints aside (saying which), so that the run resumes
+    from the newest intact one; every process refuses if none is intact."""
+    error = None
+    if is_main_process():
+        try:
+            for note in checkpoints.set_aside_damaged():
+                say(note)
+        except CheckpointError as e:
+            error = e
+    if distributed.agree(error is not None):
+        raise error or CheckpointError(f"every checkpoint in {checkpoints.manager.directory} is damaged (process 0)")
+    checkpoints.manager.reload()
 
 
 def _restore_latest(run: Run, checkpoints: Checkpoints, state, rng):
@@ -437,9 +460,11 @@ def _start(config, workdir: str, held: contextlib.ExitStack):
     initialised = None  # pretrained weights are read before anything is written; a resumed run has its own
     if config.get("init_from") and not _has_checkpoints(run.workdir):
         state, initialised = finetune.initialise_from(config, state, run.train_split.class_names)
-    held.enter_context(distributed.exclusive_workdir(run.workdir))  # before anything is written
+    sign_lock = held.enter_context(distributed.exclusive_workdir(run.workdir))  # before anything is written
     checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
+    _set_aside_damaged(checkpoints)
     _check_resumable(run, checkpoints)
+    sign_lock()
     if is_main_process():
         runtime.warn_if_accelerator_config_on_cpu(config, state.params)
     if initialised:
@@ -479,12 +504,6 @@ def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -
 def _train(run: Run, checkpoints: Checkpoints, state, rng, saved: dict, stop) -> dict:
     """Trains, or completes, the run from ``state``; returns a summary of its validation results."""
     step = int(state.step)
-    if step > run.total_steps:  # its report would name a step its parameters are not from
-        checkpoints.close()
-        raise config_checks.ConfigError(
-            f"{run.workdir} has trained {step} steps, more than this config's {run.total_steps} "
-            "(num_epochs, max_steps); --mode=evaluate scores it, a larger value goes on training it"
-        )
     finished = step >= run.total_steps and distributed.agree(is_main_process() and _report_is_complete(run))
     if is_main_process():
         _write_config(run.workdir, run.config, replace=not finished)
@@ -507,9 +526,11 @@ def _train(run: Run, checkpoints: Checkpoints, state, rng, saved: dict, stop) ->
             checkpoints.close()  # the last good checkpoint may still be being written
             log.close()
             raise
-        except DiskFull:
+        except (DiskFull, OSError) as e:
+            if not isinstance(e, DiskFull) and e.errno != errno.ENOSPC:
+                raise
             log.close(quietly=True)  # what TensorBoard cannot write now is in metrics.jsonl
-            raise
+            raise e if isinstance(e, DiskFull) else checkpoints.out_of_space(e.filename) from None
         finally:
             trainer.feed.close()  # stops the streaming workers
         if trainer.step < run.total_steps:

@@ -3,6 +3,7 @@ full disk during a checkpoint save, a damaged checkpoint, a killed prepare, a de
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 
@@ -75,7 +76,9 @@ def test_a_full_disk_during_a_save_stops_in_one_line_and_the_run_resumes_once_fr
     committed = [int(name) for name in full["checkpoints"] if name.isdigit()]
     resumed = max(committed)
     assert re.search(
-        rf"^error: no space left on the device for checkpoint \d+ in {disk / 'run' / 'checkpoints'} \([\d,.]+ MB "
+        # the checkpoint in flight, or a file written while it fills the disk
+        rf"^error: no space left on the device for (checkpoint \d+ in {disk / 'run' / 'checkpoints'}|"
+        rf"{disk / 'run'}/\S+) \([\d,.]+ MB "
         rf"free, a checkpoint takes 0\.\d MB\); make room for a few, then run the same command: it resumes from "
         rf"step {resumed}\n$",
         full["err"],
@@ -83,3 +86,30 @@ def test_a_full_disk_during_a_save_stops_in_one_line_and_the_run_resumes_once_fr
     assert freed["status"] == 0, freed["err"][-3000:]
     assert f"resuming from step {resumed} of" in freed["out"]
     assert_same_final_state(workdir, straight_run[0])
+
+
+def test_a_damaged_checkpoint_is_named_set_aside_and_the_run_resumes_from_the_newest_intact_one(
+    straight_run, tmp_path, cli
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run[0], workdir)
+    newest = workdir / "checkpoints" / "12"
+    largest = max((f for f in (newest / "state").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    size = largest.stat().st_size
+    os.truncate(largest, size // 2)
+    damaged = f"{largest.relative_to(newest)} holds {size // 2:,} of its {size:,} bytes"
+
+    code, _, err = cli(*TINY, f"--workdir={workdir}", "--mode=evaluate", "--checkpoint=latest")
+    assert code == 2 and err.count("\n") == 1, err[-3000:]
+    assert f"checkpoint 12 in {workdir / 'checkpoints'} is damaged ({damaged}); use another: --checkpoint=" in err
+
+    code, out, err = cli(*TINY, f"--workdir={workdir}")
+    assert code == 0, err[-3000:]
+    assert f"checkpoint 12 in {workdir / 'checkpoints'} is damaged ({damaged}); kept as 12.damaged\n" in out
+    assert "resuming from step 10 of 12" in out
+    assert_same_final_state(workdir, straight_run[0])
+    assert (workdir / "checkpoints" / "12.damaged" / largest.relative_to(newest)).stat().st_size == size // 2
+
+    (workdir / "checkpoints" / "10" / "data" / "metadata").unlink()
+    code, _, err = cli(*TINY, f"--workdir={workdir}", "--mode=evaluate", "--checkpoint=10")
+    assert code == 2 and "checkpoint 10 in" in err and "(data/metadata is missing); use another: --checkpoint=" in err
