@@ -3,9 +3,9 @@ backend is started by each child, not here).
 
     python tests/forked_main.py SPEC OUTDIR
 
-SPEC is JSON: ``{"together": bool, "preload": bool, "runs": [{"argv": [...], "devices": int,
+SPEC is JSON: ``{"together": bool, "preload": bool or module, "runs": [{"argv": [...], "devices": int,
 "x64": bool, "signal": [moment, step, signum] or null}, ...]}`` (``preload``, default true: import
-the training code here, before forking). Runs start one after another (each waits
+the training code, or the module named, here, before forking). Runs start one after another (each waits
 for the one before), or all at once with ``together`` (the processes of one distributed run).
 Each child gets ``devices`` fake CPU devices, JAX's x64 mode if asked, and sends itself
 ``signum`` at ``moment`` of ``step``:
@@ -15,7 +15,8 @@ Each child gets ``devices`` fake CPU devices, JAX's x64 mode if asked, and sends
 - ``save``: inside the asynchronous write of checkpoint ``step``: every file written, the
   checkpoint not yet committed (Orbax's rename of its temporary directory);
 - ``save_started``: right after the save of checkpoint ``step`` has started;
-- ``disk_full``: inside the write of checkpoint ``step``, the disk is full (``ENOSPC``; no signal).
+- ``disk_full``: inside the write of checkpoint ``step``, the disk is full (``ENOSPC``; no signal);
+- ``example``, ``before_rename``, ``after_rename``: moments of ``--mode=prepare`` (see ``_arm_prepare``).
 
 A run's ``remove``, a list of paths, are deleted before it starts (to free space).
 
@@ -27,6 +28,8 @@ group ends them all.
 
 import atexit
 import errno
+import importlib
+import itertools
 import json
 import os
 import pathlib
@@ -52,8 +55,44 @@ def _after(cls, name: str, fires):
     setattr(cls, name, wrapped)
 
 
+def _arm_prepare(moment: str, number: int, send):
+    """``--mode=prepare``'s moments: ``example`` (right after TFDS took example ``number``),
+    ``before_rename`` (TFDS wrote everything, its folder is not yet renamed into place) and
+    ``after_rename``."""
+    import contextlib
+
+    from tensorflow_datasets.core import utils as tfds_utils
+
+    from alexnet_jax import prepare
+
+    if moment == "example":  # counted over all splits
+        examples, taken = prepare._Examples.__call__, itertools.count(1)
+
+        def sending_at_the_example(self, jobs):
+            for example in examples(self, jobs):
+                yield example
+                if next(taken) == number:
+                    send()
+
+        prepare._Examples.__call__ = sending_at_the_example
+        return
+    renaming = tfds_utils.incomplete_dir
+
+    @contextlib.contextmanager
+    def sending_around_the_rename(dirname, *args, **kwargs):
+        with renaming(dirname, *args, **kwargs) as folder:
+            yield folder
+            if moment == "before_rename":
+                send()
+        send()
+
+    tfds_utils.incomplete_dir = sending_around_the_rename
+
+
 def _arm(moment: str, step: int, signum: int):
     """Makes this process send itself ``signum`` at ``moment`` of ``step``."""
+    if moment in ("example", "before_rename", "after_rename"):
+        return _arm_prepare(moment, step, lambda: os.kill(os.getpid(), signum))
     from orbax.checkpoint._src.path import atomicity
 
     from alexnet_jax import checkpointing, train
@@ -120,7 +159,9 @@ def _start(run: dict, outdir: pathlib.Path, i: int) -> int:
 
 
 def _checkpoints(run: dict) -> list[str]:
-    workdir = next(a.split("=", 1)[1] for a in run["argv"] if a.startswith("--workdir="))
+    workdir = next((a.split("=", 1)[1] for a in run["argv"] if a.startswith("--workdir=")), None)
+    if workdir is None:  # --mode=prepare
+        return []
     folder = pathlib.Path(workdir) / "checkpoints"
     return sorted(os.listdir(folder)) if folder.exists() else []
 
@@ -130,8 +171,9 @@ def _ended(run: dict, status: int) -> dict:
 
 
 def run_all(spec: dict, outdir: pathlib.Path) -> list[dict]:
-    if spec.get("preload", True):  # what training imports; runs refused at start need none of it
-        import alexnet_jax.train  # noqa: F401
+    preload = spec.get("preload", True)  # what training imports; runs refused at start need none of it
+    if preload:
+        importlib.import_module("alexnet_jax.train" if preload is True else preload)
     runs = spec["runs"]
     if spec.get("together"):
         pids = [_start(run, outdir, i) for i, run in enumerate(runs)]

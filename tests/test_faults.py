@@ -2,6 +2,7 @@
 full disk during a checkpoint save, a damaged checkpoint, a killed prepare, a dead input worker."""
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -113,3 +114,35 @@ def test_a_damaged_checkpoint_is_named_set_aside_and_the_run_resumes_from_the_ne
     (workdir / "checkpoints" / "10" / "data" / "metadata").unlink()
     code, _, err = cli(*TINY, f"--workdir={workdir}", "--mode=evaluate", "--checkpoint=10")
     assert code == 2 and "checkpoint 10 in" in err and "(data/metadata is missing); use another: --checkpoint=" in err
+
+
+def _records(data_dir) -> dict:
+    """Every record of the ``tiny_folder`` dataset under ``data_dir``, in order, images as stored."""
+    import tensorflow_datasets as tfds
+
+    read = {"image": tfds.decode.SkipDecoding()}
+    sources = {
+        split: tfds.data_source("tiny_folder", data_dir=str(data_dir), split=split, decoders=read)
+        for split in ("train", "val")
+    }
+    return {
+        split: [(r["file_name"], int(r["label"]), bytes(r["image"])) for r in source]
+        for split, source in sources.items()
+    }
+
+
+def test_a_prepare_killed_at_random_moments_then_run_again_equals_an_uninterrupted_one(prepared, tmp_path):
+    rng = random.Random(19)
+    examples = sum(len(v) for v in _records(prepared).values())
+    plan = [("example", rng.randrange(1, examples + 1)), ("before_rename", 0)]
+    plan += rng.choice([[("after_rename", 0)], [("example", rng.randrange(1, examples + 1))]])
+    data_dir = tmp_path / "tfds"
+    argv = ["--mode=prepare", f"--image_folder={prepared.parent / 'images'}", "--dataset_name=tiny_folder"]
+    argv += [f"--data_dir={data_dir}", "--workers=1"]
+    runs = [{"argv": argv, "signal": [moment, number, signal.SIGKILL]} for moment, number in plan]
+    ended = run_forked([*runs, {"argv": argv}], tmp_path / "outputs", preload="alexnet_jax.prepare")
+    for run in ended[:-1]:
+        assert run["status"] == -signal.SIGKILL, (run["signal"], run["err"][-3000:])
+    assert ended[-1]["status"] == 0, ended[-1]["err"][-3000:]
+    assert sorted(p.name for p in (data_dir / "tiny_folder").iterdir()) == ["1.0.0"]  # nothing half-written left
+    assert _records(data_dir) == _records(prepared)
