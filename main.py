@@ -16,7 +16,8 @@ weights, or predict the classes of image files.
 
 Any config field can be overridden with --config.<key>=<value>. Every mistake the program can
 recognise (see README, "Troubleshooting") ends in one line on stderr, ``error: ...``, and exit code 2;
-a training step whose loss or gradients are not finite, in one such line and exit code 3; a stop
+a training step whose loss or gradients are not finite, in one such line and exit code 3; a dead
+input worker process, in one such line and exit code 4 (the last completed step saved); a stop
 signal saves and exits with 130.
 """
 
@@ -29,7 +30,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_STOPPED = 2, 3, 130
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_FAULT, EXIT_STOPPED = 2, 3, 4, 130
 MODES = ["train", "evaluate", "prepare", "convert", "predict"]
 CONVERT_CONFIG = pathlib.Path(__file__).parent / "configs" / "imagenet_torchvision.py"
 _CONFIG_MODULE = "config_config"  # where ml_collections loads the --config file (sys.modules key)
@@ -324,8 +325,9 @@ def run(args: Args) -> int:
 
 def main(argv: list[str]) -> int:
     """The whole command: parse, run, and turn a ``UserError`` into one line and exit code 2, a
-    ``TrainingDiverged`` into one line and exit code 3."""
-    from alexnet_jax.errors import TrainingDiverged, UserError
+    ``TrainingDiverged`` into one line and exit code 3, an ``InputWorkerDied`` into one line and
+    exit code 4."""
+    from alexnet_jax.errors import InputWorkerDied, TrainingDiverged, UserError
 
     if any(arg in ("-h", "--help", "--helpfull", "-?") for arg in argv[1:]):
         flag_values = flags.FlagValues()
@@ -340,6 +342,9 @@ def main(argv: list[str]) -> int:
     except TrainingDiverged as e:  # a non-finite step: one line, the step and the last good checkpoint
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except InputWorkerDied as e:  # a fault, not a mistake: one line, what was saved
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAULT
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, the latest checkpoint stays
         return EXIT_STOPPED
 

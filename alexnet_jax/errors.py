@@ -8,3 +8,8 @@ class UserError(ValueError):
 class TrainingDiverged(RuntimeError):
     """A step's loss or gradients were not finite: training stopped there, nothing after the last good
     checkpoint was saved; the message names the step and that checkpoint."""
+
+
+class InputWorkerDied(RuntimeError):
+    """A process of the streaming input pipeline died (killed, out of memory): the run stopped, its
+    last completed step saved; the message says so."""

@@ -76,7 +76,7 @@ class StreamingEvaluator(Evaluator):
 
     def _scored_batches(self, variables):
         stream = input_pipeline.pipeline(self._batch_fn, 0, self.num_batches, self._workers)
-        batches = iter(input_pipeline.to_devices(stream, self.parallel.shard))
+        batches = input_pipeline.batches(input_pipeline.to_devices(stream, self.parallel.shard))
         try:
             for batch in batches:
                 yield self._step(variables, batch)

@@ -63,33 +63,44 @@ class ResidentFeed:
             self._epoch, self._order = epoch, self.parallel.replicate(order)
         return self.data, self._order
 
-    def close(self):
+    def pause(self):
         pass
+
+    close = pause
 
 
 class StreamingFeed:
-    """Batches read, decoded and put on the devices ahead of the step, from ``start_step`` on."""
+    """Batches read, decoded and put on the devices ahead of the step, from ``start_step`` on. The
+    workers start with the first batch asked for; ``pause`` stops them (during evaluation, so that
+    two sets of workers never hold memory at once) and the next batch asked for starts them again
+    at its step: batches are a function of the step, so nothing changes but the time to start."""
 
     def __init__(self, parallel: DataParallel, config, split, total_steps: int, start_step: int, constants):
-        batch_fn = input_pipeline.TrainBatch(split.read, len(split), config.batch_size, config.seed, process_share())
-        stream = input_pipeline.pipeline(batch_fn, start_step, total_steps, config.input.workers)
-        self._stream = input_pipeline.to_devices(stream, parallel.shard)
+        self._batch_fn = input_pipeline.TrainBatch(
+            split.read, len(split), config.batch_size, config.seed, process_share()
+        )
+        self._total_steps, self._workers, self._put = total_steps, config.input.workers, parallel.shard
         self.step_fn = compile_batch_step(parallel, constants)
-        self._iterator, self._next_step, self._current = None, start_step, None
+        self._batches, self._next_step, self._current = None, start_step, None
 
     def inputs(self, step: int) -> tuple:
         if self._current is None or self._current[0] != step:
             if step != self._next_step:
                 raise ValueError(f"the stream is at step {self._next_step}, not {step}: it is read in order")
-            if self._iterator is None:  # workers start with the first batch asked for
-                self._iterator = iter(self._stream)
-            self._current, self._next_step = (step, next(self._iterator)), step + 1
+            if self._batches is None:
+                stream = input_pipeline.pipeline(self._batch_fn, step, self._total_steps, self._workers)
+                self._batches = input_pipeline.batches(input_pipeline.to_devices(stream, self._put))
+            self._current, self._next_step = (step, next(self._batches)), step + 1
         return (self._current[1],)
 
-    def close(self):
+    def pause(self):
+        """Stops the workers, dropping what they read ahead."""
         self._current = None
-        if self._iterator is not None:
-            self._iterator.close()
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
+
+    close = pause
 
 
 def create_feed(parallel: DataParallel, config, split, steps: range, steps_per_epoch: int, constants):

@@ -13,6 +13,8 @@ its own block of each global batch.
 """
 
 import dataclasses
+import os
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ import numpy as np
 from absl import flags
 
 from alexnet_jax import cpus
+from alexnet_jax.errors import InputWorkerDied
 
 if TYPE_CHECKING:
     import grain
@@ -106,6 +109,12 @@ def pipeline(batch_fn: Callable, start: int, stop: int, workers: int | None) -> 
     if workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain reads its settings from absl's global flags: take the defaults
             flags.FLAGS.mark_as_parsed()
+        # A worker that dies (killed, or stopped with the run) leaves its batches' shared memory to
+        # multiprocessing's resource tracker, which removes it, warning at exit: noise after the
+        # one line the run has said. The tracker is a process started later, hence the variable.
+        quiet, previous = "ignore:resource_tracker:UserWarning", os.environ.get("PYTHONWARNINGS", "")
+        if quiet not in previous:
+            os.environ["PYTHONWARNINGS"] = f"{previous},{quiet}" if previous else quiet
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
     return dataset
 
@@ -117,3 +126,27 @@ def to_devices(dataset: "grain.IterDataset", put: Callable, host_buffer: int = 4
     dataset = grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=host_buffer)
     dataset = dataset.map(put)
     return grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=device_buffer)
+
+
+def batches(dataset: "grain.IterDataset"):
+    """Iterates ``dataset``; a worker process that died (Grain raises ``RuntimeError``) becomes
+    ``InputWorkerDied``, in one line. Closing the generator stops the workers."""
+    iterator = iter(dataset)
+    try:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                died = re.search(r"Worker process was terminated unexpectedly with exit code (-?\d+)", str(e))
+                if died is None:
+                    raise
+                code = int(died.group(1))
+                how = f"killed by signal {-code}{' (as by the out-of-memory killer)' if code == -9 else ''}"
+                raise InputWorkerDied(
+                    f"an input worker process died ({how if code < 0 else f'exit code {code}'})"
+                ) from None
+            yield batch
+    finally:
+        iterator.close()

@@ -32,7 +32,7 @@ from alexnet_jax import config_checks, datasets, distributed, files, finetune, m
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, DiskFull, check_signature
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import AgreedStop, is_main_process
-from alexnet_jax.errors import TrainingDiverged
+from alexnet_jax.errors import InputWorkerDied, TrainingDiverged
 from alexnet_jax.evaluation import create_evaluator
 from alexnet_jax.feeds import create_feed, host_views
 from alexnet_jax.parallel import DataParallel
@@ -329,6 +329,7 @@ class _Trainer:
         """Scores the current parameters; logs the result unless ``log`` is None.
 
         Returns (metrics, predictions, labels)."""
+        self.feed.pause()  # the training workers stop while the evaluation's run
         metrics, predictions, labels = self.evaluator(state_variables(self.state))
         if log is not None:
             epoch = self.step / self.run.steps_per_epoch
@@ -522,15 +523,8 @@ def _train(run: Run, checkpoints: Checkpoints, state, rng, saved: dict, stop) ->
             if trainer.last_saved != trainer.step:
                 trainer.save()
             checkpoints.close()  # waits for the save
-        except TrainingDiverged:
-            checkpoints.close()  # the last good checkpoint may still be being written
-            log.close()
-            raise
-        except (DiskFull, OSError) as e:
-            if not isinstance(e, DiskFull) and e.errno != errno.ENOSPC:
-                raise
-            log.close(quietly=True)  # what TensorBoard cannot write now is in metrics.jsonl
-            raise e if isinstance(e, DiskFull) else checkpoints.out_of_space(e.filename) from None
+        except (TrainingDiverged, InputWorkerDied, DiskFull, OSError) as e:
+            raise _stopped_by(e, trainer, log) from None
         finally:
             trainer.feed.close()  # stops the streaming workers
         if trainer.step < run.total_steps:
@@ -540,3 +534,29 @@ def _train(run: Run, checkpoints: Checkpoints, state, rng, saved: dict, stop) ->
         _finish(trainer, log, last_eval)
     log.close()
     return _summary(run)
+
+
+def _stopped_by(error: Exception, trainer: _Trainer, log: metrics_log.MetricsLog) -> Exception:
+    """What a run stopped by ``error`` raises, once it has saved what it can: a divergence keeps the
+    last good checkpoint; a dead input worker saves the last completed step (unless its evaluation
+    is not done: the checkpoint before it stands); a full disk (``DiskFull``, or ``ENOSPC`` from any
+    other file) says how much space to make."""
+    checkpoints, run = trainer.checkpoints, trainer.run
+    if isinstance(error, OSError) and error.errno != errno.ENOSPC:
+        return error
+    if isinstance(error, (DiskFull, OSError)):
+        log.close(quietly=True)  # what TensorBoard cannot write now is in metrics.jsonl
+        return error if isinstance(error, DiskFull) else checkpoints.out_of_space(error.filename)
+    if isinstance(error, InputWorkerDied):
+        if trainer.last_saved != trainer.step and not run.evaluates_at(trainer.step):
+            trainer.save()
+        checkpoints.close()
+        log.close()
+        saved = checkpoints.latest_step()
+        return InputWorkerDied(
+            f"{error}; stopped with {f'step {saved}' if saved else 'nothing'} saved: run the same command to resume "
+            "(with fewer --config.input.workers if memory is short)"
+        )
+    checkpoints.close()  # the last good checkpoint may still be being written
+    log.close()
+    return error

@@ -16,6 +16,8 @@ Each child gets ``devices`` fake CPU devices, JAX's x64 mode if asked, and sends
   checkpoint not yet committed (Orbax's rename of its temporary directory);
 - ``save_started``: right after the save of checkpoint ``step`` has started;
 - ``disk_full``: inside the write of checkpoint ``step``, the disk is full (``ENOSPC``; no signal);
+- ``input_worker``: the streaming input's worker process asked for batch ``step`` sends the signal
+  to itself;
 - ``example``, ``before_rename``, ``after_rename``: moments of ``--mode=prepare`` (see ``_arm_prepare``).
 
 A run's ``remove``, a list of paths, are deleted before it starts (to free space).
@@ -31,6 +33,7 @@ import errno
 import importlib
 import itertools
 import json
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -89,10 +92,29 @@ def _arm_prepare(moment: str, number: int, send):
     tfds_utils.incomplete_dir = sending_around_the_rename
 
 
+class _DyingAt:
+    """A training batch function whose input worker process sends itself ``signum`` when asked
+    for batch ``step`` (pickled by reference into the worker processes, which import this module)."""
+
+    def __init__(self, batch_fn, step: int, signum: int):
+        self.batch_fn, self.step, self.signum = batch_fn, step, signum
+
+    def __call__(self, step: int):
+        if step == self.step and multiprocessing.parent_process() is not None:
+            os.kill(os.getpid(), self.signum)
+        return self.batch_fn(step)
+
+
 def _arm(moment: str, step: int, signum: int):
     """Makes this process send itself ``signum`` at ``moment`` of ``step``."""
     if moment in ("example", "before_rename", "after_rename"):
         return _arm_prepare(moment, step, lambda: os.kill(os.getpid(), signum))
+    if moment == "input_worker":
+        from alexnet_jax import input_pipeline
+
+        batches = input_pipeline.TrainBatch
+        input_pipeline.TrainBatch = lambda *args: _DyingAt(batches(*args), step, signum)
+        return
     from orbax.checkpoint._src.path import atomicity
 
     from alexnet_jax import checkpointing, train

@@ -2,12 +2,14 @@
 resident path's, split between processes without overlap, and a streamed run resumes exactly after SIGKILLs."""
 
 import json
+import re
+import signal
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import TINY, assert_survived_the_kills, kill_and_restart, kill_plan, tiny_run_config
+from conftest import TINY, assert_survived_the_kills, kill_and_restart, kill_plan, run_forked, tiny_run_config
 
 from alexnet_jax import datasets, input_pipeline, metrics_log
 from alexnet_jax.feeds import ResidentFeed, StreamingFeed
@@ -124,6 +126,28 @@ def test_sigkills_at_random_moments_then_restarts_end_as_an_uninterrupted_run(pr
     plan = kill_plan(1, [2, 3, 4, 6], [3, 6], 6, after_a_step=False)
     runs = kill_and_restart(plan, tmp_path / "run", stream_flags(prepared))
     assert_survived_the_kills(runs, tmp_path / "run", straight_stream_run[0], 6)
+
+
+def test_a_dead_input_worker_stops_the_run_in_one_line_with_its_last_step_saved(
+    prepared, straight_stream_run, tmp_path
+):
+    workdir, flags = (
+        tmp_path / "run",
+        [*stream_flags(prepared), "--config.input.workers=1", f"--workdir={tmp_path / 'run'}"],
+    )
+    dying = {"argv": flags, "signal": ["input_worker", 4, signal.SIGKILL]}  # as the out-of-memory killer does
+    died, resumed = run_forked([dying, {"argv": flags}], tmp_path / "outputs", timeout=120)  # no hang
+    said = re.fullmatch(
+        r"error: an input worker process died \(killed by signal 9 \(as by the out-of-memory killer\)\); stopped "
+        r"with step (\d) saved: run the same command to resume \(with fewer --config.input.workers if memory is "
+        r"short\)\n",
+        died["err"].split("\r")[-1],  # after the progress bar
+    )
+    assert died["status"] == 4 and said, died["err"][-3000:]
+    saved = int(said.group(1))
+    assert str(saved) in died["checkpoints"] and 0 < saved <= 4
+    assert resumed["status"] == 0 and f"resuming from step {saved} of 6" in resumed["out"], resumed["err"][-3000:]
+    assert_survived_the_kills([resumed], workdir, straight_stream_run[0], 6)
 
 
 class EncodedRecords(list):
