@@ -38,7 +38,8 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ProcessShare:
-    """Which block of each global batch this process reads: ``index`` of ``count`` equal blocks."""
+    """Which block of each global batch this process reads: ``index`` of ``count`` equal blocks
+    (the mesh puts process p's devices at block p: ``parallel.check_process_blocks``)."""
 
     index: int = 0
     count: int = 1

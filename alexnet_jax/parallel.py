@@ -31,14 +31,34 @@ def process_share() -> ProcessShare:
     return ProcessShare(jax.process_index(), jax.process_count())
 
 
+def by_process(devices: Sequence) -> list:
+    """``devices`` with each process's devices next to each other, in process order (each
+    process's in their given order): process p's devices then hold block p of the mesh, which
+    ``ProcessShare`` assumes (``jax.devices()`` need not be in that order, e.g. on TPU slices)."""
+    return sorted(devices, key=lambda device: device.process_index)  # a stable sort
+
+
+def check_process_blocks(devices: Sequence):
+    """Raises ``ValueError`` unless process p's devices are block p of ``devices`` (equal blocks)."""
+    per_process = len(devices) // len({device.process_index for device in devices})
+    for position, device in enumerate(devices):
+        if device.process_index != position // per_process:
+            raise ValueError(
+                f"device {position} of the mesh belongs to process {device.process_index}, not to process "
+                f"{position // per_process}: each process's batch block would land on other processes' devices"
+            )
+
+
 class DataParallel:
-    """Places data on, and runs per-device functions over, a 1-D ``'batch'`` mesh of ``devices``."""
+    """Places data on, and runs per-device functions over, a 1-D ``'batch'`` mesh of ``devices``
+    (default: every device, grouped by process)."""
 
     def __init__(self, mode: str, devices: Sequence[jax.Device] | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown parallel mode {mode!r}; choose one of {MODES}")
         self.mode = mode
-        self.devices = list(devices if devices is not None else jax.devices())
+        self.devices = list(devices if devices is not None else by_process(jax.devices()))
+        check_process_blocks(self.devices)
         self.mesh = Mesh(np.array(self.devices), (AXIS,))
         self._split = NamedSharding(self.mesh, P(AXIS))
         self._whole = NamedSharding(self.mesh, P())

@@ -31,6 +31,7 @@ often) and at its end, and the files it left. Prints a Markdown table
 and writes it, with the per-image costs, to ``ROOT/rehearsal.json``.
 """
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -210,6 +211,7 @@ class Measured:
     seconds: float = 0.0
     exit_code: int | None = None
     peak_rss: int = 0
+    peak_processes: int = 0  # the process and its descendants (input workers, encoders), at most at once
     start_disk: int = 0
     peak_disk: int = 0
     final_disk: int = 0
@@ -228,6 +230,8 @@ def measure(stage: str, command: list[str], folders, stop_when=None) -> Measured
     process, stopped = psutil.Process(child.pid), False
     while child.poll() is None:
         result.peak_rss = max(result.peak_rss, tree_rss(process))
+        with contextlib.suppress(psutil.Error):
+            result.peak_processes = max(result.peak_processes, 1 + len(process.children(recursive=True)))
         result.peak_disk = max(result.peak_disk, disk_use(folders)[0])
         if stop_when is not None and not stopped and stop_when():
             child.send_signal(signal.SIGTERM)

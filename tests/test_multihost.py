@@ -85,3 +85,17 @@ def test_two_processes_train_in_step_stop_together_and_resume_in_one(tmp_path, c
     assert f"resuming from step {STEPS_PER_EPOCH} of {STEPS}" in out
     assert [r["step"] for r in records(tmp_path / "two", "eval")] == [STEPS_PER_EPOCH, STEPS]
     assert json.loads((tmp_path / "two" / "validation_report.json").read_text())["step"] == STEPS
+
+
+def test_the_mesh_holds_each_process_devices_as_its_block_of_the_batch():
+    import collections
+
+    from alexnet_jax.parallel import by_process, check_process_blocks
+
+    device = collections.namedtuple("Device", "id process_index")
+    interleaved = [device(i, i % 2) for i in range(8)]  # as jax.devices() may list a TPU slice's
+    with pytest.raises(ValueError, match="device 1 of the mesh belongs to process 1, not to process 0"):
+        check_process_blocks(interleaved)
+    ordered = by_process(interleaved)
+    check_process_blocks(ordered)
+    assert [d.id for d in ordered] == [0, 2, 4, 6, 1, 3, 5, 7]  # each process's own order kept
