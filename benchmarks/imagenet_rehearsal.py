@@ -212,6 +212,7 @@ class Measured:
     exit_code: int | None = None
     peak_rss: int = 0
     peak_processes: int = 0  # the process and its descendants (input workers, encoders), at most at once
+    peak_child_rss: int = 0  # the most resident bytes of any one child process (with its own children)
     start_disk: int = 0
     peak_disk: int = 0
     final_disk: int = 0
@@ -231,7 +232,9 @@ def measure(stage: str, command: list[str], folders, stop_when=None) -> Measured
     while child.poll() is None:
         result.peak_rss = max(result.peak_rss, tree_rss(process))
         with contextlib.suppress(psutil.Error):
-            result.peak_processes = max(result.peak_processes, 1 + len(process.children(recursive=True)))
+            children = process.children(recursive=True)
+            result.peak_processes = max(result.peak_processes, 1 + len(children))
+            result.peak_child_rss = max([result.peak_child_rss, *(tree_rss(child) for child in children)])
         result.peak_disk = max(result.peak_disk, disk_use(folders)[0])
         if stop_when is not None and not stopped and stop_when():
             child.send_signal(signal.SIGTERM)
