@@ -7,7 +7,9 @@ count (``optax.apply_if_finite``); by default the run then stops with ``Training
 nothing after the last good checkpoint, or it goes on counting such steps (``nonfinite_updates``).
 A run is resumable at every checkpoint and ends, however often it was stopped, killed or run
 again, with what an uninterrupted run leaves: an evaluation at every evaluated epoch (logged
-once), the final report and the curves.
+once), the final report and the curves. One run at a time trains in a workdir (it holds its lock);
+damaged checkpoints are set aside and the newest intact one resumes; a full disk or a dead input
+worker stops the run in one line, saying what was saved.
 
 With several processes every one runs this loop in step with the others; process 0 alone writes
 logs, plots and reports and prints, checkpoints are written by all together (Orbax), and a stop

@@ -47,6 +47,7 @@ SLOWEST_FILES = (
     "test_multihost.py",
     "test_run.py",
     "test_streaming.py",
+    "test_faults.py",
     "test_errors.py",
     "test_train_step.py",
     "test_data.py",
