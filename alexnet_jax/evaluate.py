@@ -19,9 +19,9 @@ from alexnet_jax.checkpointing import (
 )
 from alexnet_jax.distributed import is_main_process
 from alexnet_jax.evaluation import create_evaluator
+from alexnet_jax.experiment import load_split, model_input_shape, model_signature, step_constants
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.report import write_report
-from alexnet_jax.train import load_split, model_input_shape, model_signature, step_constants
 from alexnet_jax.train_step import model_variables
 
 

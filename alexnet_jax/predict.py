@@ -27,9 +27,9 @@ from PIL import Image
 from alexnet_jax import config_checks, cpus, files, models, plots, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, read_variables
 from alexnet_jax.evaluate import resolve_checkpoint
+from alexnet_jax.experiment import step_constants
 from alexnet_jax.images import CentreSquare, Encoding, EvaluationInput
 from alexnet_jax.torchvision_weights import readable_class_names
-from alexnet_jax.train import step_constants
 from alexnet_jax.train_step import eval_log_probabilities, model_variables
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")

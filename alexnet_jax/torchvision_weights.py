@@ -166,7 +166,7 @@ def convert(weights: str, config, workdir: str) -> dict:
 
     from alexnet_jax import files, runtime
     from alexnet_jax.checkpointing import Checkpoints
-    from alexnet_jax.train import create_state, model_signature
+    from alexnet_jax.experiment import create_state, model_signature
 
     if config.model.name != "alexnet_owt":
         raise UserError(

@@ -1,10 +1,11 @@
 """The training loop: a feed (resident or streamed data), data-parallel steps, evaluation, checkpoints, logs.
 
-After each step the loop runs its periodic actions in order (check the step was finite, log,
-evaluate at epoch ends, checkpoint), small named pieces in the spirit of CLU's; a stop request is
-honoured after them. A step whose loss or gradients are not finite changes nothing but the step
-count (``optax.apply_if_finite``); by default the run then stops with ``TrainingDiverged``, saving
-nothing after the last good checkpoint, or it goes on counting such steps (``nonfinite_updates``).
+After each step the loop runs its periodic jobs in order, each where its trigger reads
+(``itstime(step, every)``, as in big_vision's loop): check the step was finite, log, evaluate at
+evaluated epochs' ends, checkpoint; a stop request is honoured after them. A step whose loss or
+gradients are not finite changes nothing but the step count (``optax.apply_if_finite``); by
+default the run then stops with ``TrainingDiverged``, saving nothing after the last good
+checkpoint, or it goes on counting such steps (``nonfinite_updates``).
 A run is resumable at every checkpoint and ends, however often it was stopped, killed or run
 again, with what an uninterrupted run leaves: an evaluation at every evaluated epoch (logged
 once), the final report and the curves. One run at a time trains in a workdir (it holds its lock);
@@ -17,12 +18,10 @@ requested on any process stops all of them at the same step.
 """
 
 import contextlib
-import dataclasses
 import errno
 import json
 import pathlib
 import signal
-import sys
 import threading
 import time
 
@@ -30,58 +29,18 @@ import jax
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, datasets, distributed, files, finetune, metrics_log, models, optim, runtime
+from alexnet_jax import config_checks, distributed, files, finetune, metrics_log, optim, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, DiskFull, check_signature
-from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import AgreedStop, is_main_process
 from alexnet_jax.errors import InputWorkerDied, TrainingDiverged
 from alexnet_jax.evaluation import create_evaluator
-from alexnet_jax.feeds import create_feed, host_views
+from alexnet_jax.experiment import Run, create_state, load_run, say, step_constants
+from alexnet_jax.feeds import create_feed
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.report import write_report
-from alexnet_jax.train_step import StepConstants, create_train_state, state_variables
+from alexnet_jax.train_step import state_variables
 
 REPORT = "validation"  # the final report's file prefix: validation_report.json, validation_confusion.png, ...
-
-
-def step_constants(config, num_classes: int) -> StepConstants:
-    return StepConstants(
-        num_classes=num_classes,
-        label_smoothing=config.optimizer.label_smoothing,
-        crop_padding=config.augment.crop_padding,
-        crop_size=config.augment.crop_size,
-        flip=config.augment.flip,
-        pca_noise=config.augment.pca_noise,
-        normalization=config.dataset.normalization,
-        eval_crops=config.eval_crops,
-        eval_flip=config.eval_flip,
-    )
-
-
-def model_input_shape(config, image_shape) -> tuple[int, ...]:
-    """What the model sees: ``crop_size`` crops of the stored images, or the images whole."""
-    size = config.augment.crop_size
-    return tuple(image_shape) if size is None else (size, size, image_shape[-1])
-
-
-def create_state(config, num_classes: int, image_shape, steps_per_epoch: int):
-    """Model, optimizer and freshly initialised train state; returns (state, schedule).
-
-    ``model.dtype=float64`` keeps the parameters and the optimizer state in float64 too (for
-    numerical checks: results that differ only in the order of sums then agree to ~1e-15)."""
-    model = models.create_model(config.model, num_classes)
-    schedule = optim.create_schedule(config, steps_per_epoch)
-    tx = optim.create_optimizer(config, schedule)
-    param_dtype = np.float64 if config.model.get("dtype") == "float64" else np.float32
-    rng = jax.random.key(config.seed)
-    return create_train_state(model, tx, model_input_shape(config, image_shape), rng, param_dtype), schedule
-
-
-def say(message: str):
-    """Prints ``message`` above the progress bar, from process 0 only."""
-    if is_main_process():
-        tqdm.tqdm.write(message)
-        sys.stdout.flush()
 
 
 class StopRequests:
@@ -114,80 +73,6 @@ class StopRequests:
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
-
-
-def model_signature(model_config) -> dict:
-    """The model fields that shape the parameters (compute dtype and dropout do not), JSON-ready."""
-    fields = {k: v for k, v in model_config.items() if k not in ("dtype", "dropout_rate")}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """What one training run is made of, fixed before its first step."""
-
-    config: object
-    workdir: pathlib.Path
-    parallel: DataParallel
-    train_split: ArraySplit | StreamSplit
-    val_split: ArraySplit | StreamSplit
-    steps_per_epoch: int
-
-    @property
-    def total_steps(self) -> int:
-        """``num_epochs`` of steps, or ``max_steps`` if fewer (the same schedule, cut short)."""
-        return min(self.config.num_epochs * self.steps_per_epoch, self.config.get("max_steps") or np.inf)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.train_split.class_names)
-
-    def evaluates_at(self, step: int) -> bool:
-        """Whether ``step`` is evaluated: the run's last step, and the ends of every ``eval_every_epochs``-th epoch."""
-        epoch, rest = divmod(step, self.steps_per_epoch)
-        return step == self.total_steps or (step > 0 and rest == 0 and epoch % self.config.eval_every_epochs == 0)
-
-    def signature(self) -> dict:
-        """What the parameters and the data order depend on: a checkpoint resumes only where it matches."""
-        return {
-            "model": model_signature(self.config.model),
-            "num_classes": self.num_classes,
-            "image_shape": list(self.train_split.image_shape),
-            "global_batch_size": self.config.batch_size,
-            "dataset": self.config.dataset.name,
-            "train_split": self.config.dataset.train_split,
-            "train_examples": len(self.train_split),
-            "seed": self.config.seed,  # the data order, the augmentation and dropout keys
-        }
-
-    def checkpoint_data(self, step: int) -> dict:
-        position = {"epoch": step // self.steps_per_epoch, "step_in_epoch": step % self.steps_per_epoch}
-        names = {"class_names": list(self.train_split.class_names)}  # for --mode=predict; not compared
-        return {**position, **self.signature(), **names}
-
-
-def load_split(config, split: str, train: bool) -> ArraySplit | StreamSplit:
-    """A split as the config's input pipeline reads it for training or evaluation; checks the crops fit."""
-    views = host_views(config.input)
-    stream = config.input.pipeline == "streaming"
-    loaded = datasets.load_split(config.dataset, split, stream, views[0] if train else views[1], config.input.workers)
-    config_checks.check_crop(config, loaded.image_shape)
-    return loaded
-
-
-def load_run(config, workdir: pathlib.Path) -> Run:
-    """Checks the config and the workdir and reads the data; raises ``UserError`` before writing anything."""
-    config_checks.validate(config, jax.device_count())
-    runtime.check_workdir(workdir)
-    say(runtime.platform_line())
-    train_split = load_split(config, config.dataset.train_split, train=True)
-    val_split = load_split(config, config.dataset.eval_split, train=False)
-    if config.batch_size > len(train_split):
-        raise config_checks.ConfigError(
-            f"--config.batch_size={config.batch_size} exceeds the {len(train_split)} training examples; lower it"
-        )
-    steps_per_epoch = len(train_split) // config.batch_size
-    return Run(config, workdir, DataParallel(config.parallel), train_split, val_split, steps_per_epoch)
 
 
 def _summary(run: Run) -> dict:
@@ -370,72 +255,48 @@ class _ThroughputWindow:
         return {**values, "images_per_s": self.steps * self.batch_size / elapsed}
 
 
-class _LogTrain:
-    """Periodic action: every ``log_every_steps``, at each epoch's end and at the last step, the
-    window's means and the rate go to the log and the progress bar."""
-
-    def __init__(self, log: metrics_log.MetricsLog, window: _ThroughputWindow, bar: tqdm.tqdm):
-        self.log, self.window, self.bar = log, window, bar
-
-    def __call__(self, trainer: "_Trainer", stopping: bool):
-        step, run = trainer.step, trainer.run
-        if step % run.config.log_every_steps and step % run.steps_per_epoch and step != run.total_steps:
-            return
-        values = {"epoch": step / run.steps_per_epoch, **self.window.means()}
-        record = self.log.write("train", step, {**values, "learning_rate": trainer.learning_rate()})
-        postfix = {"epoch": f"{record['epoch']:.2f}", "loss": f"{record['loss']:.3f}"}
-        self.bar.set_postfix(**postfix, img_s=f"{record['images_per_s']:.0f}")
-        self.window.restart()
+def itstime(step: int, every: int, last_step: int | None = None) -> bool:
+    """Whether a job run every ``every`` steps (and at ``last_step``) runs after ``step``."""
+    return step % every == 0 or step == last_step
 
 
-class _EvaluateEpochs:
-    """Periodic action: at each evaluated epoch's end (even when stopping, so none is skipped), scores
-    the parameters, applies the plateau rule and saves; keeps the last result for the report."""
-
-    def __init__(self, log: metrics_log.MetricsLog, window: _ThroughputWindow):
-        self.log, self.window, self.last = log, window, None
-
-    def __call__(self, trainer: "_Trainer", stopping: bool):
-        if not trainer.run.evaluates_at(trainer.step):
-            return
-        self.last = trainer.evaluate(self.log)
-        trainer.follow_plateau_rule(self.last[0]["top1"])
-        trainer.save({"val_top1": self.last[0]["top1"]})
-        self.window.restart()  # evaluation time is not training throughput
-
-
-def _check_finite(trainer: "_Trainer", stopping: bool):
-    """Periodic action, first: stops at a step whose loss or gradients were not finite (read one step late)."""
-    trainer.check_finite(latest=False)
-
-
-def _save_checkpoint(trainer: "_Trainer", stopping: bool):
-    """Periodic action: saves every ``checkpoint_every_steps``, unless just saved (the loop's caller
-    saves the step it stops at)."""
-    if trainer.step % trainer.run.config.checkpoint_every_steps == 0 and trainer.last_saved != trainer.step:
-        trainer.save()
+def _log_train(trainer: "_Trainer", log: metrics_log.MetricsLog, window: _ThroughputWindow, bar: tqdm.tqdm):
+    """The window's means and the rate to the log and the progress bar; a new window."""
+    step, run = trainer.step, trainer.run
+    values = {"epoch": step / run.steps_per_epoch, **window.means()}
+    record = log.write("train", step, {**values, "learning_rate": trainer.learning_rate()})
+    postfix = {"epoch": f"{record['epoch']:.2f}", "loss": f"{record['loss']:.3f}"}
+    bar.set_postfix(**postfix, img_s=f"{record['images_per_s']:.0f}")
+    window.restart()
 
 
 def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple | None:
-    """Trains until the end or a stop request (agreed by all processes), running the periodic
-    actions after each step, in order; returns the last evaluation (metrics, predictions, labels)."""
-    run, stop = trainer.run, AgreedStop(stop, trainer.run.parallel)
+    """Trains until the end or a stop request (agreed by all processes), each periodic job after
+    the step that triggers it; returns the last evaluation (metrics, predictions, labels)."""
+    run, config, stop = trainer.run, trainer.run.config, AgreedStop(stop, trainer.run.parallel)
     say(f"compiled the train step in {trainer.compile():.1f} s")
-    window = _ThroughputWindow(run.parallel, run.config.batch_size)
+    window = _ThroughputWindow(run.parallel, config.batch_size)
     hidden = None if is_main_process() else True  # None: shown on a terminal
     bar = tqdm.tqdm(total=run.total_steps, initial=trainer.step, desc="train", unit="step", disable=hidden)
-    evaluate = _EvaluateEpochs(log, window)
-    actions = (_check_finite, _LogTrain(log, window, bar), evaluate, _save_checkpoint)
+    last_eval = None
     while trainer.step < run.total_steps:
         window.add(trainer.train_step())
         bar.update(1)
-        stopping = stop.poll(trainer.step)
-        for action in actions:
-            action(trainer, stopping)
+        step, stopping = trainer.step, stop.poll(trainer.step)
+        trainer.check_finite(latest=False)  # stops at a non-finite step (its flag read one step late)
+        if itstime(step, config.log_every_steps, run.total_steps) or itstime(step, run.steps_per_epoch):
+            _log_train(trainer, log, window, bar)
+        if run.evaluates_at(step):  # even when stopping, so that no evaluated epoch is skipped
+            last_eval = trainer.evaluate(log)
+            trainer.follow_plateau_rule(last_eval[0]["top1"])
+            trainer.save({"val_top1": last_eval[0]["top1"]})
+            window.restart()  # evaluation time is not training throughput
+        if itstime(step, config.checkpoint_every_steps) and trainer.last_saved != step:
+            trainer.save()  # the step a run stops at is saved by the caller
         if stopping:
             break
     bar.close()
-    return evaluate.last
+    return last_eval
 
 
 def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | None):

@@ -26,8 +26,8 @@ from ml_collections import config_flags
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alexnet_jax import feeds, runtime  # noqa: E402
+from alexnet_jax.experiment import create_state, load_split, step_constants  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
-from alexnet_jax.train import create_state, load_split, step_constants  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar10_cpu.py", "Config to run.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Grain worker processes for the streaming rows.")

@@ -20,10 +20,10 @@ from ml_collections import config_flags
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alexnet_jax import datasets  # noqa: E402
+from alexnet_jax.experiment import create_state, step_constants  # noqa: E402
 from alexnet_jax.feeds import compile_train_step  # noqa: E402
 from alexnet_jax.input_pipeline import epoch_order  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
-from alexnet_jax.train import create_state, step_constants  # noqa: E402
 
 FLAGS = flags.FLAGS
 

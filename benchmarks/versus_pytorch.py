@@ -43,9 +43,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import configs.cifar10  # noqa: E402
 from alexnet_jax import models  # noqa: E402
+from alexnet_jax.experiment import create_state, step_constants  # noqa: E402
 from alexnet_jax.feeds import compile_batch_step  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
-from alexnet_jax.train import create_state, step_constants  # noqa: E402
 from benchmarks.timing import time_steps  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", ["alexnet_owt", "alexnet2012", "alexnet_cifar"], "Networks to time.")

@@ -110,7 +110,7 @@ def float64_state(config, split, steps_per_epoch):
     """A train state whose parameters and optimizer state are float64 (call inside x64 mode)."""
     import jax
 
-    from alexnet_jax.train import create_state
+    from alexnet_jax.experiment import create_state
 
     assert config.model.dtype == "float64"  # create_state then keeps parameters and optimizer state in float64
     state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch)

@@ -10,9 +10,9 @@ from conftest import float64_state
 
 from alexnet_jax import augment, datasets
 from alexnet_jax.evaluation import ResidentEvaluator
+from alexnet_jax.experiment import step_constants
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.report import confusion_matrix
-from alexnet_jax.train import step_constants
 from alexnet_jax.train_step import state_variables
 
 

@@ -12,11 +12,12 @@ import pytest
 from conftest import TINY, assert_survived_the_kills, kill_and_restart, kill_plan, run_forked, tiny_run_config
 
 from alexnet_jax import datasets, input_pipeline, metrics_log
+from alexnet_jax.experiment import step_constants
 from alexnet_jax.feeds import ResidentFeed, StreamingFeed
 from alexnet_jax.input_pipeline import ProcessShare, TrainBatch
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
 from alexnet_jax.report import confusion_from_report
-from alexnet_jax.train import step_constants, train_and_evaluate
+from alexnet_jax.train import train_and_evaluate
 from alexnet_jax.train_step import resident_batch
 
 

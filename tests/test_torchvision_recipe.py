@@ -11,8 +11,8 @@ from conftest import SMALL_IMAGENET_RUN, datasets_config, write_imagenet_style_f
 from PIL import Image
 
 from alexnet_jax import datasets
+from alexnet_jax.experiment import load_split
 from alexnet_jax.images import CentreSquare, RandomResizedCrop, example_rng
-from alexnet_jax.train import load_split
 
 
 def jpeg(width, height) -> bytes:

@@ -19,10 +19,10 @@ from conftest import float64_state, tiny_config
 
 from alexnet_jax import augment, config_checks, datasets
 from alexnet_jax.checkpointing import Checkpoints
+from alexnet_jax.experiment import step_constants
 from alexnet_jax.feeds import compile_batch_step, compile_train_step
 from alexnet_jax.input_pipeline import epoch_order
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
-from alexnet_jax.train import step_constants
 from alexnet_jax.train_step import StepConstants, state_variables
 
 STEPS = 3
