@@ -15,7 +15,7 @@ weights, or predict the classes of image files.
       --config.init_from=runs/torchvision_alexnet --config.dataset.name=NAME --config.dataset.data_dir=DATA_DIR
 
 Any config field can be overridden with --config.<key>=<value>. Every mistake the program can
-recognise (see README, "Troubleshooting") ends in one line on stderr, ``error: ...``, and exit code 2;
+recognise (see docs/troubleshooting.md) ends in one line on stderr, ``error: ...``, and exit code 2;
 a training step whose loss or gradients are not finite, in one such line and exit code 3; a dead
 input worker process, in one such line and exit code 4 (the last completed step saved); a stop
 signal saves and exits with 130.

@@ -57,15 +57,19 @@ def _best_metric(metrics) -> float:
     return metrics[BEST_METRIC]
 
 
-def check_signature(saved: dict, expected: dict, workdir, remedy: str):
+def check_signature(saved: dict, expected: dict, workdir, remedy: str, prefix: str = ""):
     """Raises ``CheckpointError`` naming the first signature field where ``saved`` differs.
 
-    Fields the saved checkpoint lacks (written by an older version) are not compared.
-    """
+    Fields one side lacks (written by an older version, or taken by another model only) are not
+    compared; nested fields (the model's) are compared one by one."""
     for key, want in expected.items():
-        if key in saved and saved[key] != want:
+        there = saved.get(key, want)
+        if isinstance(want, dict) and isinstance(there, dict):
+            check_signature(there, want, workdir, remedy, f"{prefix}{key}.")
+        elif there != want:
             raise CheckpointError(
-                f"{workdir} holds checkpoints of a different run ({key}: {saved[key]!r} there, {want!r} now); {remedy}"
+                f"{workdir} holds checkpoints of a different run ({prefix}{key}: {there!r} there, {want!r} now); "
+                + remedy
             )
 
 

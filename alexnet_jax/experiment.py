@@ -59,8 +59,10 @@ def say(message: str):
 
 
 def model_signature(model_config) -> dict:
-    """The model fields that shape the parameters (compute dtype and dropout do not), JSON-ready."""
-    fields = {k: v for k, v in model_config.items() if k not in ("dtype", "dropout_rate")}
+    """The model's name and the fields it takes that shape its parameters (not the compute dtype,
+    not dropout; not the fields only other models take), JSON-ready."""
+    shaping = models.model_fields(model_config.name) - {"dtype", "dropout_rate"}
+    fields = {k: v for k, v in model_config.items() if k == "name" or k in shaping}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
 

@@ -1,4 +1,4 @@
-"""The catalogue of command-line mistakes (README, "Troubleshooting"): each ends in one line,
+"""The catalogue of command-line mistakes (docs/troubleshooting.md): each ends in one line,
 ``error: ...``, naming the problem and the fix, exit code 2, no traceback, and nothing written
 that could mislead or lost: the directories involved are byte-for-byte what they were."""
 
@@ -144,7 +144,7 @@ CASES = [
     ),
     ("workdir under a file", lambda p: [*TINY, f"--workdir={p['a_file']}/run"], "a_file is a file, not a directory"),
     ("workdir not writable", lambda p: [*TINY, "--workdir=/proc/self/run"], "/proc/self is not writable"),
-    ("another model", lambda p: [*p["trained"], "--config.model.width=0.25"], "different run (model: {"),
+    ("another model", lambda p: [*p["trained"], "--config.model.width=0.25"], "(model.width: 0.125 there, 0.25 now)"),
     ("another class count", lambda p: [*p["trained"], "--config.dataset.synthetic_classes=5"], "(num_classes: 10"),
     ("another batch layout", lambda p: [*p["trained"], "--config.batch_size=32"], "(global_batch_size: 64 there, 32"),
     ("more steps than it runs", lambda p: [*p["trained"], "--config.max_steps=5"], "has trained 12 steps, more than"),
@@ -214,7 +214,7 @@ CASES = [
     (
         "evaluate another model",
         lambda p: [*p["trained"], "--mode=evaluate", "--config.model.fc_features=128"],
-        "different run (model: {",
+        "(model.fc_features: 256 there, 128 now)",
     ),
 ]
 

@@ -165,3 +165,25 @@ def test_worker_counts_follow_the_cores_this_process_may_use(tmp_path):
     finally:
         os.sched_setaffinity(0, allowed)
     assert cpus.usable_cpus(tmp_path / "none") == len(allowed)
+
+
+def test_a_checkpoint_signature_holds_only_what_the_chosen_model_takes(tmp_path):
+    from alexnet_jax.checkpointing import CheckpointError, check_signature
+    from alexnet_jax.experiment import model_signature
+    from configs import imagenet2012_paper
+
+    config = imagenet2012_paper.get_config()
+    assert model_signature(config.model) == {"name": "alexnet2012"}
+    saved = {"model": {**model_signature(cifar10.get_config().model), "name": "alexnet2012"}}  # all fields
+    config.model.channels, config.model.width = (8, 8, 8, 8, 8), 0.5  # only alexnet_cifar takes these
+    check_signature(saved, {"model": model_signature(config.model)}, tmp_path, "")  # resumes
+    cifar = cifar10.get_config()
+    check_signature(saved, {"model": {**model_signature(cifar.model), "name": "alexnet2012"}}, tmp_path, "")
+    cifar.model.width = 0.5
+    with pytest.raises(CheckpointError, match=r"\(model\.width: 1\.0 there, 0\.5 now\)"):
+        check_signature(
+            {"model": model_signature(cifar10.get_config().model)},
+            {"model": model_signature(cifar.model)},
+            tmp_path,
+            "",
+        )

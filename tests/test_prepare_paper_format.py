@@ -56,8 +56,8 @@ def test_an_imagenet_style_folder_prepares_in_the_papers_format(tmp_path):
 
 def test_the_paper_config_runs_from_the_command_line(tmp_path, cli):
     """prepare -> streamed training with the paper's augmentation and rule -> ten-crop evaluation. A
-    small model stands in for alexnet2012 (whose 224 crops the suite cannot afford); the README
-    gives the command with the full model."""
+    small model stands in for alexnet2012 (whose 224 crops the suite cannot afford); the config's
+    docstring gives the command with the full model."""
     folder = write_imagenet_style_folder(tmp_path / "imagenet")
     prepare = ["--mode=prepare", f"--image_folder={folder}", "--dataset_name=tiny_imagenet_40"]
     code, out, err = cli(*prepare, f"--data_dir={tmp_path / 'tfds'}", "--image_size=40", "--skip_bad_images")
