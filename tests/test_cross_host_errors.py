@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from conftest import MAIN, ROOT, TINY, distributed_run, free_port, launch_processes, process_env
+from conftest import ROOT, TINY
+from harness import MAIN, distributed_run, free_port, launch_processes, process_env
 
 # Two processes that join through distributed.initialize and then all-gather in a loop, printing
 # each round, until one of them is killed.

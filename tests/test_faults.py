@@ -8,7 +8,8 @@ import shutil
 import signal
 import subprocess
 
-from conftest import MAIN, ROOT, TINY, assert_same_final_state, process_env, run_forked
+from conftest import ROOT, TINY
+from harness import MAIN, assert_same_final_state, process_env, run_forked
 
 
 def _start_training(workdir) -> subprocess.Popen:

@@ -3,7 +3,8 @@ layers stay bit-identical, the others train."""
 
 import numpy as np
 import pytest
-from conftest import TOTAL_STEPS, StopAt, final_arrays, tiny_run_config
+from conftest import TOTAL_STEPS, StopAt, tiny_run_config
+from harness import final_arrays
 
 from alexnet_jax import finetune
 from alexnet_jax.checkpointing import CheckpointError

@@ -15,14 +15,8 @@ import signal
 import jax
 import numpy as np
 import pytest
-from conftest import (
-    STEPS_PER_EPOCH,
-    TINY,
-    StopAt,
-    distributed_run,
-    final_arrays,
-    tiny_run_config,
-)
+from conftest import STEPS_PER_EPOCH, TINY, StopAt, tiny_run_config
+from harness import distributed_run, final_arrays
 
 from alexnet_jax import metrics_log
 from alexnet_jax.train import train_and_evaluate

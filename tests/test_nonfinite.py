@@ -7,7 +7,8 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, final_arrays, tiny_run_config
+from conftest import TINY, tiny_run_config
+from harness import final_arrays
 
 from alexnet_jax import datasets, metrics_log
 from alexnet_jax.input_pipeline import epoch_order

@@ -2,7 +2,8 @@
 lives in checkpoints, so a resumed run decides as an uninterrupted one."""
 
 import pytest
-from conftest import StopAt, final_arrays, tiny_run_config
+from conftest import StopAt, tiny_run_config
+from harness import final_arrays
 
 from alexnet_jax import metrics_log, optim
 from alexnet_jax.train import train_and_evaluate

@@ -6,18 +6,8 @@ import json
 import statistics
 
 import pytest
-from conftest import (
-    EPOCHS,
-    STEPS_PER_EPOCH,
-    TINY,
-    TOTAL_STEPS,
-    StopAt,
-    assert_same_final_state,
-    assert_survived_the_kills,
-    kill_and_restart,
-    kill_plan,
-    tiny_run_config,
-)
+from conftest import EPOCHS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, StopAt, tiny_run_config
+from harness import assert_same_final_state, assert_survived_the_kills, kill_and_restart, kill_plan
 
 from alexnet_jax import metrics_log, plots
 from alexnet_jax.train import train_and_evaluate

@@ -9,7 +9,8 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import TINY, assert_survived_the_kills, kill_and_restart, kill_plan, run_forked, tiny_run_config
+from conftest import TINY, tiny_run_config
+from harness import assert_survived_the_kills, kill_and_restart, kill_plan, run_forked
 
 from alexnet_jax import datasets, input_pipeline, metrics_log
 from alexnet_jax.experiment import step_constants
