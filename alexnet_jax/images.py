@@ -106,20 +106,27 @@ class Encoding:
     format: str = "png"
     quality: int = JPEG_QUALITY
 
-    def encode(self, source: pathlib.Path | bytes) -> bytes:
-        """One image, from its file or its encoded bytes, in this encoding."""
+    def encode(self, source: pathlib.Path | bytes | np.ndarray) -> bytes:
+        """One image, from its file, its encoded bytes or its pixels (uint8, height x width x 3), in
+        this encoding."""
+        image = Image.fromarray(source) if isinstance(source, np.ndarray) else self._decode(source)
+        if isinstance(image, bytes):  # an RGB JPEG, kept as it is
+            return image
+        buffer = io.BytesIO()
+        if self.size:
+            image = centre_square(image, self.size)
+        image.save(buffer, format=self.format.upper(), **({"quality": self.quality} if self.format == "jpeg" else {}))
+        return buffer.getvalue()
+
+    def _decode(self, source: pathlib.Path | bytes) -> Image.Image | bytes:
+        """The RGB image of an encoded one, or its bytes where they are stored as they are."""
         with Image.open(source if isinstance(source, pathlib.Path) else io.BytesIO(source)) as image:
             if self.size:
                 image.draft("RGB", (2 * self.size, 2 * self.size))  # JPEG: no smaller than twice the size
             image.load()  # a broken file fails here, whatever the format
             if self.format == "jpeg" and not self.size and image.format == "JPEG" and image.mode == "RGB":
                 return source.read_bytes() if isinstance(source, pathlib.Path) else source
-            image = image.convert("RGB")
-        buffer = io.BytesIO()
-        if self.size:
-            image = centre_square(image, self.size)
-        image.save(buffer, format=self.format.upper(), **({"quality": self.quality} if self.format == "jpeg" else {}))
-        return buffer.getvalue()
+            return image.convert("RGB")
 
 
 def encode_each(encoding: Encoding, sources: list) -> list[tuple[bytes | None, str | None]]:

@@ -33,6 +33,7 @@ import multiprocessing
 import pathlib
 import re
 import shutil
+import tarfile
 import types
 
 import numpy as np
@@ -77,10 +78,10 @@ def scan_image_folder(root: pathlib.Path) -> tuple[dict[str, list[tuple[pathlib.
 
 @dataclasses.dataclass(frozen=True)
 class EncodeJob:
-    """One image to encode: its file, or its encoded bytes named ``name`` in error messages; its
-    TFDS ``key``; and what is stored beside it (label, file name)."""
+    """One image to encode: its file, its encoded bytes or its pixels, named ``name`` in error
+    messages; its TFDS ``key``; and what is stored beside it (label, file name)."""
 
-    source: pathlib.Path | bytes
+    source: pathlib.Path | bytes | np.ndarray
     name: str
     key: str
     fields: dict
@@ -233,6 +234,71 @@ def prepare_tfds_splits(
     description = f"TFDS {', '.join(sources)} re-encoded by alexnet_jax."
     split_jobs = {split: jobs(split, source) for split, source in sources.items()}
     return output.write(split_jobs, total, workers, skip_bad_images, class_names, description, extra)
+
+
+CIFAR10_SPLITS = {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test": ("test_batch.bin",)}
+_CIFAR10_RECORD = 1 + 32 * 32 * 3  # a label byte, then the red, green and blue planes of a 32x32 image
+
+
+def read_cifar10_archive(path: str) -> tuple[list[str], dict[str, list[tuple[str, np.ndarray, np.ndarray]]]]:
+    """The class names and, per split, (batch file, images N x 32 x 32 x 3, labels) of the official
+    CIFAR-10 archive in its binary version (``cifar-10-binary.tar.gz``), read without unpacking it."""
+    wanted = ["batches.meta.txt", *itertools.chain(*CIFAR10_SPLITS.values())]
+    try:
+        with tarfile.open(pathlib.Path(path).expanduser()) as archive:
+            members = {pathlib.PurePath(m.name).name: m for m in archive.getmembers() if m.isfile()}
+            missing = [name for name in wanted if name not in members]
+            if missing:
+                raise DatasetError(
+                    f"{path} has no {missing[0]}: it is not CIFAR-10's binary archive, cifar-10-binary.tar.gz "
+                    '(https://www.cs.toronto.edu/~kriz/cifar.html, "CIFAR-10 binary version")'
+                )
+            read = {name: archive.extractfile(members[name]).read() for name in wanted}
+    except (tarfile.TarError, OSError) as e:
+        why = str(e).splitlines()[0].rstrip(":")
+        message = f"{path} cannot be read as CIFAR-10's archive ({why}); give cifar-10-binary.tar.gz"
+        raise DatasetError(message) from None
+    class_names = read["batches.meta.txt"].decode().split()
+    splits = {}
+    for split, batches in CIFAR10_SPLITS.items():
+        splits[split] = []
+        for batch in batches:
+            records = np.frombuffer(read[batch], np.uint8)
+            if records.size % _CIFAR10_RECORD or records.size == 0:
+                raise DatasetError(f"{path}: {batch} holds {records.size} bytes, not whole images; download it again")
+            records = records.reshape(-1, _CIFAR10_RECORD)
+            images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            splits[split].append((batch.removesuffix(".bin"), images, records[:, 0]))
+    return class_names, splits
+
+
+def prepare_cifar10_archive(
+    archive: str,
+    name: str,
+    data_dir: str,
+    skip_bad_images: bool = False,
+    image_size: int | None = None,
+    workers: int | None = None,
+    version: str = "1.0.0",
+    image_format: str = "png",
+) -> list[str]:
+    """Writes CIFAR-10's binary archive as the TFDS dataset ``name`` under ``data_dir`` (splits
+    ``train``, 50,000 images, and ``test``, 10,000; file names ``<batch>/<index>``); returns []."""
+    _check_output_name(name)
+    class_names, splits = read_cifar10_archive(archive)
+
+    def jobs(batches):
+        for batch, images, labels in batches:
+            for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+                file_name = f"{batch}/{index:05d}"
+                fields = {"label": int(label), "file_name": file_name}
+                yield EncodeJob(np.ascontiguousarray(image), f"{archive}: {file_name}", file_name, fields)
+
+    output = _Output(name, version, pathlib.Path(data_dir).expanduser(), _encoding(image_size, image_format))
+    total = sum(len(images) for batches in splits.values() for _, images, _ in batches)
+    description = f"CIFAR-10's archive {archive} prepared by alexnet_jax."
+    split_jobs = {split: jobs(batches) for split, batches in splits.items()}
+    return output.write(split_jobs, total, workers, skip_bad_images, class_names, description)
 
 
 def _encoding(image_size: int | None, image_format: str) -> Encoding:

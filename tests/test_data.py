@@ -1,11 +1,13 @@
 """Image folder -> TFDS -> training and evaluation; TFDS cifar10 through mock_data; data errors."""
 
+import io
 import json
 import logging
 import pathlib
 import socket
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from conftest import CLASSES, datasets_config, write_image_folder
 from PIL import Image
 
 from alexnet_jax import datasets
-from alexnet_jax.prepare import prepare_image_folder
+from alexnet_jax.prepare import prepare_image_folder, read_cifar10_archive
 from alexnet_jax.report import confusion_from_report
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -199,3 +201,63 @@ def test_worker_processes_read_the_same_arrays(prepared):
     np.testing.assert_array_equal(together.images, alone.images)
     np.testing.assert_array_equal(together.labels, alone.labels)
     assert len(alone) == 27 and alone.images.std() > 10
+
+
+def write_cifar10_archive(path: pathlib.Path, per_batch=3) -> dict:
+    """A CIFAR-10 binary archive (cifar-10-binary.tar.gz's layout) of random images, ``per_batch`` a
+    batch file; returns split -> (images, labels) as written."""
+    rng, written = np.random.default_rng(3), {}
+    with tarfile.open(path, "w:gz") as archive:
+
+        def add(name, data):
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+        add("batches.meta.txt", "\n".join(f"class{i}" for i in range(10)).encode() + b"\n\n")
+        for split, batches in (("train", [f"data_batch_{i}.bin" for i in range(1, 6)]), ("test", ["test_batch.bin"])):
+            images = rng.integers(0, 256, (len(batches) * per_batch, 32, 32, 3), dtype=np.uint8)
+            labels = rng.integers(0, 10, len(images), dtype=np.uint8)
+            written[split] = (images, labels)
+            planes = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+            records = np.concatenate([labels[:, None], planes], axis=1)
+            for i, batch in enumerate(batches):
+                add(batch, records[i * per_batch : (i + 1) * per_batch].tobytes())
+    return written
+
+
+def test_cifar10s_official_archive_prepares_pixel_for_pixel(tmp_path, cli):
+    written = write_cifar10_archive(tmp_path / "cifar-10-binary.tar.gz")
+    flags = ["--mode=prepare", "--dataset_name=cifar10_archive", f"--data_dir={tmp_path}", "--workers=1"]
+    code, out, err = cli(*flags, f"--cifar10_archive={tmp_path / 'cifar-10-binary.tar.gz'}")
+    assert code == 0 and "prepared cifar10_archive" in out, err[-3000:]
+    for split, (images, labels) in written.items():
+        source = tfds.data_source("cifar10_archive", data_dir=str(tmp_path), split=split)
+        assert source.dataset_info.features["label"].names == [f"class{i}" for i in range(10)]
+        records = sorted(source, key=lambda r: r["file_name"])  # batch files, then the images in each, as written
+        np.testing.assert_array_equal(np.stack([r["image"] for r in records]), images)
+        np.testing.assert_array_equal([r["label"] for r in records], labels)
+    (tmp_path / "short.tar.gz").write_bytes(b"not a tar")
+    with tarfile.open(tmp_path / "cut.tar.gz", "w:gz") as archive:  # one batch file, the rest missing
+        info, data = tarfile.TarInfo("cifar-10-batches-bin/data_batch_1.bin"), b"\x01" * 3000
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    for archive, said in (
+        ("short.tar.gz", "cannot be read as CIFAR-10's archive (file could not be opened successfully)"),
+        ("cut.tar.gz", "has no batches.meta.txt: it is not CIFAR-10's binary archive"),
+    ):
+        code, _, err = cli(
+            flags[0], "--dataset_name=x", f"--data_dir={tmp_path}", f"--cifar10_archive={tmp_path / archive}"
+        )
+        assert code == 2 and said in err and err.count("\n") == 1, err
+    written = tmp_path / "cut_batch"  # every file there, the test batch cut short
+    written.mkdir()
+    write_cifar10_archive(written / "a.tar.gz")
+    with tarfile.open(written / "a.tar.gz") as a, tarfile.open(written / "b.tar.gz", "w:gz") as b:
+        for member in a.getmembers():
+            data = a.extractfile(member).read()
+            data = data[:-5] if member.name.endswith("test_batch.bin") else data
+            member.size = len(data)
+            b.addfile(member, io.BytesIO(data))
+    with pytest.raises(datasets.DatasetError, match=r"test_batch.bin holds 9214 bytes, not whole images"):
+        read_cifar10_archive(str(written / "b.tar.gz"))

@@ -8,6 +8,12 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
     fv = {"flag_values": flag_values}
     return {
         "image_folder": flags.DEFINE_string("image_folder", None, "prepare: <split>/<class>/<image> folder.", **fv),
+        "cifar10_archive": flags.DEFINE_string(
+            "cifar10_archive",
+            None,
+            "prepare: CIFAR-10's official archive, binary version (cifar-10-binary.tar.gz), as splits train and test.",
+            **fv,
+        ),
         "tfds_source": flags.DEFINE_string(
             "tfds_source", None, "prepare: a TFDS dataset to re-encode instead of a folder, e.g. imagenet2012.", **fv
         ),
@@ -51,9 +57,11 @@ def run(args) -> int:
     for name in ("dataset_name", "data_dir"):
         if not getattr(args, name):
             raise UserError(f"--mode=prepare needs --{name}")
-    if (args.image_folder is None) == (args.tfds_source is None):
+    given = [source for source in (args.image_folder, args.tfds_source, args.cifar10_archive) if source is not None]
+    if len(given) != 1:
         raise UserError(
-            "--mode=prepare needs one of --image_folder (a folder of images) or --tfds_source (a TFDS name)"
+            "--mode=prepare needs one of --image_folder (a folder of images), --tfds_source (a TFDS name) or "
+            "--cifar10_archive (cifar-10-binary.tar.gz)"
         )
     prepared = prepare.prepared_version(args.dataset_name, args.data_dir)
     if prepared is not None:
@@ -64,6 +72,10 @@ def run(args) -> int:
         sources = prepare.open_tfds_splits(args.tfds_source, args.data_dir, args.splits, args.manual_dir)
         skipped = prepare.prepare_tfds_splits(
             sources, args.dataset_name, args.data_dir, args.skip_bad_images, **options
+        )
+    elif args.cifar10_archive:
+        skipped = prepare.prepare_cifar10_archive(
+            args.cifar10_archive, args.dataset_name, args.data_dir, args.skip_bad_images, **options
         )
     else:
         skipped = prepare.prepare_image_folder(
