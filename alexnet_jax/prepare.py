@@ -272,18 +272,12 @@ def read_cifar10_archive(path: str) -> tuple[list[str], dict[str, list[tuple[str
     return class_names, splits
 
 
-def prepare_cifar10_archive(
-    archive: str,
-    name: str,
-    data_dir: str,
-    skip_bad_images: bool = False,
-    image_size: int | None = None,
-    workers: int | None = None,
-    version: str = "1.0.0",
-    image_format: str = "png",
-) -> list[str]:
+def prepare_cifar10_archive(archive: str, name: str, data_dir: str, skip_bad_images: bool = False, **options):
     """Writes CIFAR-10's binary archive as the TFDS dataset ``name`` under ``data_dir`` (splits
-    ``train``, 50,000 images, and ``test``, 10,000; file names ``<batch>/<index>``); returns []."""
+    ``train``, 50,000 images, and ``test``, 10,000; file names ``<batch>/<index>``); returns [].
+    ``options``: ``prepare_image_folder``'s ``image_size``, ``workers``, ``version``, ``image_format``."""
+    image_size, workers = options.get("image_size"), options.get("workers")
+    version, image_format = options.get("version", "1.0.0"), options.get("image_format", "png")
     _check_output_name(name)
     class_names, splits = read_cifar10_archive(archive)
 
