@@ -54,6 +54,7 @@ def validate(config, num_devices: int):
         max_steps is None or (isinstance(max_steps, int) and max_steps >= 1),
         f"--config.max_steps={max_steps!r} must be a whole number >= 1 (or unset: num_epochs decides)",
     )
+    _check_profile(config.get("profile_steps"))
     _check_device_layout(config, num_devices)
     opt = config.optimizer
     _require(opt.learning_rate > 0, f"--config.optimizer.learning_rate={opt.learning_rate} must be > 0")
@@ -66,6 +67,14 @@ def validate(config, num_devices: int):
     _check_host_views(config.input)
     _check_model_and_schedule(config)
     _check_finetune(config)
+
+
+def _check_profile(profile):
+    whole = profile is None or (len(profile) == 2 and all(isinstance(n, int) for n in profile))
+    _require(
+        whole and (profile is None or (profile[0] >= 0 and profile[1] >= 1)),
+        f"--config.profile_steps={profile!r} must be (start, count): whole numbers, start >= 0, count >= 1",
+    )
 
 
 def _check_finetune(config):

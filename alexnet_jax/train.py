@@ -260,6 +260,31 @@ def itstime(step: int, every: int, last_step: int | None = None) -> bool:
     return step % every == 0 or step == last_step
 
 
+class _Profile:
+    """A JAX profiler trace of the train steps ``start + 1 .. start + count`` (``profile_steps``),
+    written to ``<workdir>/profile``; the devices finish the last one before the trace ends."""
+
+    def __init__(self, workdir: pathlib.Path, profile_steps):
+        self.folder = workdir / "profile"
+        self.start, self.end = profile_steps if profile_steps else (None, None)
+        self.end = None if self.start is None else self.start + self.end
+        self.tracing = False
+
+    def after(self, step: int, state):
+        if step == self.start:
+            jax.profiler.start_trace(str(self.folder))
+            self.tracing = True
+        elif self.tracing and step == self.end:
+            self.stop(state)
+            say(f"profiled steps {self.start + 1} to {self.end}: {self.folder} (tensorboard --logdir={self.folder})")
+
+    def stop(self, state):
+        if self.tracing:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.tracing = False
+
+
 def _log_train(trainer: "_Trainer", log: metrics_log.MetricsLog, window: _ThroughputWindow, bar: tqdm.tqdm):
     """The window's means and the rate to the log and the progress bar; a new window."""
     step, run = trainer.step, trainer.run
@@ -278,11 +303,13 @@ def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple |
     window = _ThroughputWindow(run.parallel, config.batch_size)
     hidden = None if is_main_process() else True  # None: shown on a terminal
     bar = tqdm.tqdm(total=run.total_steps, initial=trainer.step, desc="train", unit="step", disable=hidden)
-    last_eval = None
+    last_eval, profile = None, _Profile(run.workdir, config.get("profile_steps"))
+    profile.after(trainer.step, trainer.state)  # a trace from the step the run starts at
     while trainer.step < run.total_steps:
         window.add(trainer.train_step())
         bar.update(1)
         step, stopping = trainer.step, stop.poll(trainer.step)
+        profile.after(step, trainer.state)  # starts or ends the trace of profile_steps
         trainer.check_finite(latest=False)  # stops at a non-finite step (its flag read one step late)
         if itstime(step, config.log_every_steps, run.total_steps) or itstime(step, run.steps_per_epoch):
             _log_train(trainer, log, window, bar)
@@ -295,6 +322,7 @@ def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple |
             trainer.save()  # the step a run stops at is saved by the caller
         if stopping:
             break
+    profile.stop(trainer.state)  # a run that ends inside the traced steps
     bar.close()
     return last_eval
 

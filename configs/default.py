@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
     # stop: end the run there (exit code 3), saving nothing after the last good checkpoint;
     # skip: go on, counting such steps in the train metrics (skipped_updates).
     config.nonfinite_updates = "stop"
+    # (start, count): a JAX profiler trace of the train steps after step `start`, `count` of them,
+    # written to <workdir>/profile (TensorBoard's profile plugin or Perfetto read it). None: off.
+    config.profile_steps = config_dict.placeholder(tuple)
 
     # Fine-tuning: start a new run from the weights of a workdir (its best checkpoint, else its latest)
     # or of one checkpoint folder (.../checkpoints/<step>): a run of this code or torchvision's weights

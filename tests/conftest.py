@@ -178,7 +178,8 @@ def _train_counting_evaluations(workdir):
     original = evaluation.Evaluator.__call__
     evaluation.Evaluator.__call__ = lambda self, params: calls.append(1) or original(self, params)
     try:
-        summary = train_and_evaluate(tiny_run_config(), str(workdir))
+        # Traced steps 2 and 3 (the profiler changes no number; test_loop_details.py reads the trace).
+        summary = train_and_evaluate(tiny_run_config("--config.profile_steps=(1, 2)"), str(workdir))
     finally:
         evaluation.Evaluator.__call__ = original
     return summary, len(calls)

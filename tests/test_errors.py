@@ -92,6 +92,7 @@ CASES = [
     ("batch vs devices", lambda p: [*TINY, "--config.batch_size=100"], "not divisible by the 8 devices; use a mult"),
     ("batch > dataset", lambda p: [*TINY, "--config.batch_size=512"], "exceeds the 256 training examples; lower it"),
     ("zero epochs", lambda p: [*TINY, "--config.num_epochs=0"], "--config.num_epochs=0 must be a whole number >= 1"),
+    ("profile of no steps", lambda p: [*TINY, "--config.profile_steps=(3, 0)"], "must be (start, count): whole"),
     ("negative batch", lambda p: [*TINY, "--config.batch_size=-8"], "--config.batch_size=-8 must be a whole number"),
     ("zero rate", lambda p: [*TINY, "--config.optimizer.learning_rate=0"], "learning_rate=0.0 must be > 0"),
     ("negative width", lambda p: [*TINY, "--config.model.width=-1"], "--config.model.width=-1.0 must be > 0"),

@@ -187,3 +187,13 @@ def test_a_checkpoint_signature_holds_only_what_the_chosen_model_takes(tmp_path)
             tmp_path,
             "",
         )
+
+
+def test_profile_steps_writes_a_trace_of_those_steps(straight_run):
+    import gzip
+    import json
+
+    (trace,) = (straight_run[0] / "profile").glob("plugins/profile/*/*.trace.json.gz")  # traced: steps 2, 3
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    names = {event.get("name", "") for event in events}
+    assert any("train_step" in name for name in names), sorted(names)[:50]
