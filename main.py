@@ -1,5 +1,5 @@
 r"""alexnet_jax command line: train (default), evaluate, prepare a dataset, convert torchvision's
-weights, or predict the classes of image files.
+weights, predict the classes of image files, or draw a checkpoint's first-layer filters.
 
   python main.py --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu
   python main.py --mode=evaluate --config=configs/cifar10_cpu.py --workdir=runs/cifar10_cpu --checkpoint=best
@@ -11,6 +11,7 @@ weights, or predict the classes of image files.
       --process_id=I     (one process per host; on SLURM, TPU pods, ... JAX finds the three itself)
   python main.py --mode=convert --weights=alexnet-owt-7be5be79.pth --workdir=runs/torchvision_alexnet
   python main.py --mode=predict --workdir=runs/torchvision_alexnet --images=photos/ [--output=preds.csv]
+  python main.py --mode=filters --workdir=runs/cifar10_cpu [--checkpoint=latest] [--output=filters.png]
   python main.py --config=configs/finetune_folder.py --workdir=runs/finetune \
       --config.init_from=runs/torchvision_alexnet --config.dataset.name=NAME --config.dataset.data_dir=DATA_DIR
 

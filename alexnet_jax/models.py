@@ -226,6 +226,11 @@ def is_dense(module_name: str) -> bool:
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}  # float64: JAX_ENABLE_X64=1
 
 
+def towers(name: str) -> int:
+    """How many GPUs the model's layers were split over in the paper (alexnet2012's two), else 1."""
+    return 2 if name == "alexnet2012" else 1
+
+
 def model_fields(name: str) -> set[str]:
     """The config fields model ``name`` takes (its module attributes, less the wiring)."""
     return set(MODELS[name].__dataclass_fields__) - {"parent", "name", "num_classes"}

@@ -1,4 +1,5 @@
-"""PNG figures: training curves, confusion matrix, per-class accuracy, prediction grid."""
+"""PNG figures: training curves, confusion matrix, per-class accuracy, prediction grid, the first
+layer's filters."""
 
 import pathlib
 
@@ -198,3 +199,53 @@ def plot_labelled_grid(images, texts, path: pathlib.Path, colours=None, columns:
     ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")
     return _save(fig, path)
+
+
+FILTER_SCALE = 6  # screen pixels per kernel pixel in the filter figure
+TOWER_GAP = 3  # kernel pixels between the towers' filters
+
+
+def first_layer_kernel(params) -> np.ndarray:
+    """The kernel of the convolution that reads the image (the only one with 3 input channels):
+    height x width x 3 x filters, as a host array."""
+    kernels = [leaf for path, leaf in _leaves(params) if path[-1] == "kernel" and np.ndim(leaf) == 4]
+    first = [kernel for kernel in kernels if np.shape(kernel)[2] == 3]
+    if len(first) != 1:
+        raise ValueError(f"expected one convolution reading 3 channels, found {len(first)}")
+    return np.asarray(first[0], np.float32)
+
+
+def _leaves(tree, path=()):
+    if isinstance(tree, dict) or hasattr(tree, "items"):
+        for key, value in tree.items():
+            yield from _leaves(value, (*path, key))
+    else:
+        yield path, tree
+
+
+def filter_grid(kernel: np.ndarray, towers: int = 1, columns: int = 16) -> np.ndarray:
+    """The filters of ``kernel`` (height x width x 3 x filters) as one RGB uint8 image: each filter
+    stretched to the full range on its own (as the paper's Figure 3 shows them), ``columns`` a row,
+    one pixel apart; with ``towers`` > 1 the filters are split in that many equal groups (the
+    paper's two GPUs), each starting on a new row, ``TOWER_GAP`` pixels below the one before."""
+    height, width, _, count = kernel.shape
+    low, high = kernel.min(axis=(0, 1, 2)), kernel.max(axis=(0, 1, 2))
+    scaled = (kernel - low) / np.where(high > low, high - low, 1.0)
+    per_tower = count // towers
+    tower_height = -(-per_tower // columns) * (height + 1)
+    grid = np.full((towers * tower_height + (towers - 1) * TOWER_GAP + 1, columns * (width + 1) + 1, 3), 255, np.uint8)
+    for index in range(count):
+        tower, within = divmod(index, per_tower)
+        top = 1 + tower * (tower_height + TOWER_GAP) + (within // columns) * (height + 1)
+        left = 1 + (within % columns) * (width + 1)
+        grid[top : top + height, left : left + width] = np.round(255 * scaled[..., index]).astype(np.uint8)
+    return grid
+
+
+def plot_first_layer(params, path: pathlib.Path, towers: int = 1) -> pathlib.Path:
+    """The first convolution's filters (``filter_grid``) as a PNG, written whole or not at all."""
+    grid = filter_grid(first_layer_kernel(params), towers)
+    image = Image.fromarray(grid).resize((grid.shape[1] * FILTER_SCALE, grid.shape[0] * FILTER_SCALE), Image.NEAREST)
+    with files.replacing(path) as temporary:
+        image.save(temporary, format="PNG")
+    return path

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, distributed, files, finetune, metrics_log, optim, runtime
+from alexnet_jax import config_checks, distributed, files, finetune, metrics_log, models, optim, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, DiskFull, check_signature
 from alexnet_jax.distributed import AgreedStop, is_main_process
 from alexnet_jax.errors import InputWorkerDied, TrainingDiverged
@@ -41,6 +41,7 @@ from alexnet_jax.report import write_report
 from alexnet_jax.train_step import state_variables
 
 REPORT = "validation"  # the final report's file prefix: validation_report.json, validation_confusion.png, ...
+FILTERS = "conv1_filters.png"  # the final model's first-layer filters (the paper's Figure 3)
 
 
 class StopRequests:
@@ -340,6 +341,8 @@ def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | N
 
     metrics, predictions, labels = last_eval
     plots.plot_curves(metrics_log.read_metrics(run.workdir), run.workdir / "curves.png")
+    params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), run.parallel.unreplicate(trainer.state.params))
+    plots.plot_first_layer(params, run.workdir / FILTERS, models.towers(run.config.model.name))
     write_report(run.workdir, REPORT, run.val_split, predictions, labels, {"step": run.total_steps, **metrics})
 
 

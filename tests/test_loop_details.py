@@ -197,3 +197,31 @@ def test_profile_steps_writes_a_trace_of_those_steps(straight_run):
     events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
     names = {event.get("name", "") for event in events}
     assert any("train_step" in name for name in names), sorted(names)[:50]
+
+
+def test_the_first_layers_filters_are_drawn_as_the_papers_figure_3(straight_run, tmp_path, cli):
+    import numpy as np
+    from PIL import Image
+
+    from alexnet_jax import plots
+
+    kernel = np.arange(2 * 2 * 3 * 4, dtype=np.float32).reshape(2, 2, 3, 4)  # 4 filters of 2x2
+    kernel[..., 3] = 7.0  # a flat filter
+    grid = plots.filter_grid(kernel, towers=2, columns=16)
+    assert grid.shape == (2 * 3 + plots.TOWER_GAP + 1, 16 * 3 + 1, 3)  # two towers of one row each
+    first = grid[1:3, 1:3]  # filter 0, stretched on its own to 0..255
+    assert first.min() == 0 and first.max() == 255 and (grid[1:3, 4:6] == first).all()  # filter 1: the same shape
+    second_tower = 1 + 3 + plots.TOWER_GAP
+    assert (grid[second_tower : second_tower + 2, 4:6] == 0).all()  # filter 3 (flat): no range to stretch
+    assert (grid[3:second_tower, :] == 255).all()  # the gap between the towers
+
+    workdir = straight_run[0]
+    drawn = Image.open(workdir / "conv1_filters.png")  # the final model's, in every run's report
+    assert drawn.size == tuple(s * plots.FILTER_SCALE for s in plots.filter_grid(np.ones((3, 3, 3, 16))).shape[1::-1])
+    code, out, err = cli(
+        "--mode=filters", f"--workdir={workdir}", "--checkpoint=latest", f"--output={tmp_path / 'f.png'}"
+    )
+    assert code == 0 and f"checkpoint 12: {tmp_path / 'f.png'}" in out, err
+    assert (tmp_path / "f.png").read_bytes() == (
+        workdir / "conv1_filters.png"
+    ).read_bytes()  # checkpoint 12 is the final model

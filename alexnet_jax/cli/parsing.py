@@ -8,9 +8,16 @@ import types
 from absl import flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax.cli import convert, evaluate, predict, prepare, train
+from alexnet_jax.cli import convert, evaluate, filters, predict, prepare, train
 
-MODULES = {"train": train, "evaluate": evaluate, "prepare": prepare, "convert": convert, "predict": predict}
+MODULES = {
+    "train": train,
+    "evaluate": evaluate,
+    "prepare": prepare,
+    "convert": convert,
+    "predict": predict,
+    "filters": filters,
+}
 MODES = list(MODULES)
 _CONFIG_MODULE = "config_config"  # where ml_collections loads the --config file (sys.modules key)
 

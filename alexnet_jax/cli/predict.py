@@ -12,7 +12,9 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
         "images": flags.DEFINE_multi_string(
             "images", [], "predict: image files, folders or globs (repeat the flag, or list them after it).", **fv
         ),
-        "output": flags.DEFINE_string("output", None, "predict: also write the top-5 to this .csv or .jsonl.", **fv),
+        "output": flags.DEFINE_string(
+            "output", None, "predict: also write the top-5 to this .csv or .jsonl; filters: the PNG to write.", **fv
+        ),
         "ten_crop": flags.DEFINE_bool("ten_crop", False, "predict: the paper's ten crops instead of the centre.", **fv),
         "grid": flags.DEFINE_string(
             "grid", None, "predict: the PNG grid of images (default WORKDIR/predictions.png).", **fv
