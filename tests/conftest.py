@@ -52,6 +52,7 @@ SLOWEST_FILES = (
     "test_benchmarks.py",
     "test_cross_host_errors.py",
     "test_plateau.py",
+    "test_research.py",
     "test_finetune.py",
     "test_pretrained.py",
     "test_nonfinite.py",
