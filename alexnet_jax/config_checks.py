@@ -104,6 +104,22 @@ def _check_device_layout(config, num_devices: int):
         processes == 1 or config.parallel == "shard_map",
         f"--config.parallel={config.parallel} runs in one process; with {processes} use --config.parallel=shard_map",
     )
+    _check_accumulation(config, config.batch_size // num_devices if config.batch_size % num_devices == 0 else 0)
+
+
+def _check_accumulation(config, per_device: int):
+    micro = config.get("grad_accum_steps", 1)
+    _require(isinstance(micro, int) and micro >= 1, f"--config.grad_accum_steps={micro!r} must be a whole number >= 1")
+    _require(
+        per_device % micro == 0,
+        f"--config.grad_accum_steps={micro} does not divide each device's {per_device} examples of the batch; "
+        "use a divisor of it",
+    )
+    _require(
+        micro == 1 or config.model.get("norm", "none") == "none",
+        f"--config.grad_accum_steps={micro} with batch norm would take statistics over micro-batches; "
+        "use --config.model.norm=none, or 1",
+    )
 
 
 def check_crop(config, image_shape):

@@ -29,6 +29,7 @@ def step_constants(config, num_classes: int) -> StepConstants:
         normalization=config.dataset.normalization,
         eval_crops=config.eval_crops,
         eval_flip=config.eval_flip,
+        grad_accum_steps=config.get("grad_accum_steps", 1),
     )
 
 

@@ -50,6 +50,7 @@ class StepConstants:
     normalization: str = "cifar10"
     eval_crops: int = 1  # 1: one view; 10: the paper's ten crops, softmax averaged
     eval_flip: bool = False  # also score the mirror image, softmax averaged
+    grad_accum_steps: int = 1  # each device's batch in this many micro-batches, gradients summed
 
 
 def create_train_state(
@@ -103,20 +104,7 @@ def train_step(
         pixels = pixels + jax.vmap(augment.pca_noise, (0, None))(noise_keys, constants.pca_noise)[:, None, None, :]
     inputs = augment.normalize(pixels, constants.normalization)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, constants.num_classes), constants.label_smoothing)
-    dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(AXIS))
-
-    has_stats = state.batch_stats is not None
-
-    def loss_fn(params):
-        variables = model_variables(params, state.batch_stats)
-        rngs = {"dropout": dropout_key}
-        if has_stats:
-            logits, updates = state.apply_fn(variables, inputs, train=True, rngs=rngs, mutable=["batch_stats"])
-        else:
-            logits, updates = state.apply_fn(variables, inputs, train=True, rngs=rngs), {}
-        return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates.get("batch_stats"))
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss, logits, grads, batch_stats = _gradients(state, inputs, targets, dropout_key, constants.grad_accum_steps)
     grads = jax.lax.pmean(grads, AXIS)
     metrics = {
         "loss": loss,
@@ -127,11 +115,55 @@ def train_step(
     applied = state.apply_gradients(grads=grads)
     # optax.apply_if_finite, inside optim.create_optimizer's inject_hyperparams: False if the update was skipped.
     finite = applied.opt_state.inner_state.last_finite
-    if has_stats:  # statistics of a skipped step are dropped too
+    if state.batch_stats is not None:  # statistics of a skipped step are dropped too
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         applied = applied.replace(batch_stats=jax.tree.map(keep, batch_stats, state.batch_stats))
     metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
     return applied, metrics
+
+
+def _gradients(state: TrainState, inputs: jax.Array, targets: jax.Array, dropout_key: jax.Array, micro: int):
+    """This device's mean loss, logits, gradients and batch statistics, over ``micro`` equal
+    micro-batches of its batch one after another (the gradients summed, then divided by ``micro``).
+
+    Micro-batch j of device d draws its dropout masks from the key of shard ``d * micro + j``:
+    one device with k micro-batches computes what k devices with one each do (the batch-norm
+    configs take one micro-batch: their statistics are the batch's)."""
+    has_stats = state.batch_stats is not None
+    first_shard = jax.lax.axis_index(AXIS) * micro
+
+    def loss_fn(params, inputs, targets, key):
+        variables = model_variables(params, state.batch_stats)
+        if has_stats:
+            logits, updates = state.apply_fn(
+                variables, inputs, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+            )
+        else:
+            logits, updates = state.apply_fn(variables, inputs, train=True, rngs={"dropout": key}), {}
+        return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates.get("batch_stats"))
+
+    def micro_step(summed, batch):
+        inputs, targets, j = batch
+        key = jax.random.fold_in(dropout_key, first_shard + j)
+        (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, inputs, targets, key)
+        return jax.tree.map(jnp.add, summed, grads), (loss, logits, stats)
+
+    if micro == 1:  # the whole batch at once (XLA's CPU backend runs a scan of one many times slower)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, inputs, targets, jax.random.fold_in(dropout_key, first_shard)
+        )
+        return loss, logits, grads, batch_stats
+    in_parts = lambda x: x.reshape(micro, x.shape[0] // micro, *x.shape[1:])  # noqa: E731
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    parts = (in_parts(inputs), in_parts(targets), jnp.arange(micro))
+    # A loop over the micro-batches holds one micro-batch's activations at a time. XLA's CPU backend
+    # runs convolution gradients inside a loop about 20x slower (BENCHMARKS.md, "Gradient
+    # accumulation"): there the loop is unrolled into straight-line code.
+    unroll = jax.default_backend() == "cpu"
+    summed, (losses, logits, stats) = jax.lax.scan(micro_step, zeros, parts, unroll=unroll)
+    batch_stats = jax.tree.map(lambda s: s[-1], stats) if has_stats else None
+    grads = jax.tree.map(lambda g: g / micro, summed)
+    return losses.mean(), logits.reshape(-1, logits.shape[-1]), grads, batch_stats
 
 
 def eval_step(

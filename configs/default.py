@@ -83,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
     # that of num_epochs: for rehearsals of a long run. None: num_epochs.
     config.max_steps = config_dict.placeholder(int)
     config.batch_size = 512  # global, over all devices
+    # Each device's share of the batch in this many micro-batches, one after another, gradients
+    # summed: the same step with less memory (k devices' numbers on one). Not with batch norm.
+    config.grad_accum_steps = 1
     config.eval_batch_size = 1000  # global, over all devices
     config.eval_crops = 1  # 1: one view (centre crop_size crop, or the whole image); 10: the paper's ten crops
     config.eval_flip = True  # also score each view's mirror image (softmax averaged)

@@ -93,6 +93,11 @@ CASES = [
     ("batch > dataset", lambda p: [*TINY, "--config.batch_size=512"], "exceeds the 256 training examples; lower it"),
     ("zero epochs", lambda p: [*TINY, "--config.num_epochs=0"], "--config.num_epochs=0 must be a whole number >= 1"),
     ("profile of no steps", lambda p: [*TINY, "--config.profile_steps=(3, 0)"], "must be (start, count): whole"),
+    (
+        "micro-batches with batch norm",
+        lambda p: [*TINY, "--config.model.norm=batch", "--config.grad_accum_steps=2"],
+        "would take statistics over micro-batches; use --config.model.norm=none, or 1",
+    ),
     ("negative batch", lambda p: [*TINY, "--config.batch_size=-8"], "--config.batch_size=-8 must be a whole number"),
     ("zero rate", lambda p: [*TINY, "--config.optimizer.learning_rate=0"], "learning_rate=0.0 must be > 0"),
     ("negative width", lambda p: [*TINY, "--config.model.width=-1"], "--config.model.width=-1.0 must be > 0"),

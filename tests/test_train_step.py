@@ -151,3 +151,21 @@ def test_a_field_no_model_takes_is_a_clear_error(config):
     config.model.widht = 0.5
     with pytest.raises(config_checks.ConfigError, match=r"no model takes the field\(s\) \['widht'\]"):
         config_checks.validate(config, num_devices=8)
+
+
+def test_one_device_with_k_micro_batches_computes_what_k_devices_do_in_float64():
+    """grad_accum_steps=4 on one device against 4 devices, dropout on: micro-batch j draws device
+    j's masks, so the two agree to the float64 bound."""
+    config = agreement_config(tiny_config())
+    config.model.dropout_rate = 0.5  # in the model the state applies
+    split = datasets.load_split(config.dataset, "train")
+    with jax.enable_x64(True):
+        start = float64_state(config, split, len(split) // config.batch_size)
+        four_devices = host_batch_steps(config, DataParallel("shard_map", jax.devices()[:4]), split, start)
+        config.grad_accum_steps = 4
+        config_checks.validate(config, num_devices=1)
+        one_device = host_batch_steps(config, DataParallel("shard_map", jax.devices()[:1]), split, start)
+        config.grad_accum_steps = 3
+        with pytest.raises(config_checks.ConfigError, match="grad_accum_steps=3 does not divide each device's 64"):
+            config_checks.validate(config, num_devices=1)
+    assert_agree(start, four_devices, {"1 device x 4 micro-batches": one_device})
