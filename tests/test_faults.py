@@ -135,8 +135,7 @@ def _records(data_dir) -> dict:
 def test_a_prepare_killed_at_random_moments_then_run_again_equals_an_uninterrupted_one(prepared, tmp_path):
     rng = random.Random(19)
     examples = sum(len(v) for v in _records(prepared).values())
-    plan = [("example", rng.randrange(1, examples + 1)), ("before_rename", 0)]
-    plan += rng.choice([[("after_rename", 0)], [("example", rng.randrange(1, examples + 1))]])
+    plan = [("example", rng.randrange(1, examples + 1)), rng.choice([("before_rename", 0), ("after_rename", 0)])]
     data_dir = tmp_path / "tfds"
     argv = ["--mode=prepare", f"--image_folder={prepared.parent / 'images'}", "--dataset_name=tiny_folder"]
     argv += [f"--data_dir={data_dir}", "--workers=1"]

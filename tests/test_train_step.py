@@ -161,10 +161,10 @@ def test_one_device_with_k_micro_batches_computes_what_k_devices_do_in_float64()
     split = datasets.load_split(config.dataset, "train")
     with jax.enable_x64(True):
         start = float64_state(config, split, len(split) // config.batch_size)
-        four_devices = host_batch_steps(config, DataParallel("shard_map", jax.devices()[:4]), split, start)
+        four_devices = host_batch_steps(config, DataParallel("shard_map", jax.devices()[:4]), split, start, steps=2)
         config.grad_accum_steps = 4
         config_checks.validate(config, num_devices=1)
-        one_device = host_batch_steps(config, DataParallel("shard_map", jax.devices()[:1]), split, start)
+        one_device = host_batch_steps(config, DataParallel("shard_map", jax.devices()[:1]), split, start, steps=2)
         config.grad_accum_steps = 3
         with pytest.raises(config_checks.ConfigError, match="grad_accum_steps=3 does not divide each device's 64"):
             config_checks.validate(config, num_devices=1)
