@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 from conftest import TINY, tiny_run_config
-from harness import assert_survived_the_kills, kill_and_restart, kill_plan, run_forked
+from harness import assert_survived_the_kills, kill_plan, run_forked
 
 from alexnet_jax import datasets, input_pipeline, metrics_log
 from alexnet_jax.experiment import step_constants
@@ -123,20 +123,18 @@ def test_a_streamed_run_trains_evaluates_and_reports(straight_stream_run):
     assert [r["step"] for r in metrics_log.read_metrics(workdir) if r["kind"] == "eval"] == [3, 6]
 
 
-def test_sigkills_at_random_moments_then_restarts_end_as_an_uninterrupted_run(prepared, straight_stream_run, tmp_path):
-    # Checkpoints every 2 steps and at the epoch ends; the kill after a step is test_run.py's (time).
-    plan = kill_plan(1, [2, 3, 4, 6], [3, 6], 6, after_a_step=False)
-    runs = kill_and_restart(plan, tmp_path / "run", stream_flags(prepared))
-    assert_survived_the_kills(runs, tmp_path / "run", straight_stream_run[0], 6)
-
-
-def test_a_dead_input_worker_stops_the_run_in_one_line_with_its_last_step_saved(
+def test_a_dead_input_worker_then_sigkills_at_random_moments_end_as_an_uninterrupted_run(
     prepared, straight_stream_run, tmp_path
 ):
+    """First an input worker dies (one worker process, which sends itself SIGKILL, as the
+    out-of-memory killer would, when asked for batch 2): one line, the last step saved, no hang.
+    Then SIGKILLs at seeded moments (checkpoints every 2 steps and at the epoch ends; the kill
+    after a step is test_run.py's), and a last run to the end."""
     workdir, flags = tmp_path / "run", [*stream_flags(prepared), f"--workdir={tmp_path / 'run'}"]
-    # One worker process, which dies as the out-of-memory killer ends a process when asked for batch 2.
     dying = {"argv": [*flags, "--config.input.workers=1"], "signal": ["input_worker", 2, signal.SIGKILL]}
-    died, resumed = run_forked([dying, {"argv": flags}], tmp_path / "outputs", timeout=120)  # no hang
+    plan = kill_plan(1, [2, 3, 4, 6], [3, 6], 6, after_a_step=False)  # after step 2: save 3, evaluation 3
+    killed = [{"argv": flags, "signal": [moment, step, signal.SIGKILL]} for moment, step in plan]
+    died, *runs = run_forked([dying, *killed, {"argv": flags}], tmp_path / "outputs", timeout=180)
     said = re.fullmatch(
         r"error: an input worker process died \(killed by signal 9 \(as by the out-of-memory killer\)\); stopped "
         r"with (step (\d)|nothing) saved: run the same command to resume \(with fewer --config.input.workers if "
@@ -146,8 +144,8 @@ def test_a_dead_input_worker_stops_the_run_in_one_line_with_its_last_step_saved(
     assert died["status"] == 4 and said, died["err"][-3000:]
     saved = int(said.group(2) or 0)  # the step whose batch was asked for when the death was seen
     assert saved <= 2 and [name for name in died["checkpoints"] if name.isdigit()] == ([str(saved)] if saved else [])
-    assert resumed["status"] == 0 and (f"resuming from step {saved} of 6" in resumed["out"]) == (saved > 0)
-    assert_survived_the_kills([resumed], workdir, straight_stream_run[0], 6)
+    assert (f"resuming from step {saved} of 6" in runs[0]["out"]) == (saved > 0), runs[0]["out"]
+    assert_survived_the_kills(runs, workdir, straight_stream_run[0], 6)
 
 
 class EncodedRecords(list):
