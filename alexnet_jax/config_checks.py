@@ -104,7 +104,7 @@ def _check_device_layout(config, num_devices: int):
         processes == 1 or config.parallel == "shard_map",
         f"--config.parallel={config.parallel} runs in one process; with {processes} use --config.parallel=shard_map",
     )
-    _check_accumulation(config, config.batch_size // num_devices if config.batch_size % num_devices == 0 else 0)
+    _check_accumulation(config, config.batch_size // num_devices)
 
 
 def _check_accumulation(config, per_device: int):

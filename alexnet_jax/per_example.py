@@ -8,6 +8,8 @@ keys the model runs as at test time. docs/research.md uses it for DP-SGD (Abadi 
 through ``optax.contrib.differentially_private_aggregate``.
 """
 
+import functools
+
 import jax
 import optax
 
@@ -17,15 +19,19 @@ def per_example_grads(apply_fn, params, inputs: jax.Array, targets: jax.Array, k
     ``params`` with a leading axis of the batch's size.
 
     ``apply_fn``: the model's ``apply`` (``model.apply``); ``inputs``: float NHWC, normalised as
-    the model takes them; ``targets``: one-hot (or smoothed) label distributions, N x classes."""
-
+    the model takes them; ``targets``: one-hot (or smoothed) label distributions, N x classes;
+    ``keys``: one dropout key per example, or None. Compiled once per model and shapes."""
     if any("BatchNorm" in jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)):
         raise ValueError("per-example gradients need a model without batch norm (--config.model.norm=none)")
+    return _per_example_grads(apply_fn, params, inputs, targets, keys)
 
+
+@functools.partial(jax.jit, static_argnums=0)
+def _per_example_grads(apply_fn, params, inputs, targets, keys):
     def loss(params, image, target, key):
         rngs = None if key is None else {"dropout": key}
         logits = apply_fn({"params": params}, image[None], train=key is not None, rngs=rngs)
         return optax.softmax_cross_entropy(logits, target[None])[0]
 
     key_axis = None if keys is None else 0
-    return jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0, key_axis)))(params, inputs, targets, keys)
+    return jax.vmap(jax.grad(loss), in_axes=(None, 0, 0, key_axis))(params, inputs, targets, keys)

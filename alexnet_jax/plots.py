@@ -3,6 +3,7 @@ layer's filters."""
 
 import pathlib
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")
@@ -208,19 +209,12 @@ TOWER_GAP = 3  # kernel pixels between the towers' filters
 def first_layer_kernel(params) -> np.ndarray:
     """The kernel of the convolution that reads the image (the only one with 3 input channels):
     height x width x 3 x filters, as a host array."""
-    kernels = [leaf for path, leaf in _leaves(params) if path[-1] == "kernel" and np.ndim(leaf) == 4]
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    kernels = [leaf for path, leaf in leaves if getattr(path[-1], "key", None) == "kernel" and np.ndim(leaf) == 4]
     first = [kernel for kernel in kernels if np.shape(kernel)[2] == 3]
     if len(first) != 1:
         raise ValueError(f"expected one convolution reading 3 channels, found {len(first)}")
     return np.asarray(first[0], np.float32)
-
-
-def _leaves(tree, path=()):
-    if isinstance(tree, dict) or hasattr(tree, "items"):
-        for key, value in tree.items():
-            yield from _leaves(value, (*path, key))
-    else:
-        yield path, tree
 
 
 def filter_grid(kernel: np.ndarray, towers: int = 1, columns: int = 16) -> np.ndarray:

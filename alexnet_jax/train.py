@@ -129,7 +129,8 @@ def _set_aside_damaged(checkpoints: Checkpoints):
             error = e
     if distributed.agree(error is not None):
         raise error or CheckpointError(f"every checkpoint in {checkpoints.manager.directory} is damaged (process 0)")
-    checkpoints.manager.reload()
+    if not is_main_process():  # process 0's manager reloaded after its renames
+        checkpoints.manager.reload()
 
 
 def _restore_latest(run: Run, checkpoints: Checkpoints, state, rng):
