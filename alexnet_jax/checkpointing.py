@@ -95,6 +95,8 @@ def _items(state, rng) -> dict:
     }
     if state.batch_stats is not None:
         items["batch_stats"] = state.batch_stats
+    if state.ema is not None:
+        items["ema"] = state.ema
     return items
 
 
@@ -197,6 +199,8 @@ class Checkpoints:
         state = state.replace(params=items["params"], opt_state=items["opt_state"], step=items["step"])
         if "batch_stats" in items:
             state = state.replace(batch_stats=items["batch_stats"])
+        if "ema" in items:
+            state = state.replace(ema=items["ema"])
         rng = jax.random.wrap_key_data(np.asarray(items["rng"]))
         return state, rng, dict(restored["data"])
 
@@ -276,23 +280,29 @@ def _megabytes(size: int) -> str:
     return f"{size / 1e6:,.1f} MB"
 
 
-def read_variables(folder: pathlib.Path) -> tuple[dict, dict | None]:
+def read_variables(folder: pathlib.Path, weights: str = "raw") -> tuple[dict, dict | None]:
     """The parameters and batch-norm statistics (or None) of the checkpoint in ``folder``
     (``<workdir>/checkpoints/<step>``) as host arrays, without the optimizer state: what evaluation,
-    prediction and fine-tuning need, whatever optimizer the run was trained with."""
+    prediction and fine-tuning need, whatever optimizer the run was trained with; ``weights="ema"``:
+    their moving average instead (``ema_decay``)."""
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # Orbax warns that a step's item folder has no metadata of its own
     try:
         with ocp.PyTreeCheckpointer() as checkpointer:
             saved = checkpointer.metadata(folder / "state").item_metadata
-            wanted = {key: saved[key] for key in ("params", "batch_stats") if key in saved}
+            if weights == "ema" and "ema" not in saved:
+                raise CheckpointError(f"{folder} holds no averaged weights (trained without --config.ema_decay)")
+            source = saved["ema"] if weights == "ema" else saved
+            wanted = {key: source[key] for key in ("params", "batch_stats") if key in source}
+            wanted = {"ema": wanted} if weights == "ema" else wanted
             target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), wanted)
             restore_args = ocp.checkpoint_utils.construct_restore_args(target)
             restore = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
             restored = checkpointer.restore(folder / "state", args=restore)
     finally:
         absl_logger.setLevel(level)
+    restored = restored["ema"] if weights == "ema" else restored
     return restored["params"], restored.get("batch_stats")
 
 

@@ -2,7 +2,7 @@
 
 import jax
 
-from alexnet_jax import augment, feeds, models, optim, parallel
+from alexnet_jax import augment, ensemble, feeds, models, optim, parallel
 from alexnet_jax.errors import UserError
 
 
@@ -67,6 +67,34 @@ def validate(config, num_devices: int):
     _check_host_views(config.input)
     _check_model_and_schedule(config)
     _check_finetune(config)
+    _check_ensemble(config, num_devices)
+
+
+def _check_ensemble(config, num_devices: int):
+    """The ensemble's size, data order and per-member values; each member's config as a single run's."""
+    members = ensemble.size(config)
+    _require(
+        isinstance(members, int) and members >= 1, f"--config.ensemble_size={members!r} must be a whole number >= 1"
+    )
+    for field, values in config.get("members", {}).items():
+        _require(
+            values is None or len(values) == members,
+            f"--config.members.{field} has {len(values or ())} values for --config.ensemble_size={members}: "
+            "give one per member",
+        )
+    if members == 1:
+        return
+    _one_of("ensemble_data_order", config.ensemble_data_order, ensemble.DATA_ORDERS)
+    _require(
+        config.ensemble_data_order == "shared" or config.input.pipeline == "resident",
+        "--config.ensemble_data_order=own needs --config.input.pipeline=resident (streamed members share batches)",
+    )
+    _require(not config.get("init_from"), "--config.init_from starts one model; train ensembles from scratch")
+    for k in range(members):
+        try:
+            validate(ensemble.member_config(config, k), num_devices)
+        except ConfigError as e:
+            raise ConfigError(f"ensemble member {k}: {e}") from None
 
 
 def _check_profile(profile):

@@ -1,5 +1,6 @@
 """Evaluates the latest, best or a given checkpoint of a workdir on any dataset split."""
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -8,7 +9,7 @@ import re
 import jax
 import numpy as np
 
-from alexnet_jax import config_checks, datasets, models, runtime
+from alexnet_jax import config_checks, datasets, ensemble, models, runtime
 from alexnet_jax.checkpointing import (
     CheckpointError,
     Checkpoints,
@@ -55,12 +56,16 @@ def _named_step(checkpoints: Checkpoints, which: str, directory) -> int:
     return int(which)
 
 
-def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
+def evaluate_checkpoint(
+    config, workdir: str, which: str = "best", member: int | None = None, weights: str = "raw"
+) -> dict:
     """Scores checkpoint ``which`` ('latest', 'best' or a step) on ``config.dataset.eval_split``.
 
     Writes ``eval_<dataset>_<split>_*`` plots and a JSON report into the workdir and returns the
     report. Metrics are named neutrally (``loss``, ``top1``, ``top5``): the split may be any; a
     split with ReaL labels (``imagenet2012_real``, or a dataset prepared from it) adds ``real_top1``.
+    An ensemble's workdir is scored as the ensemble (each member too), or ``member`` alone;
+    ``weights="ema"`` scores the weights' moving average.
     """
     workdir = pathlib.Path(workdir)
     config_checks.validate(config, jax.device_count())
@@ -74,21 +79,32 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best") -> dict:
     split = load_split(config, config.dataset.eval_split, train=False)
     saved = checkpoints.read_data(step)
     expected = {"model": model_signature(config.model), "num_classes": len(split.class_names)}
+    expected["ensemble_size"] = ensemble.size(config)
     check_signature(saved, expected, workdir, "evaluate with the config it was trained with")
     checkpoints.close()
-    variables = model_variables(*read_variables(directory / str(step)))  # not the optimizer: any will do
+    variables = model_variables(*read_variables(directory / str(step), weights))  # not the optimizer: any will do
     model, parallel = models.create_model(config.model, len(split.class_names)), DataParallel(config.parallel)
     inputs = np.zeros((1, *model_input_shape(config, split.image_shape)), np.float32)
     expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), inputs)
     check_shapes(
-        variables, dict(expected), directory / str(step), "evaluate with the config and images it was trained on"
+        variables,
+        ensemble.stacked(dict(expected), config),
+        directory / str(step),
+        "evaluate with the config and images it was trained on",
     )
-    constants = step_constants(config, len(split.class_names))
+    variables, members = ensemble.chosen(config, variables, member, workdir)
+    constants = dataclasses.replace(step_constants(config, len(split.class_names)), ensemble_size=members)
     evaluator = create_evaluator(parallel, model.apply, constants, split, config)
     metrics, predictions, labels = evaluator(parallel.replicate(variables))
     dataset, split_name = config.dataset.name, config.dataset.eval_split
     name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{dataset}_{split_name}").strip("_")
     header = {"checkpoint_step": step, "dataset": dataset, "split": split_name}
+    if member is not None and ensemble.size(config) > 1:
+        header["member"] = member
+        name += f"_member{member}"
+    if weights == "ema":
+        header["weights"] = "ema"
+        name += "_ema"
     if not is_main_process():
         return {**header, **metrics, "examples": len(split)}
     real = datasets.real_labels(config.dataset, split_name)

@@ -5,7 +5,7 @@ import functools
 import jax
 import numpy as np
 
-from alexnet_jax import input_pipeline
+from alexnet_jax import ensemble, input_pipeline
 from alexnet_jax.datasets import ArraySplit
 from alexnet_jax.input_pipeline import EvalBatch, ProcessShare
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel, process_share
@@ -32,7 +32,8 @@ class Evaluator:
         raise NotImplementedError
 
     def __call__(self, variables) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        """Mean ``loss`` (cross-entropy), ``top1``, ``top5``; every example's predicted class and label."""
+        """Mean ``loss`` (cross-entropy), ``top1``, ``top5`` (an ensemble's, and each member's as
+        ``member<k>_top1`` ...); every example's predicted class and label."""
         totals, predictions, labels = None, [], []
         for sums, batch_predictions, batch_labels in self._scored_batches(variables):
             totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
@@ -40,7 +41,7 @@ class Evaluator:
             labels.append(self.parallel.unshard(batch_labels))
         totals = jax.device_get(self.parallel.unreplicate(totals))
         count = float(totals["count"])
-        metrics = {k: float(totals[k]) / count for k in ("loss", "top1", "top5")}
+        metrics = ensemble.flatten({k: np.asarray(v, np.float64) / count for k, v in totals.items() if k != "count"})
         real = slice(0, len(self.split))
         return metrics, np.concatenate(jax.device_get(predictions))[real], np.concatenate(jax.device_get(labels))[real]
 

@@ -7,15 +7,16 @@ import pathlib
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, datasets, models, optim, runtime
+from alexnet_jax import config_checks, datasets, ensemble, models, optim, runtime
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import is_main_process
 from alexnet_jax.feeds import host_views
 from alexnet_jax.parallel import DataParallel
-from alexnet_jax.train_step import StepConstants, create_train_state
+from alexnet_jax.train_step import StepConstants, create_train_state, state_variables
 
 
 def step_constants(config, num_classes: int) -> StepConstants:
@@ -30,6 +31,8 @@ def step_constants(config, num_classes: int) -> StepConstants:
         eval_crops=config.eval_crops,
         eval_flip=config.eval_flip,
         grad_accum_steps=config.get("grad_accum_steps", 1),
+        ensemble_size=ensemble.size(config),
+        ema_decay=config.get("ema_decay", 0.0),
     )
 
 
@@ -46,10 +49,25 @@ def create_state(config, num_classes: int, image_shape, steps_per_epoch: int):
     numerical checks: results that differ only in the order of sums then agree to ~1e-15)."""
     model = models.create_model(config.model, num_classes)
     schedule = optim.create_schedule(config, steps_per_epoch)
-    tx = optim.create_optimizer(config, schedule)
+    members = ensemble.size(config)
+    tx = optim.create_optimizer(config, schedule, per_member=members > 1)
     param_dtype = np.float64 if config.model.get("dtype") == "float64" else np.float32
-    rng = jax.random.key(config.seed)
-    return create_train_state(model, tx, model_input_shape(config, image_shape), rng, param_dtype), schedule
+    shape = model_input_shape(config, image_shape)
+    if members == 1:
+        state = create_train_state(model, tx, shape, jax.random.key(config.seed), param_dtype)
+    else:
+        keys = jax.vmap(jax.random.key)(np.asarray(ensemble.member_seeds(config)))
+        state = ensemble.with_member_settings(create_train_state(model, tx, shape, keys, param_dtype), config)
+    if config.get("ema_decay", 0.0) > 0:  # the average starts at the initial weights
+        state = state.replace(ema=jax.tree.map(jnp.copy, state_variables(state)))
+    return state, schedule
+
+
+def train_key(config) -> jax.Array:
+    """The run's key for augmentation and dropout (an ensemble's: one per member)."""
+    seeds = np.asarray(ensemble.member_seeds(config))
+    keys = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), 1))(seeds)
+    return keys if ensemble.size(config) > 1 else keys[0]
 
 
 def say(message: str):
@@ -103,6 +121,7 @@ class Run:
             "train_split": self.config.dataset.train_split,
             "train_examples": len(self.train_split),
             "seed": self.config.seed,  # the data order, the augmentation and dropout keys
+            **ensemble.signature(self.config),
         }
 
     def checkpoint_data(self, step: int) -> dict:

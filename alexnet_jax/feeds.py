@@ -12,7 +12,10 @@ rng)``, so the training loop does not depend on which one runs:
 
 import functools
 
-from alexnet_jax import images, input_pipeline
+import jax
+import numpy as np
+
+from alexnet_jax import ensemble, images, input_pipeline
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel, process_share
 from alexnet_jax.train_step import StepConstants, resident_train_step, train_step
 
@@ -30,6 +33,20 @@ def host_views(input_config) -> tuple:
     return train_view, eval_view
 
 
+def over_members(step, config, input_axes: tuple):
+    """``step(state, *inputs, rng)``, or for an ensemble the same step ``jax.vmap``-ed over its
+    members: the stacked state and keys member by member, each input shared (axis None) or per
+    member (0), as ``input_axes`` says; the metrics come back per member."""
+    if ensemble.size(config) == 1:
+        return step
+
+    def members_step(state, *inputs_and_rng):
+        axes = ensemble.state_axes(state)
+        return jax.vmap(step, in_axes=(axes, *input_axes, 0), out_axes=(axes, 0))(state, *inputs_and_rng)
+
+    return members_step
+
+
 def compile_train_step(parallel: DataParallel, config, steps_per_epoch: int, constants: StepConstants):
     """The resident train step for all devices: (state, data, epoch order, rng) -> (state, metrics)."""
     step = functools.partial(
@@ -38,20 +55,29 @@ def compile_train_step(parallel: DataParallel, config, steps_per_epoch: int, con
         steps_per_epoch=steps_per_epoch,
         constants=constants,
     )
+    step = over_members(step, config, (None, 0 if own_order(config) else None))
     return parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, REPLICATED), donate_argnums=(0,))
 
 
-def compile_batch_step(parallel: DataParallel, constants: StepConstants):
+def compile_batch_step(parallel: DataParallel, config, constants: StepConstants):
     """The train step on a given batch: (state, sharded batch, rng) -> (state, metrics)."""
-    step = functools.partial(train_step, constants=constants)
+    step = over_members(functools.partial(train_step, constants=constants), config, (None,))
     return parallel.wrap(step, (REPLICATED, SHARDED, REPLICATED), (REPLICATED, REPLICATED), donate_argnums=(0,))
 
 
+def own_order(config) -> bool:
+    """Whether each ensemble member reads the data in its own order."""
+    return ensemble.size(config) > 1 and config.ensemble_data_order == "own"
+
+
 class ResidentFeed:
-    """The training split on every device, and the current epoch's order."""
+    """The training split on every device, and the current epoch's order (an ensemble whose members
+    each have their own: the members' orders, stacked)."""
 
     def __init__(self, parallel: DataParallel, config, split, steps_per_epoch: int, constants: StepConstants):
-        self.parallel, self.seed, self.split, self.steps_per_epoch = parallel, config.seed, split, steps_per_epoch
+        self.parallel, self.split, self.steps_per_epoch = parallel, split, steps_per_epoch
+        seed, members = ensemble.data_seed(config), ensemble.size(config)
+        self.seeds = [seed + k for k in range(members)] if own_order(config) else [seed]
         self.data = parallel.replicate({"image": split.images, "label": split.labels})
         self.step_fn = compile_train_step(parallel, config, steps_per_epoch, constants)
         self._epoch, self._order = None, None
@@ -59,7 +85,8 @@ class ResidentFeed:
     def inputs(self, step: int) -> tuple:
         epoch = step // self.steps_per_epoch
         if epoch != self._epoch:
-            order = input_pipeline.epoch_order(self.seed, epoch, len(self.split))
+            orders = [input_pipeline.epoch_order(seed, epoch, len(self.split)) for seed in self.seeds]
+            order = np.stack(orders) if len(orders) > 1 else orders[0]
             self._epoch, self._order = epoch, self.parallel.replicate(order)
         return self.data, self._order
 
@@ -77,10 +104,10 @@ class StreamingFeed:
 
     def __init__(self, parallel: DataParallel, config, split, total_steps: int, start_step: int, constants):
         self._batch_fn = input_pipeline.TrainBatch(
-            split.read, len(split), config.batch_size, config.seed, process_share()
+            split.read, len(split), config.batch_size, ensemble.data_seed(config), process_share()
         )
         self._total_steps, self._workers, self._put = total_steps, config.input.workers, parallel.shard
-        self.step_fn = compile_batch_step(parallel, constants)
+        self.step_fn = compile_batch_step(parallel, config, constants)
         self._batches, self._next_step, self._current = None, start_step, None
 
     def inputs(self, step: int) -> tuple:

@@ -13,6 +13,7 @@ bottom/right), so 224 crops (the paper's text) and 227 crops (Caffe's choice) bo
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -70,6 +71,20 @@ class LocalResponseNorm(nn.Module):
         return out.reshape(x.shape).astype(dtype)
 
 
+class Dropout(nn.Module):
+    """Flax's ``nn.Dropout`` (the same masks from the same keys) whose rate may also be a traced
+    value: each member of an ensemble has its own (``ensemble.py``)."""
+
+    rate: Any
+
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or (isinstance(self.rate, int | float) and self.rate == 0):
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
 def _max_pool(x: jax.Array, padding: str = "VALID") -> jax.Array:
     """The paper's overlapping pooling: 3x3 windows, stride 2."""
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)
@@ -83,7 +98,8 @@ class AlexNet2012(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate  # an ensemble member's
         weights = nn.initializers.normal(stddev=0.01)
         zeros, ones = nn.initializers.zeros, nn.initializers.ones
 
@@ -117,9 +133,9 @@ class AlexNet2012(nn.Module):
         x = x.reshape(x.shape[0], -1)
         # The paper drops out the outputs of the first two fully connected layers.
         x = nn.relu(dense(4096, ones, "fc6")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(rate)(x, not train)
         x = nn.relu(dense(4096, ones, "fc7")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(rate)(x, not train)
         return dense(self.num_classes, zeros, "fc8")(x).astype(at_least_float32(self.dtype))
 
 
@@ -146,7 +162,9 @@ class AlexNetOWT(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate  # an ensemble member's
+
         def conv(features, kernel, strides=1, padding=1):
             return nn.Conv(features, (kernel, kernel), strides, padding=padding, dtype=self.dtype)
 
@@ -158,9 +176,9 @@ class AlexNetOWT(nn.Module):
         x = nn.relu(conv(256, 3)(x))
         x = _max_pool(nn.relu(conv(256, 3)(x)))
         x = adaptive_avg_pool(x, 6).reshape(x.shape[0], -1)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(rate)(x, not train)
         x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(rate)(x, not train)
         x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(at_least_float32(self.dtype))
 
@@ -185,7 +203,8 @@ class AlexNetCIFAR(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate  # an ensemble member's
         he = nn.initializers.he_normal()
         c1, c2, c3, c4, c5 = (max(1, round(c * self.width)) for c in self.channels)
         hidden = max(1, round(self.fc_features * self.width))
@@ -207,9 +226,9 @@ class AlexNetCIFAR(nn.Module):
         x = conv_relu(x, c4)
         x = _max_pool(conv_relu(x, c5), padding="SAME")
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(rate)(x, not train)
         x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype)(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(rate)(x, not train)
         x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype)(x))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(at_least_float32(self.dtype))
 

@@ -82,7 +82,7 @@ def _finetune_scales(config) -> tuple[optax.GradientTransformation, ...]:
     return (optax.multi_transform({**scales, "frozen": optax.set_to_zero()}, labels),)
 
 
-def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+def create_optimizer(config, schedule: optax.Schedule, per_member: bool = False) -> optax.GradientTransformation:
     """SGD with momentum and weight decay, by ``optimizer.update_rule``:
 
     * ``paper`` (section 5):  v <- momentum * v - lr * (grad + weight_decay * w);  w <- w + v
@@ -103,30 +103,39 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
     (``optax.inject_hyperparams``), whose count advances at every step, skipped or not, so the rate
     at step s is the schedule's at s: the optimizer state holds the rate of the last update, and
     with the plateau rule the rate itself, which the loop divides.
+
+    ``per_member`` (ensembles): the weight decay and a factor on the rate are in the state too, set
+    per member (every schedule is proportional to its peak, so member k's rate is the schedule's
+    times ``learning_rate_k / optimizer.learning_rate``).
     """
     opt, scales = config.optimizer, _finetune_scales(config)
 
-    def sgd(learning_rate):
-        decay = optax.add_decayed_weights(opt.weight_decay, mask=None if opt.decay_biases else _is_kernel)
+    def sgd(learning_rate, weight_decay=opt.weight_decay, learning_rate_factor=1.0):
+        decay = optax.add_decayed_weights(weight_decay, mask=None if opt.decay_biases else _is_kernel)
         momentum = optax.trace(decay=opt.momentum, nesterov=opt.nesterov)
-        rate = optax.scale_by_learning_rate(learning_rate)
+        rate = optax.scale_by_learning_rate(learning_rate * learning_rate_factor)
         steps = (decay, momentum, rate) if opt.update_rule == "pytorch" else (decay, rate, momentum)
         return optax.chain(*steps, *scales)
 
-    def sgd_if_finite(learning_rate):
-        return optax.apply_if_finite(sgd(learning_rate), max_consecutive_errors=2**30)
+    def sgd_if_finite(learning_rate, weight_decay=opt.weight_decay, learning_rate_factor=1.0):
+        inner = sgd(learning_rate, weight_decay, learning_rate_factor)
+        return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
 
     rate = opt.learning_rate if config.schedule.name == "plateau" else schedule
-    return optax.inject_hyperparams(sgd_if_finite)(learning_rate=rate)
+    # An ensemble's members differ in these: values in the state, not constants (ensemble.py).
+    member_values = {"weight_decay": opt.weight_decay, "learning_rate_factor": 1.0} if per_member else {}
+    return optax.inject_hyperparams(sgd_if_finite)(learning_rate=rate, **member_values)
 
 
 def learning_rate(opt_state) -> jax.Array:
-    """The rate in the optimizer state (of the last update; with the plateau rule, the current one)."""
-    return opt_state.hyperparams["learning_rate"]
+    """The rate of the last update (with the plateau rule, the current one); an ensemble's, per member."""
+    hyperparams = opt_state.hyperparams
+    return hyperparams["learning_rate"] * hyperparams.get("learning_rate_factor", 1.0)
 
 
 def with_learning_rate(opt_state, rate: jax.Array):
-    """The optimizer state with the rate replaced (the plateau rule's division)."""
+    """The optimizer state with the rate replaced (the plateau rule's division; an ensemble's
+    members keep their factors)."""
     return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": rate})
 
 

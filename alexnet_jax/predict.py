@@ -24,13 +24,13 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from alexnet_jax import config_checks, cpus, files, models, plots, runtime
+from alexnet_jax import config_checks, cpus, ensemble, files, models, plots, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, read_variables
 from alexnet_jax.evaluate import resolve_checkpoint
 from alexnet_jax.experiment import step_constants
 from alexnet_jax.images import CentreSquare, Encoding, EvaluationInput
 from alexnet_jax.torchvision_weights import readable_class_names
-from alexnet_jax.train_step import eval_log_probabilities, model_variables
+from alexnet_jax.train_step import ensemble_log_probabilities, model_variables
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 TOP = 5
@@ -87,7 +87,9 @@ def _evaluation_input(config, data: dict) -> EvaluationInput:
 class Predictor:
     """A checkpoint's model on the accelerator: uint8 images -> class probabilities."""
 
-    def __init__(self, workdir: pathlib.Path, which: str, ten_crop: bool):
+    def __init__(
+        self, workdir: pathlib.Path, which: str, ten_crop: bool, member: int | None = None, weights: str = "raw"
+    ):
         self.config = saved_config(workdir)
         if ten_crop and self.config.augment.get("crop_size") is None:
             raise config_checks.ConfigError(
@@ -103,14 +105,18 @@ class Predictor:
         self.class_names = readable_class_names(data.get("class_names") or [f"class {i}" for i in range(num_classes)])
         self.input = _evaluation_input(self.config, data)
         checkpoints.close()
-        self.variables = model_variables(*read_variables(workdir / "checkpoints" / str(step)))  # no optimizer
+        variables = model_variables(*read_variables(workdir / "checkpoints" / str(step), weights))  # no optimizer
+        self.variables, members = ensemble.chosen(self.config, variables, member, workdir)
         apply_fn, self.batch = models.create_model(self.config.model, num_classes).apply, self.config.eval_batch_size
         # Centre crop, or the paper's ten crops (which hold the mirrors: no extra mirror then).
         constants = step_constants(self.config, num_classes)
         constants = dataclasses.replace(
-            constants, eval_crops=10 if ten_crop else 1, eval_flip=constants.eval_flip and not ten_crop
+            constants,
+            eval_crops=10 if ten_crop else 1,
+            eval_flip=constants.eval_flip and not ten_crop,
+            ensemble_size=members,  # an ensemble's softmax averaged, or one member's
         )
-        probabilities = lambda v, x: jax.numpy.exp(eval_log_probabilities(v, x, apply_fn, constants))  # noqa: E731
+        probabilities = lambda v, x: jax.numpy.exp(ensemble_log_probabilities(v, x, apply_fn, constants))  # noqa: E731
         self._probabilities = jax.jit(probabilities)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -123,9 +129,20 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)))
 
 
-def predict(workdir: str, which: str, patterns: list[str], output: str | None, ten_crop: bool, grid: str | None):
+def predict(
+    workdir: str,
+    which: str,
+    patterns: list[str],
+    output: str | None,
+    ten_crop: bool,
+    grid: str | None,
+    member: int | None = None,
+    weights: str = "raw",
+):
     """Predicts the top-5 classes of the images ``patterns`` name; prints a table, writes ``output``
-    (.csv or .jsonl) and a PNG grid. Returns the rows (one per readable image)."""
+    (.csv or .jsonl) and a PNG grid. Returns the rows (one per readable image). An ensemble's
+    workdir predicts with the ensemble, or with ``member`` alone; ``weights="ema"``, with the
+    weights' moving average."""
     if output and pathlib.Path(output).suffix not in (".csv", ".jsonl"):
         raise config_checks.ConfigError(f"--output={output} must end in .csv or .jsonl")
     paths = find_images(patterns)
@@ -133,7 +150,7 @@ def predict(workdir: str, which: str, patterns: list[str], output: str | None, t
         raise config_checks.ConfigError("--mode=predict needs --images=FILE_FOLDER_OR_GLOB (one or more)")
     workdir = pathlib.Path(workdir)
     print(runtime.platform_line(), flush=True)
-    predictor = Predictor(workdir, which, ten_crop)
+    predictor = Predictor(workdir, which, ten_crop, member, weights)
     rows, shown = _predict_all(predictor, paths)
     if not rows:
         raise config_checks.ConfigError(f"none of the {len(paths)} files could be read as an image")

@@ -29,12 +29,12 @@ import jax
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, distributed, files, finetune, metrics_log, models, optim, runtime
+from alexnet_jax import config_checks, distributed, ensemble, files, finetune, metrics_log, models, optim, runtime
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, DiskFull, check_signature
 from alexnet_jax.distributed import AgreedStop, is_main_process
 from alexnet_jax.errors import InputWorkerDied, TrainingDiverged
 from alexnet_jax.evaluation import create_evaluator
-from alexnet_jax.experiment import Run, create_state, load_run, say, step_constants
+from alexnet_jax.experiment import Run, create_state, load_run, say, step_constants, train_key
 from alexnet_jax.feeds import create_feed
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.report import write_report
@@ -193,17 +193,21 @@ class _Trainer:
             "--config.nonfinite_updates=skip to skip such steps and go on"
         )
 
-    def learning_rate(self) -> float:
-        return float(jax.device_get(self.run.parallel.unreplicate(optim.learning_rate(self.state.opt_state))))
+    def learning_rate(self) -> np.ndarray:
+        """The rate of the last update (an ensemble's: one per member)."""
+        return np.asarray(jax.device_get(self.run.parallel.unreplicate(optim.learning_rate(self.state.opt_state))))
 
     def follow_plateau_rule(self, top1: float):
-        """With the plateau rule: divides the rate if this evaluation says so."""
+        """With the plateau rule: divides the rate if this evaluation (an ensemble's: of the
+        ensemble) says so."""
         if self.plateau is None or not self.plateau.observe(1.0 - top1):
             return
-        rate = np.float32(self.learning_rate() * self.plateau.factor)
-        opt_state = optim.with_learning_rate(self.state.opt_state, self.run.parallel.replicate(rate))
+        parallel, opt_state = self.run.parallel, self.state.opt_state
+        rate = np.asarray(jax.device_get(parallel.unreplicate(opt_state.hyperparams["learning_rate"])))
+        rate = (rate.astype(np.float64) * self.plateau.factor).astype(rate.dtype)
+        opt_state = optim.with_learning_rate(opt_state, parallel.replicate(rate))
         self.state = self.state.replace(opt_state=opt_state)
-        say(f"validation error stopped improving: learning rate now {rate:.3g}")
+        say(f"validation error stopped improving: learning rate now {np.ravel(self.learning_rate())[0]:.3g}")
 
     def save(self, metrics: dict | None = None):
         self.check_finite(latest=True)  # a checkpoint never holds a step after a non-finite one
@@ -215,11 +219,15 @@ class _Trainer:
         self.last_saved = self.step
 
     def evaluate(self, log: metrics_log.MetricsLog | None):
-        """Scores the current parameters; logs the result unless ``log`` is None.
+        """Scores the current parameters (and their moving average, ``ema_*``); logs the result
+        unless ``log`` is None.
 
         Returns (metrics, predictions, labels)."""
         self.feed.pause()  # the training workers stop while the evaluation's run
         metrics, predictions, labels = self.evaluator(state_variables(self.state))
+        if self.state.ema is not None:  # the moving average too, as ema_top1, ...
+            averaged, _, _ = self.evaluator(self.state.ema)
+            metrics = {**metrics, **{f"ema_{key}": value for key, value in averaged.items()}}
         if log is not None:
             epoch = self.step / self.run.steps_per_epoch
             log.write("eval", self.step, {"epoch": epoch, **{f"val_{k}": v for k, v in metrics.items()}})
@@ -228,10 +236,16 @@ class _Trainer:
 
 
 def validation_line(epoch: float, num_epochs: int, step: int, metrics: dict) -> str:
-    """What the loop prints after each evaluation (benchmarks/time_to_accuracy.py reads it)."""
+    """What the loop prints after each evaluation (benchmarks/time_to_accuracy.py reads it); an
+    ensemble's, then each member's top-1."""
+    members = [f"{metrics[key]:.4f}" for key in metrics if key.startswith("member") and key.endswith("_top1")]
     return (
-        f"epoch {round(epoch)}/{num_epochs} step {step}: validation top-1 "
-        f"{metrics['top1']:.4f} top-5 {metrics['top5']:.4f} cross-entropy {metrics['loss']:.4f}"
+        (
+            f"epoch {round(epoch)}/{num_epochs} step {step}: validation top-1 "
+            f"{metrics['top1']:.4f} top-5 {metrics['top5']:.4f} cross-entropy {metrics['loss']:.4f}"
+        )
+        + (f" (members' top-1: {' '.join(members)})" if members else "")
+        + (f" (moving average: top-1 {metrics['ema_top1']:.4f})" if "ema_top1" in metrics else "")
     )
 
 
@@ -250,11 +264,12 @@ class _ThroughputWindow:
         self.steps += 1
 
     def means(self) -> dict:
-        """Means over the window's steps, and ``skipped_updates`` as a count."""
+        """Means over the window's steps, and ``skipped_updates`` as a count (an ensemble's: the
+        members' mean, and each member's, ``ensemble.flatten``)."""
         sums = jax.device_get(self.parallel.unreplicate(self.sums))
         elapsed = time.perf_counter() - self.started
-        values = {k: float(v) if k == "skipped_updates" else float(v) / self.steps for k, v in sums.items()}
-        return {**values, "images_per_s": self.steps * self.batch_size / elapsed}
+        values = {k: v if k == "skipped_updates" else v / self.steps for k, v in sums.items()}
+        return {**ensemble.flatten(values), "images_per_s": self.steps * self.batch_size / elapsed}
 
 
 def itstime(step: int, every: int, last_step: int | None = None) -> bool:
@@ -291,7 +306,7 @@ def _log_train(trainer: "_Trainer", log: metrics_log.MetricsLog, window: _Throug
     """The window's means and the rate to the log and the progress bar; a new window."""
     step, run = trainer.step, trainer.run
     values = {"epoch": step / run.steps_per_epoch, **window.means()}
-    record = log.write("train", step, {**values, "learning_rate": trainer.learning_rate()})
+    record = log.write("train", step, {**values, **ensemble.flatten({"learning_rate": trainer.learning_rate()})})
     postfix = {"epoch": f"{record['epoch']:.2f}", "loss": f"{record['loss']:.3f}"}
     bar.set_postfix(**postfix, img_s=f"{record['images_per_s']:.0f}")
     window.restart()
@@ -343,8 +358,20 @@ def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | N
     metrics, predictions, labels = last_eval
     plots.plot_curves(metrics_log.read_metrics(run.workdir), run.workdir / "curves.png")
     params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), run.parallel.unreplicate(trainer.state.params))
+    params = ensemble.member(params, 0) if ensemble.size(run.config) > 1 else params  # an ensemble's first
     plots.plot_first_layer(params, run.workdir / FILTERS, models.towers(run.config.model.name))
-    write_report(run.workdir, REPORT, run.val_split, predictions, labels, {"step": run.total_steps, **metrics})
+    header = {"step": run.total_steps, "weights": _weights_note(run.config)}
+    write_report(run.workdir, REPORT, run.val_split, predictions, labels, {**header, **metrics})
+
+
+def _weights_note(config) -> str:
+    """What the report's metrics are of (its figures are of the trained weights)."""
+    note = "loss, top1, top5 and the figures: the trained weights"
+    if config.get("ema_decay", 0.0) > 0:
+        note += f"; ema_*: their exponential moving average (decay {config.ema_decay})"
+    if ensemble.size(config) > 1:
+        note += "; an ensemble's: its members' softmax averaged, each member's as member<k>_*"
+    return note
 
 
 def _start(config, workdir: str, held: contextlib.ExitStack):
@@ -365,7 +392,7 @@ def _start(config, workdir: str, held: contextlib.ExitStack):
         runtime.warn_if_accelerator_config_on_cpu(config, state.params)
     if initialised:
         say(initialised)
-    rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+    rng = train_key(config)
     return run, checkpoints, *_restore_latest(run, checkpoints, state, rng)
 
 

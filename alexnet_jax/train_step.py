@@ -14,16 +14,19 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from alexnet_jax import augment
+from alexnet_jax import augment, ensemble
 
 AXIS = "batch"
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState (step, params, opt_state, apply_fn, tx), and the model's batch-norm
-    statistics if it has any (else None)."""
+    """Flax's TrainState (step, params, opt_state, apply_fn, tx), the model's batch-norm
+    statistics if it has any (else None), and an ensemble member's ``label_smoothing`` and
+    ``dropout_rate`` (``ensemble.py``; else None: the config's, as constants)."""
 
     batch_stats: Any = None
+    settings: Any = None
+    ema: Any = None  # the model variables' exponential moving average (``ema_decay``), or None
 
 
 def model_variables(params: Any, batch_stats: Any) -> dict:
@@ -51,6 +54,8 @@ class StepConstants:
     eval_crops: int = 1  # 1: one view; 10: the paper's ten crops, softmax averaged
     eval_flip: bool = False  # also score the mirror image, softmax averaged
     grad_accum_steps: int = 1  # each device's batch in this many micro-batches, gradients summed
+    ensemble_size: int = 1  # evaluation: members stacked on a leading axis, scored each and together
+    ema_decay: float = 0.0  # > 0: the state's ``ema`` moves this much less than all the way to the new weights
 
 
 def create_train_state(
@@ -58,7 +63,8 @@ def create_train_state(
 ) -> TrainState:
     """Initialises parameters and batch-norm statistics (``param_dtype``) and optimizer state for
     ``image_shape`` = (H, W, C), in one compiled program. The step is a strongly typed int32, as a
-    restored one is: a fresh and a resumed state then share one compiled train step."""
+    restored one is: a fresh and a resumed state then share one compiled train step. Keys stacked
+    on a leading axis initialise an ensemble: one member per key, one shared step count."""
 
     def init(rng):
         variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
@@ -68,7 +74,10 @@ def create_train_state(
         state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats)
         return state.replace(step=jnp.zeros((), jnp.int32))
 
-    return jax.jit(init)(rng)
+    if rng.ndim == 0:
+        return jax.jit(init)(rng)
+    axes = ensemble.state_axes(jax.eval_shape(init, rng[0]))
+    return jax.jit(jax.vmap(init, out_axes=axes))(rng)
 
 
 def _global_positions(local_batch: int) -> jax.Array:
@@ -103,7 +112,8 @@ def train_step(
         noise_keys = jax.vmap(jax.random.fold_in, (0, None))(example_keys, 2)
         pixels = pixels + jax.vmap(augment.pca_noise, (0, None))(noise_keys, constants.pca_noise)[:, None, None, :]
     inputs = augment.normalize(pixels, constants.normalization)
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, constants.num_classes), constants.label_smoothing)
+    smoothing = constants.label_smoothing if state.settings is None else state.settings["label_smoothing"]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, constants.num_classes), smoothing)
     loss, logits, grads, batch_stats = _gradients(state, inputs, targets, dropout_key, constants.grad_accum_steps)
     grads = jax.lax.pmean(grads, AXIS)
     metrics = {
@@ -119,6 +129,9 @@ def train_step(
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         applied = applied.replace(batch_stats=jax.tree.map(keep, batch_stats, state.batch_stats))
     metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
+    if state.ema is not None:  # ema <- decay * ema + (1 - decay) * new weights
+        average = optax.incremental_update(state_variables(applied), state.ema, 1 - constants.ema_decay)
+        applied = applied.replace(ema=average)
     return applied, metrics
 
 
@@ -131,15 +144,16 @@ def _gradients(state: TrainState, inputs: jax.Array, targets: jax.Array, dropout
     configs take one micro-batch: their statistics are the batch's)."""
     has_stats = state.batch_stats is not None
     first_shard = jax.lax.axis_index(AXIS) * micro
+    member = {} if state.settings is None else {"dropout_rate": state.settings["dropout_rate"]}
 
     def loss_fn(params, inputs, targets, key):
-        variables = model_variables(params, state.batch_stats)
+        variables, training = model_variables(params, state.batch_stats), {"train": True, **member}
         if has_stats:
             logits, updates = state.apply_fn(
-                variables, inputs, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+                variables, inputs, **training, rngs={"dropout": key}, mutable=["batch_stats"]
             )
         else:
-            logits, updates = state.apply_fn(variables, inputs, train=True, rngs={"dropout": key}), {}
+            logits, updates = state.apply_fn(variables, inputs, **training, rngs={"dropout": key}), {}
         return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates.get("batch_stats"))
 
     def micro_step(summed, batch):
@@ -171,18 +185,32 @@ def eval_step(
 ) -> tuple[dict[str, jax.Array], jax.Array]:
     """Scores a batch; ``batch['mask']`` marks real examples (padding scores nothing).
 
-    Returns global sums (``loss``, ``top1``, ``top5``, ``count``), and this device's predictions and labels.
+    Returns global sums (``loss``, ``top1``, ``top5``, ``count``), and this device's predictions and
+    labels. An ensemble's variables are stacked: the sums and predictions are the ensemble's (the
+    members' softmax averaged), and ``member_loss``, ``member_top1``, ``member_top5`` hold each
+    member's sums (the members scored one after another, in one member's memory).
     """
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-    log_probs = eval_log_probabilities(variables, batch["image"], apply_fn, constants)
+    score = lambda v: eval_log_probabilities(v, batch["image"], apply_fn, constants)  # noqa: E731
+    if constants.ensemble_size == 1:
+        log_probs = score(variables)
+        sums = _scores(log_probs, labels, mask)
+    else:  # every member, and the ensemble: the members' softmax averaged
+        members = jax.lax.map(score, variables)
+        log_probs = log_mean_probability(members)
+        per_member = jax.vmap(_scores, (0, None, None))(members, labels, mask)
+        sums = {**_scores(log_probs, labels, mask), **{f"member_{k}": per_member[k] for k in ("loss", "top1", "top5")}}
+    return jax.lax.psum({**sums, "count": jnp.sum(mask)}, AXIS), jnp.argmax(log_probs, -1), labels
+
+
+def _scores(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Sums over the real examples of the cross-entropy and of top-1 and top-5 hits."""
     loss = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
-    sums = {
+    return {
         "loss": jnp.sum(loss * mask),
         "top1": jnp.sum(_topk_correct(log_probs, labels, 1) * mask),
         "top5": jnp.sum(_topk_correct(log_probs, labels, 5) * mask),
-        "count": jnp.sum(mask),
     }
-    return jax.lax.psum(sums, AXIS), jnp.argmax(log_probs, -1), labels
 
 
 def eval_log_probabilities(variables: dict, images: jax.Array, apply_fn, constants: StepConstants) -> jax.Array:
@@ -199,7 +227,7 @@ def eval_log_probabilities(variables: dict, images: jax.Array, apply_fn, constan
         return jax.nn.log_softmax(logits, axis=-1)
 
     def mean_over(views):  # [V, N, ...] -> log of the mean probability over the V views
-        return jax.nn.logsumexp(jax.lax.map(log_softmax, views), axis=0) - jnp.log(float(len(views)))
+        return log_mean_probability(jax.lax.map(log_softmax, views))
 
     if constants.eval_crops == 10:
         return mean_over(augment.ten_crops(images, constants.crop_size))  # [10, N, size, size, C]
@@ -208,6 +236,18 @@ def eval_log_probabilities(variables: dict, images: jax.Array, apply_fn, constan
     if constants.eval_flip:
         return mean_over(jnp.stack([images, images[:, :, ::-1]]))
     return log_softmax(images)
+
+
+def log_mean_probability(log_probs: jax.Array) -> jax.Array:
+    """Log of the mean probability over the leading axis (views, or an ensemble's members)."""
+    return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(float(log_probs.shape[0]))
+
+
+def ensemble_log_probabilities(variables: dict, images: jax.Array, apply_fn, constants: StepConstants) -> jax.Array:
+    """``eval_log_probabilities`` of a model, or of an ensemble (stacked variables, with
+    ``constants.ensemble_size`` > 1): its members' softmax averaged, scored one after another."""
+    score = lambda v: eval_log_probabilities(v, images, apply_fn, constants)  # noqa: E731
+    return score(variables) if constants.ensemble_size == 1 else log_mean_probability(jax.lax.map(score, variables))
 
 
 def resident_batch(data: dict[str, jax.Array], order: jax.Array, start: jax.Array, local_batch: int):

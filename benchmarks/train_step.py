@@ -20,7 +20,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alexnet_jax import datasets  # noqa: E402
-from alexnet_jax.experiment import create_state, step_constants  # noqa: E402
+from alexnet_jax.experiment import create_state, step_constants, train_key  # noqa: E402
 from alexnet_jax.feeds import compile_train_step  # noqa: E402
 from alexnet_jax.input_pipeline import epoch_order  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
@@ -56,7 +56,7 @@ def setup(config, parallel: DataParallel, num_steps: int):
     state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch)
     train_fn = compile_train_step(parallel, config, steps_per_epoch, step_constants(config, len(split.class_names)))
     data = parallel.replicate({"image": split.images, "label": split.labels})
-    rng = parallel.replicate(jax.random.key(0))
+    rng = parallel.replicate(train_key(config))  # an ensemble's: one per member
     order = parallel.replicate(epoch_order(config.seed, 0, len(split)))
     return train_fn, (parallel.replicate(state), data, order, rng)
 

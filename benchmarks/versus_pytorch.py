@@ -142,7 +142,7 @@ def jax_row(model: str, batch: int, dtype: str, warmup: int, steps: int, width: 
     parallel = DataParallel("shard_map", jax.devices()[:1])
     images, labels = random_batch(model, batch)
     state, _ = create_state(config, CLASSES[model], images.shape[1:], steps_per_epoch=1)
-    step_fn = compile_batch_step(parallel, step_constants(config, CLASSES[model]))
+    step_fn = compile_batch_step(parallel, config, step_constants(config, CLASSES[model]))
     state = parallel.replicate(state)
     data, rng = parallel.shard({"image": images, "label": labels}), parallel.replicate(jax.random.key(0))
     started = time.perf_counter()

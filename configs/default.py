@@ -13,6 +13,7 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # parameter initialisation, data order, augmentation and dropout keys
+    config.data_seed = config_dict.placeholder(int)  # the data order (and host crops) alone; None: seed
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "cifar10"  # a TFDS name, or "synthetic"
@@ -86,6 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Each device's share of the batch in this many micro-batches, one after another, gradients
     # summed: the same step with less memory (k devices' numbers on one). Not with batch norm.
     config.grad_accum_steps = 1
+    # > 0: also keep an exponential moving average of the weights (and batch statistics), updated
+    # after every step with this decay (e.g. 0.999), checkpointed and evaluated beside them.
+    config.ema_decay = 0.0
     config.eval_batch_size = 1000  # global, over all devices
     config.eval_crops = 1  # 1: one view (centre crop_size crop, or the whole image); 10: the paper's ten crops
     config.eval_flip = True  # also score each view's mirror image (softmax averaged)
@@ -102,6 +106,17 @@ def get_config() -> ml_collections.ConfigDict:
     # (start, count): a JAX profiler trace of the train steps after step `start`, `count` of them,
     # written to <workdir>/profile (TensorBoard's profile plugin or Perfetto read it). None: off.
     config.profile_steps = config_dict.placeholder(tuple)
+
+    # N models trained together by one vmap-ed step (member k: seed + k), saved as one checkpoint,
+    # evaluated one by one and as an ensemble (softmax averaged). shared: every member sees the same
+    # batches (data_seed's order); own: each its own order (seed + k; the resident pipeline only).
+    config.ensemble_size = 1
+    config.ensemble_data_order = "shared"
+    # Per-member hyperparameters, a sweep in one program: tuples of ensemble_size values, e.g.
+    # --config.members.learning_rate='(0.01, 0.02)'. None: the single value above, for every member.
+    config.members = ml_collections.ConfigDict()
+    for field in ("learning_rate", "weight_decay", "label_smoothing", "dropout_rate"):
+        config.members[field] = config_dict.placeholder(tuple)
 
     # Fine-tuning: start a new run from the weights of a workdir (its best checkpoint, else its latest)
     # or of one checkpoint folder (.../checkpoints/<step>): a run of this code or torchvision's weights

@@ -46,7 +46,7 @@ def agreement_config(config):
 def host_batch_steps(config, parallel: DataParallel, split, start_state, steps=STEPS):
     """Trains ``steps`` steps on consecutive host batches (the streaming path's step); returns host
     params and per-step losses."""
-    step = compile_batch_step(parallel, step_constants(config, len(split.class_names)))
+    step = compile_batch_step(parallel, config, step_constants(config, len(split.class_names)))
     state, rng, losses = parallel.replicate(start_state), parallel.replicate(jax.random.key(7)), []
     for i in range(steps):
         rows = slice(i * config.batch_size, (i + 1) * config.batch_size)

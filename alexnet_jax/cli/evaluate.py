@@ -7,7 +7,7 @@ from alexnet_jax.cli.train import join_processes
 
 
 def define_flags(flag_values: flags.FlagValues) -> dict:
-    return {}  # --checkpoint is shared with predict
+    return {}  # --checkpoint, --member and --ema are shared with predict
 
 
 def take_arguments(values: dict, positional: list[str]) -> list[str]:
@@ -18,5 +18,5 @@ def run(args) -> int:
     from alexnet_jax.evaluate import evaluate_checkpoint
 
     join_processes(args)
-    evaluate_checkpoint(args.config, args.workdir, args.checkpoint)
+    evaluate_checkpoint(args.config, args.workdir, args.checkpoint, args.member, "ema" if args.ema else "raw")
     return 0

@@ -16,6 +16,12 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
             "output", None, "predict: also write the top-5 to this .csv or .jsonl; filters: the PNG to write.", **fv
         ),
         "ten_crop": flags.DEFINE_bool("ten_crop", False, "predict: the paper's ten crops instead of the centre.", **fv),
+        "member": flags.DEFINE_integer(
+            "member", None, "evaluate, predict: one member of an ensemble (0 to N-1); default: the ensemble.", **fv
+        ),
+        "ema": flags.DEFINE_bool(
+            "ema", False, "evaluate, predict: the weights' moving average (--config.ema_decay), not the weights.", **fv
+        ),
         "grid": flags.DEFINE_string(
             "grid", None, "predict: the PNG grid of images (default WORKDIR/predictions.png).", **fv
         ),
@@ -35,5 +41,6 @@ def run(args) -> int:
     if not args.workdir:
         raise UserError("--mode=predict needs --workdir=DIR")
     use_compilation_cache(args.compilation_cache)
-    predict(args.workdir, args.checkpoint, args.images, args.output, args.ten_crop, args.grid)
+    chosen = {"member": args.member, "weights": "ema" if args.ema else "raw"}
+    predict(args.workdir, args.checkpoint, args.images, args.output, args.ten_crop, args.grid, **chosen)
     return 0

@@ -1,0 +1,71 @@
+"""Images/s per model of an ensemble trained by one vmap-ed step, for several ensemble sizes.
+
+  python benchmarks/ensemble.py --config=configs/cifar10_cpu.py --sizes=1,2,4,8
+
+Times the device-resident train step the loop runs (benchmarks/train_step.py's setup) with
+``--config.ensemble_size`` = each size, all members sharing the data order, on one device per
+process (the wrapper and device count are the config's): 3 warm-up steps, then the median of
+``--steps`` synchronised steps. Per-model images/s is N x batch / step time; its ratio to N = 1 says
+what the ensemble gains (an accelerator left idle by one small model) or loses (XLA's grouped
+convolutions, which vmap makes of the members' convolutions, running slower than N separate ones).
+Prints a Markdown table.
+"""
+
+import statistics
+import sys
+from pathlib import Path
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import time_steps  # noqa: E402
+from train_step import setup  # noqa: E402
+
+from alexnet_jax.parallel import DataParallel  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    config_flags.DEFINE_config_file("config", "configs/cifar10_cpu.py", "Config to benchmark.")
+    flags.DEFINE_list("sizes", ["1", "2", "4", "8"], "Ensemble sizes.")
+    flags.DEFINE_integer("steps", 10, "Timed steps per size.")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+
+
+def measure(config, members: int, steps: int, warmup: int) -> dict:
+    config.ensemble_size = members
+    parallel = DataParallel(config.parallel)
+    train_fn, args = setup(config, parallel, steps + warmup)
+    state, *inputs = args
+
+    def step():
+        nonlocal state
+        state, metrics = train_fn(state, *inputs)
+        jax.block_until_ready(metrics)
+
+    median = statistics.median(time_steps(step, warmup, steps))
+    return {"members": members, "step_ms": 1e3 * median, "per_model": config.batch_size / median}
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    print(
+        f"model={config.model.name} dtype={config.model.dtype} channels={tuple(config.model.channels)} "
+        f"batch={config.batch_size} device={jax.devices()[0].device_kind} x{jax.device_count()} jax={jax.__version__}"
+    )
+    rows = [measure(config.copy_and_resolve_references(), int(n), FLAGS.steps, FLAGS.warmup) for n in FLAGS.sizes]
+    print("\n| members | step median (ms) | images/s per model | x N = 1 |")
+    print("|---:|---:|---:|---:|")
+    for row in rows:
+        ratio = row["per_model"] / rows[0]["per_model"]
+        print(f"| {row['members']} | {row['step_ms']:.0f} | {row['per_model']:.0f} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,163 @@
+"""Ensembles and sweeps (``--config.ensemble_size``): member k of an ensemble trained by one
+vmap-ed step is the single run of member k's seed and hyperparameters, in float64 (the bound of
+test_train_step.py: the two compute the same sums, batched or not), on the resident and the
+streaming path. The ensemble's evaluation scores every member and their averaged softmax. And the
+weights' moving average (``ema_decay``), which ensembles stack like the weights."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+from test_train_step import ATOL, RTOL, agreement_config
+
+from alexnet_jax import augment, config_checks, datasets, ensemble, models
+from alexnet_jax.checkpointing import Checkpoints, read_variables
+from alexnet_jax.evaluation import create_evaluator
+from alexnet_jax.experiment import create_state, step_constants, train_key
+from alexnet_jax.feeds import ResidentFeed, create_feed
+from alexnet_jax.input_pipeline import epoch_order
+from alexnet_jax.parallel import DataParallel
+from alexnet_jax.train_step import state_variables
+
+STEPS = 2
+SWEEP = {"learning_rate": (0.01, 0.03), "weight_decay": (5e-4, 2e-3), "label_smoothing": (0.1, 0.0)}
+
+
+def base_config():
+    """test_train_step.py's float64 agreement config, narrower and with smaller batches: XLA's CPU
+    backend runs the members' convolutions (grouped, once vmap-ed) slowly in float64, about 10 s a
+    step at the full agreement size."""
+    config = agreement_config(tiny_config())
+    config.model.width, config.batch_size, config.schedule.name = 0.0625, 16, "onecycle"
+    return config
+
+
+def sweep_config(pipeline: str, data_order: str):
+    """Two members differing in every per-member hyperparameter, on a schedule that is not constant."""
+    config = base_config()
+    config.input.pipeline = pipeline
+    config.ensemble_size, config.ensemble_data_order = 2, data_order
+    for field, values in SWEEP.items():
+        config.members[field] = values
+    config.members.dropout_rate = (0.2, 0.5)
+    with jax.enable_x64(True):
+        config_checks.validate(config, num_devices=1)
+    return config
+
+
+def single_run_of_member_1(data_order: str):
+    """Member 1's run, written out by hand: seed 1, its hyperparameters, and the data order of seed
+    0 (shared) or of its own seed (own)."""
+    single = base_config()
+    single.seed, single.data_seed = 1, 0 if data_order == "shared" else None
+    single.optimizer.learning_rate, single.optimizer.weight_decay, single.optimizer.label_smoothing = 0.03, 2e-3, 0.0
+    single.model.dropout_rate = 0.5
+    return single
+
+
+def train(config, split, parallel):
+    """``STEPS`` steps through the run's own feed; returns (start state, host state, losses)."""
+    steps_per_epoch = len(split) // config.batch_size
+    start = jax.device_get(create_state(config, len(split.class_names), split.image_shape, steps_per_epoch)[0])
+    constants = step_constants(config, len(split.class_names))
+    feed = create_feed(parallel, config, split, range(STEPS), steps_per_epoch, constants)
+    state, rng, losses = parallel.replicate(start), parallel.replicate(train_key(config)), []
+    try:
+        for step in range(STEPS):
+            state, metrics = feed.step_fn(state, *feed.inputs(step), rng)
+            losses.append(np.asarray(jax.device_get(parallel.unreplicate(metrics))["loss"]))
+    finally:
+        feed.close()
+    return start, jax.device_get(parallel.unreplicate(state)), np.stack(losses)
+
+
+def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparameters():
+    """On the resident and the streaming path (whose batches are the resident path's,
+    test_streaming.py), against one single run."""
+    split = datasets.load_split(tiny_config().dataset, "train")
+    parallel = DataParallel("shard_map", jax.devices()[:1])
+    with jax.enable_x64(True):
+        _, single, single_losses = train(single_run_of_member_1("shared"), split, parallel)
+        for pipeline in ("resident", "streaming"):
+            start, trained, losses = train(sweep_config(pipeline, "shared"), split, parallel)
+            assert losses.shape == (STEPS, 2) and int(trained.step) == STEPS
+            got, want = ensemble.member(state_variables(trained), 1), state_variables(single)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                assert a.dtype == np.float64
+                np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=pipeline)
+            np.testing.assert_allclose(losses[:, 1], single_losses, rtol=RTOL, err_msg=pipeline)
+    # The members are different models, and both were trained.
+    first, second = (jax.tree.leaves(ensemble.member(trained.params, k)) for k in (0, 1))
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(first, second, strict=True)) > 1e-3
+    moved = zip(jax.tree.leaves(trained.params), jax.tree.leaves(start.params), strict=True)
+    assert all(float(np.max(np.abs(a - b).reshape(2, -1), axis=1).min()) > 0 for a, b in moved)
+
+
+def test_members_with_their_own_data_order_read_their_own_seeds_orders():
+    config = sweep_config("resident", "own")
+    split = datasets.load_split(config.dataset, "train")
+    parallel = DataParallel("shard_map", jax.devices()[:1])
+    steps_per_epoch = len(split) // config.batch_size
+    feed = ResidentFeed(parallel, config, split, steps_per_epoch, step_constants(config, 10))
+    for epoch in (0, 1):
+        _, order = feed.inputs(epoch * steps_per_epoch)
+        for k in range(2):  # member k's is the single run's of data seed k (ensemble.member_config)
+            want = epoch_order(ensemble.member_config(config, k).data_seed, epoch, len(split))
+            np.testing.assert_array_equal(jax.device_get(order)[k], want)
+            assert ensemble.member_config(config, k).data_seed == k
+    config.input.pipeline = "streaming"
+    with jax.enable_x64(True), pytest.raises(config_checks.ConfigError, match="ensemble_data_order=own needs"):
+        config_checks.validate(config, num_devices=1)
+
+
+def test_an_ensemble_is_scored_member_by_member_and_as_the_mean_of_their_softmax():
+    config = tiny_config()
+    config.ensemble_size, config.members.dropout_rate = 3, (0.0, 0.1, 0.2)
+    split = datasets.load_split(config.dataset, "validation")
+    state, _ = create_state(config, len(split.class_names), split.image_shape, 1)
+    parallel, constants = DataParallel("shard_map"), step_constants(config, len(split.class_names))
+    evaluate = create_evaluator(parallel, state.apply_fn, constants, split, config)
+    metrics, predictions, labels = evaluate(parallel.replicate(state_variables(state)))
+
+    model = models.create_model(config.model, len(split.class_names))
+    pixels = augment.normalize(split.images.astype(np.float32), config.dataset.normalization)
+    probabilities = jax.vmap(lambda v: jax.nn.softmax(model.apply(v, pixels)))(state_variables(state))
+    mean = np.asarray(probabilities).mean(axis=0)
+    np.testing.assert_array_equal(labels, split.labels)
+    assert np.mean(predictions == np.argmax(mean, -1)) > 0.99  # argmax ties may break either way in float32
+    assert metrics["top1"] == pytest.approx(np.mean(predictions == split.labels))
+    # The cross-entropy of the mean probability (not of mean logits), to float32's rounding of logs.
+    cross_entropy = -np.mean(np.log(mean[np.arange(len(split)), split.labels]))
+    assert metrics["loss"] == pytest.approx(cross_entropy, rel=1e-4)
+    for k in range(3):
+        member_top1 = np.mean(np.argmax(probabilities[k], -1) == split.labels)
+        assert metrics[f"member{k}_top1"] == pytest.approx(member_top1, abs=2 / len(split))
+    assert len({metrics[f"member{k}_top1"] for k in range(3)} | {metrics["top1"]}) > 1
+
+
+def test_the_moving_average_follows_the_weights_and_is_checkpointed_beside_them(tmp_path):
+    """``ema_decay``: after each step, ema = decay * ema + (1 - decay) * weights, from the initial
+    weights on; saved in the checkpoint, where evaluation and prediction read it."""
+    config = tiny_config()
+    config.ema_decay = 0.75
+    split = datasets.load_split(config.dataset, "train")
+    parallel = DataParallel("shard_map", jax.devices()[:1])
+    state, _ = create_state(config, len(split.class_names), split.image_shape, 4)
+    constants = step_constants(config, len(split.class_names))
+    feed = create_feed(parallel, config, split, range(3), 4, constants)
+    want = jax.device_get(state.params)
+    state, rng = parallel.replicate(jax.device_get(state)), parallel.replicate(train_key(config))
+    for step in range(3):
+        state, _ = feed.step_fn(state, *feed.inputs(step), rng)
+        weights = jax.device_get(state.params)
+        want = jax.tree.map(lambda average, new: 0.75 * average + 0.25 * new, want, weights)
+    for got, expected, weight in zip(*(jax.tree.leaves(t) for t in (state.ema["params"], want, weights)), strict=True):
+        # float32: one rounding per update, on values the size of the weights
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * float(np.max(np.abs(weight))))
+        assert float(np.max(np.abs(got - weight))) > 1e-4  # an average, not the weights
+    checkpoints = Checkpoints(tmp_path, keep=1, async_save=False)
+    checkpoints.save(jax.device_get(state), jax.random.key(0), {}, force=True)
+    checkpoints.close()
+    params, _ = read_variables(tmp_path / "3", "ema")
+    for got, saved in zip(jax.tree.leaves(params), jax.tree.leaves(state.ema["params"]), strict=True):
+        np.testing.assert_array_equal(got, saved)
