@@ -29,3 +29,11 @@ def write_text(path: str | pathlib.Path, text: str):
 def write_bytes(path: str | pathlib.Path, data: bytes):
     with replacing(path) as temporary:
         temporary.write_bytes(data)
+
+
+def write_npy(path: str | pathlib.Path, array):
+    """``array`` in NumPy's .npy format."""
+    import numpy as np
+
+    with replacing(path) as temporary, temporary.open("wb") as f:
+        np.save(f, array)

@@ -107,7 +107,8 @@ class Predictor:
         checkpoints.close()
         variables = model_variables(*read_variables(workdir / "checkpoints" / str(step), weights))  # no optimizer
         self.variables, members = ensemble.chosen(self.config, variables, member, workdir)
-        apply_fn, self.batch = models.create_model(self.config.model, num_classes).apply, self.config.eval_batch_size
+        self.apply_fn = apply_fn = models.create_model(self.config.model, num_classes).apply
+        self.batch = self.config.eval_batch_size
         # Centre crop, or the paper's ten crops (which hold the mirrors: no extra mirror then).
         constants = step_constants(self.config, num_classes)
         constants = dataclasses.replace(

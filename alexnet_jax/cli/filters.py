@@ -19,7 +19,7 @@ def take_arguments(values: dict, positional: list[str]) -> list[str]:
 
 
 def run(args) -> int:
-    from alexnet_jax import models, plots
+    from alexnet_jax import ensemble, models, plots
     from alexnet_jax.checkpointing import Checkpoints, read_variables
     from alexnet_jax.evaluate import resolve_checkpoint
     from alexnet_jax.predict import saved_config
@@ -34,6 +34,8 @@ def run(args) -> int:
     checkpoints.close()
     params, _ = read_variables(workdir / "checkpoints" / str(step))
     path = pathlib.Path(args.output) if args.output else workdir / f"conv1_filters_{step}.png"
+    if ensemble.size(config) > 1:  # an ensemble's member --member (0 by default)
+        params = ensemble.member(params, args.member or 0)
     plots.plot_first_layer(params, path, models.towers(config.model.name))
     print(f"the first layer's filters of checkpoint {step}: {path}")
     return 0

@@ -8,7 +8,7 @@ import types
 from absl import flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax.cli import convert, evaluate, filters, predict, prepare, train
+from alexnet_jax.cli import convert, evaluate, features, filters, neighbours, predict, prepare, train
 
 MODULES = {
     "train": train,
@@ -17,6 +17,8 @@ MODULES = {
     "convert": convert,
     "predict": predict,
     "filters": filters,
+    "features": features,
+    "neighbours": neighbours,
 }
 MODES = list(MODULES)
 _CONFIG_MODULE = "config_config"  # where ml_collections loads the --config file (sys.modules key)

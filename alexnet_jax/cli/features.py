@@ -1,0 +1,65 @@
+"""``--mode=features``: a named layer's activations (``--layer``, fc7 by default) from a checkpoint of
+``--workdir``, for a split of its dataset (``--split``, by default its validation split) or for image
+files (``--images``), written to ``--output`` (.npy; a split's labels, or the files' paths, beside it)."""
+
+import pathlib
+
+from absl import flags
+
+from alexnet_jax.errors import UserError
+
+
+def define_flags(flag_values: flags.FlagValues) -> dict:
+    fv = {"flag_values": flag_values}
+    return {
+        "layer": flags.DEFINE_string("layer", "fc7", "features, neighbours: conv1 ... conv5, fc6, fc7, fc8.", **fv),
+        "split": flags.DEFINE_string(
+            "split", None, "features: a split of the workdir's dataset (default: its eval_split).", **fv
+        ),
+    }
+
+
+def take_arguments(values: dict, positional: list[str]) -> list[str]:
+    return positional
+
+
+def extractor(args):
+    """The workdir's model as a features function (``--checkpoint``; ``--member``, by default an
+    ensemble's first; ``--ema``)."""
+    from alexnet_jax.features import FeatureExtractor, member_for
+    from alexnet_jax.predict import Predictor, saved_config
+    from alexnet_jax.runtime import use_compilation_cache
+
+    if not args.workdir:
+        raise UserError(f"--mode={args.mode} needs --workdir=DIR")
+    use_compilation_cache(args.compilation_cache)
+    workdir = pathlib.Path(args.workdir)
+    member = member_for(saved_config(workdir), args.member)
+    predictor = Predictor(workdir, args.checkpoint, False, member, "ema" if args.ema else "raw")
+    return FeatureExtractor(predictor, args.layer)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from alexnet_jax import files, predict
+    from alexnet_jax.features import write_split_features
+
+    output = pathlib.Path(args.output or "features.npy")
+    if output.suffix != ".npy":
+        raise UserError(f"--output={output} must end in .npy")
+    features = extractor(args)
+    if args.images:
+        paths = predict.find_images(args.images)
+        loaded = [(path, predict.load_image(path, features.input)) for path in paths]
+        readable = [(path, pixels) for path, pixels in loaded if not isinstance(pixels, str)]
+        if not readable:
+            raise UserError(f"none of the {len(paths)} files could be read as an image")
+        values = features(np.stack([pixels for _, pixels in readable]))
+        files.write_npy(output, values)
+        files.write_text(output.with_name(output.stem + "_paths.txt"), "".join(f"{p}\n" for p, _ in readable))
+        shape = values.shape
+    else:
+        shape = write_split_features(features, args.split or features.config.dataset.eval_split, output)
+    print(f"{args.layer} features of {shape[0]} images, {shape[1]} each: {output}")
+    return 0

@@ -1,0 +1,156 @@
+"""The activations of a named layer (``fc7`` by default), and the paper's Figure 4 from them.
+
+Layers are named as in the paper for every model: ``conv1`` ... ``conv5``, ``fc6``, ``fc7``,
+``fc8`` (the logits). A hidden fully connected layer gives its activations after the ReLU (the
+paper's "feature activations induced at the last, 4096-dimensional hidden layer"); a convolution,
+its output before the normalisation and ReLU that follow it, flattened. Images go through what
+evaluation's single view does (the centre ``crop_size`` crop, or the whole image), in batches on the
+accelerator; a split is streamed, so memory holds one batch of images.
+
+``--mode=features`` writes a split's or a folder's features as ``.npy``; ``--mode=neighbours`` draws
+Figure 4: validation images, each beside the training images whose features are nearest (Euclidean).
+"""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from alexnet_jax import augment, datasets, ensemble, files, input_pipeline
+from alexnet_jax.errors import UserError
+from alexnet_jax.feeds import host_views
+from alexnet_jax.input_pipeline import ProcessShare
+
+PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+HIDDEN = ("fc6", "fc7")  # followed by a ReLU
+
+
+def module_name(model_name: str, layer: str) -> str:
+    """The Flax module of ``layer`` (a paper name) in model ``model_name``."""
+    if layer not in PAPER_LAYERS:
+        raise UserError(f"--layer={layer} is not one of {', '.join(PAPER_LAYERS)}")
+    if model_name == "alexnet2012":
+        return layer
+    index = PAPER_LAYERS.index(layer)
+    return f"Conv_{index}" if index < 5 else f"Dense_{index - 5}"
+
+
+def layer_features(apply_fn, variables: dict, pixels: jax.Array, model_name: str, layer: str) -> jax.Array:
+    """``layer``'s activations [N, features] of normalised images [N, H, W, C] (a pure function:
+    jit it, vmap it, differentiate it)."""
+    name = module_name(model_name, layer)
+    _, captured = apply_fn(
+        variables,
+        pixels,
+        train=False,
+        capture_intermediates=lambda module, method: module.name == name and method == "__call__",
+        mutable=["intermediates"],
+    )
+    (output,) = captured["intermediates"][name]["__call__"]
+    output = jax.nn.relu(output) if layer in HIDDEN else output
+    return output.reshape(output.shape[0], -1).astype(jnp.float32)
+
+
+class FeatureExtractor:
+    """A predictor's model (``predict.Predictor``: a workdir's checkpoint, one ensemble member) as a
+    function of uint8 images -> ``layer``'s features, in batches of the config's ``eval_batch_size``."""
+
+    def __init__(self, predictor, layer: str):
+        config = predictor.config
+        self.config, self.batch, self.layer, self.input = config, predictor.batch, layer, predictor.input
+        crop, stats, name = config.augment.get("crop_size"), config.dataset.normalization, config.model.name
+        module_name(name, layer)  # a bad name fails before anything is read
+
+        def features(variables, images):
+            images = images if crop is None else augment.centre_crop(images, crop)
+            return layer_features(predictor.apply_fn, variables, augment.normalize(images, stats), name, layer)
+
+        self._features, self._variables = jax.jit(features), predictor.variables
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Features of images [N, H, W, C] (uint8), a fixed-size batch at a time."""
+        out = []
+        for start in range(0, len(images), self.batch):
+            chunk = images[start : start + self.batch]
+            padded = np.concatenate([chunk, np.zeros((self.batch - len(chunk), *chunk.shape[1:]), np.uint8)])
+            out.append(np.asarray(self._features(self._variables, padded))[: len(chunk)])
+        return np.concatenate(out)
+
+
+def open_split(config, split: str):
+    """``split`` of the workdir's dataset, streamed through evaluation's host view."""
+    return datasets.load_split(config.dataset, split, stream=True, view=host_views(config.input)[1])
+
+
+def split_batches(split, batch: int, workers: int | None, description: str):
+    """(images, labels, positions) of ``split`` in order, a batch at a time, read by ``workers``."""
+    batch_fn = input_pipeline.EvalBatch(split.read, len(split), batch, ProcessShare())
+    count = -(-len(split) // batch)
+    stream = input_pipeline.batches(input_pipeline.pipeline(batch_fn, 0, count, workers))
+    for number, read in enumerate(tqdm.tqdm(stream, total=count, desc=description, unit="batch", disable=None)):
+        real = read["mask"].astype(bool)
+        yield read["image"][real], read["label"][real], number * batch + np.flatnonzero(real)
+
+
+def write_split_features(extractor: FeatureExtractor, split_name: str, output: pathlib.Path) -> tuple[int, int]:
+    """Writes ``split_name``'s features [N, D] to ``output`` (.npy) and its labels beside it
+    (``<output stem>_labels.npy``), each whole or not at all; returns (N, D)."""
+    split = open_split(extractor.config, split_name)
+    features, labels = [], []
+    for images, batch_labels, _ in split_batches(
+        split, extractor.batch, extractor.config.input.get("workers"), "features"
+    ):
+        features.append(extractor(images))
+        labels.append(batch_labels)
+    stacked = np.concatenate(features)
+    files.write_npy(output, stacked)
+    files.write_npy(output.with_name(output.stem + "_labels.npy"), np.concatenate(labels))
+    return stacked.shape
+
+
+def nearest(extractor: FeatureExtractor, queries: np.ndarray, split, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each query feature vector, the positions in ``split`` of the ``count`` examples whose
+    features are nearest (Euclidean), nearest first, and their distances. ``split`` is streamed and
+    only the best ``count`` per query are kept, so memory does not grow with it (ImageNet's 1.28
+    million fc7 vectors would take 21 GB)."""
+    best_distance = np.full((len(queries), 0), np.inf)
+    best_position = np.zeros((len(queries), 0), np.int64)
+    workers = extractor.config.input.get("workers")
+    for images, _, positions in split_batches(split, extractor.batch, workers, "nearest training images"):
+        found = extractor(images).astype(np.float64)
+        distance = np.sqrt(np.maximum(((queries[:, None, :] - found[None]) ** 2).sum(-1), 0))
+        best_distance = np.concatenate([best_distance, distance], axis=1)
+        best_position = np.concatenate([best_position, np.broadcast_to(positions, distance.shape)], axis=1)
+        keep = np.argsort(best_distance, axis=1, kind="stable")[:, :count]
+        best_distance = np.take_along_axis(best_distance, keep, 1)
+        best_position = np.take_along_axis(best_position, keep, 1)
+    return best_position, best_distance
+
+
+def plot_neighbours(extractor: FeatureExtractor, queries: int, count: int, output: pathlib.Path) -> pathlib.Path:
+    """The paper's Figure 4: the first ``queries`` validation images (the config's ``eval_split``),
+    each followed on its row by the ``count`` training images nearest in ``extractor``'s features."""
+    from alexnet_jax import plots
+
+    config = extractor.config
+    validation, train = open_split(config, config.dataset.eval_split), open_split(config, config.dataset.train_split)
+    shown = validation.read(np.arange(min(queries, len(validation))))
+    positions, distances = nearest(extractor, extractor(shown["image"]).astype(np.float64), train, count)
+    neighbours = train.read(positions.reshape(-1))
+    names = train.class_names
+    images, texts = [], []
+    for row, (image, label) in enumerate(zip(shown["image"], shown["label"], strict=True)):
+        images.append(image)
+        texts.append(f"query\n{names[label]}")
+        for column in range(positions.shape[1]):
+            at = row * positions.shape[1] + column
+            images.append(neighbours["image"][at])
+            texts.append(f"{distances[row, column]:.3g}\n{names[neighbours['label'][at]]}")
+    return plots.plot_labelled_grid(images, texts, output, columns=count + 1)
+
+
+def member_for(config, member: int | None) -> int | None:
+    """The ensemble member features are taken from: ``member``, or an ensemble's first."""
+    return 0 if member is None and ensemble.size(config) > 1 else member
