@@ -69,9 +69,27 @@ def member(tree, k: int):
     return jax.tree.map(lambda x: x[k], tree)
 
 
+STACKED = ("params", "opt_state", "batch_stats", "settings", "ema")  # a train state's per-member fields
+
+
 def state_axes(state):
     """vmap's axes for a stacked train state: the step is shared, the rest is per member."""
-    return state.replace(step=None, params=0, opt_state=0, batch_stats=0, settings=0, ema=0)
+    return state.replace(step=None, **{field: 0 for field in STACKED})
+
+
+def member_state(state, k: int):
+    """Member ``k``'s train state (the shared step included)."""
+    return state.replace(**{field: member(getattr(state, field), k) for field in STACKED})
+
+
+def stack(trees: list):
+    """Members' values stacked on a leading axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def stack_states(states: list):
+    """Members' train states as one stacked state (their step, which they share, once)."""
+    return states[0].replace(**{field: stack([getattr(s, field) for s in states]) for field in STACKED})
 
 
 def with_member_settings(state, config):

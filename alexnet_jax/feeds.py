@@ -33,16 +33,36 @@ def host_views(input_config) -> tuple:
     return train_view, eval_view
 
 
+# How an ensemble's members share the step: vectorised (jax.vmap), or one after another in one
+# program (unrolled). None: vectorised on accelerators; unrolled on CPUs, where XLA runs the
+# grouped convolutions vmap makes of the members' ~3.7x slower than the members' own, one by one
+# (BENCHMARKS.md, "Ensembles").
+VECTORIZE_MEMBERS: bool | None = None
+
+
 def over_members(step, config, input_axes: tuple):
-    """``step(state, *inputs, rng)``, or for an ensemble the same step ``jax.vmap``-ed over its
-    members: the stacked state and keys member by member, each input shared (axis None) or per
-    member (0), as ``input_axes`` says; the metrics come back per member."""
-    if ensemble.size(config) == 1:
+    """``step(state, *inputs, rng)``, or for an ensemble the same step over each member: the stacked
+    state and keys member by member, each input shared (axis None) or per member (0), as
+    ``input_axes`` says; the metrics come back per member."""
+    members = ensemble.size(config)
+    if members == 1:
         return step
+    vectorize = VECTORIZE_MEMBERS if VECTORIZE_MEMBERS is not None else jax.default_backend() != "cpu"
 
     def members_step(state, *inputs_and_rng):
-        axes = ensemble.state_axes(state)
-        return jax.vmap(step, in_axes=(axes, *input_axes, 0), out_axes=(axes, 0))(state, *inputs_and_rng)
+        axes = (*input_axes, 0)
+        if vectorize:
+            stacked = ensemble.state_axes(state)
+            return jax.vmap(step, in_axes=(stacked, *axes), out_axes=(stacked, 0))(state, *inputs_and_rng)
+        pick = lambda x, axis, k: x if axis is None else ensemble.member(x, k)  # noqa: E731
+        results = [
+            step(
+                ensemble.member_state(state, k),
+                *(pick(x, axis, k) for x, axis in zip(inputs_and_rng, axes, strict=True)),
+            )
+            for k in range(members)
+        ]
+        return ensemble.stack_states([r[0] for r in results]), ensemble.stack([r[1] for r in results])
 
     return members_step
 

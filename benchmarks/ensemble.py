@@ -1,14 +1,13 @@
-"""Images/s per model of an ensemble trained by one vmap-ed step, for several ensemble sizes.
+"""Images/s per model of an ensemble trained in one compiled step, for several ensemble sizes,
+with the members vmap-ed and one after another (``feeds.VECTORIZE_MEMBERS``) side by side.
 
   python benchmarks/ensemble.py --config=configs/cifar10_cpu.py --sizes=1,2,4,8
 
 Times the device-resident train step the loop runs (benchmarks/train_step.py's setup) with
-``--config.ensemble_size`` = each size, all members sharing the data order, on one device per
-process (the wrapper and device count are the config's): 3 warm-up steps, then the median of
-``--steps`` synchronised steps. Per-model images/s is N x batch / step time; its ratio to N = 1 says
-what the ensemble gains (an accelerator left idle by one small model) or loses (XLA's grouped
-convolutions, which vmap makes of the members' convolutions, running slower than N separate ones).
-Prints a Markdown table.
+``--config.ensemble_size`` = each size, all members sharing the data order, on the config's
+devices: 3 warm-up steps, then the median of ``--steps`` synchronised steps. Per-model images/s is
+batch / step time (each member trains on the whole batch); its ratio to N = 1 says what training
+together gains (a device one small model leaves idle) or loses. Prints a Markdown table.
 """
 
 import statistics
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import time_steps  # noqa: E402
 from train_step import setup  # noqa: E402
 
+from alexnet_jax import feeds  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -34,10 +34,12 @@ def define_flags():
     flags.DEFINE_list("sizes", ["1", "2", "4", "8"], "Ensemble sizes.")
     flags.DEFINE_integer("steps", 10, "Timed steps per size.")
     flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+    flags.DEFINE_list("ways", ["vmap", "unrolled"], "How the members share the step.")
 
 
-def measure(config, members: int, steps: int, warmup: int) -> dict:
+def measure(config, members: int, way: str, steps: int, warmup: int) -> dict:
     config.ensemble_size = members
+    feeds.VECTORIZE_MEMBERS = way == "vmap"
     parallel = DataParallel(config.parallel)
     train_fn, args = setup(config, parallel, steps + warmup)
     state, *inputs = args
@@ -48,7 +50,7 @@ def measure(config, members: int, steps: int, warmup: int) -> dict:
         jax.block_until_ready(metrics)
 
     median = statistics.median(time_steps(step, warmup, steps))
-    return {"members": members, "step_ms": 1e3 * median, "per_model": config.batch_size / median}
+    return {"members": members, "way": way, "step_ms": 1e3 * median, "per_model": config.batch_size / median}
 
 
 def main(argv):
@@ -58,12 +60,18 @@ def main(argv):
         f"model={config.model.name} dtype={config.model.dtype} channels={tuple(config.model.channels)} "
         f"batch={config.batch_size} device={jax.devices()[0].device_kind} x{jax.device_count()} jax={jax.__version__}"
     )
-    rows = [measure(config.copy_and_resolve_references(), int(n), FLAGS.steps, FLAGS.warmup) for n in FLAGS.sizes]
-    print("\n| members | step median (ms) | images/s per model | x N = 1 |")
-    print("|---:|---:|---:|---:|")
+    single = measure(config.copy_and_resolve_references(), 1, "single", FLAGS.steps, FLAGS.warmup)
+    rows = [single] + [
+        measure(config.copy_and_resolve_references(), int(n), way, FLAGS.steps, FLAGS.warmup)
+        for n in FLAGS.sizes
+        if int(n) > 1
+        for way in FLAGS.ways
+    ]
+    print("\n| members | members share the step | step median (ms) | images/s per model | x one model |")
+    print("|---:|---|---:|---:|---:|")
     for row in rows:
-        ratio = row["per_model"] / rows[0]["per_model"]
-        print(f"| {row['members']} | {row['step_ms']:.0f} | {row['per_model']:.0f} | {ratio:.2f} |")
+        ratio = row["per_model"] / single["per_model"]
+        print(f"| {row['members']} | {row['way']} | {row['step_ms']:.0f} | {row['per_model']:.0f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 from test_train_step import ATOL, RTOL, agreement_config
 
-from alexnet_jax import augment, config_checks, datasets, ensemble, models
+from alexnet_jax import augment, config_checks, datasets, ensemble, feeds, models
 from alexnet_jax.checkpointing import Checkpoints, read_variables
 from alexnet_jax.evaluation import create_evaluator
 from alexnet_jax.experiment import create_state, step_constants, train_key
@@ -71,14 +71,16 @@ def train(config, split, parallel):
     return start, jax.device_get(parallel.unreplicate(state)), np.stack(losses)
 
 
-def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparameters():
-    """On the resident and the streaming path (whose batches are the resident path's,
-    test_streaming.py), against one single run."""
+def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparameters(monkeypatch):
+    """Against one single run: the members vmap-ed (as on accelerators) on the streaming path, and
+    one after another (as on CPUs) on the resident path, whose batches are the streaming path's
+    (test_streaming.py)."""
     split = datasets.load_split(tiny_config().dataset, "train")
     parallel = DataParallel("shard_map", jax.devices()[:1])
     with jax.enable_x64(True):
         _, single, single_losses = train(single_run_of_member_1("shared"), split, parallel)
-        for pipeline in ("resident", "streaming"):
+        for pipeline, vectorized in (("streaming", True), ("resident", False)):
+            monkeypatch.setattr(feeds, "VECTORIZE_MEMBERS", vectorized)
             start, trained, losses = train(sweep_config(pipeline, "shared"), split, parallel)
             assert losses.shape == (STEPS, 2) and int(trained.step) == STEPS
             got, want = ensemble.member(state_variables(trained), 1), state_variables(single)
