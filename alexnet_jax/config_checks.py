@@ -121,6 +121,9 @@ def _check_device_layout(config, num_devices: int):
     """Batches split evenly over the devices of every process; several processes need shard_map."""
     processes = jax.process_count()
     layout = f" ({processes} processes x {num_devices // processes})" if processes > 1 else ""
+    if config.parallel == "towers":
+        _check_towers(config, num_devices)
+        num_devices, layout = num_devices // 2, f" pairs of towers{layout}"
     for key in ("batch_size", "eval_batch_size"):
         value = config[key]
         _require(
@@ -129,10 +132,24 @@ def _check_device_layout(config, num_devices: int):
             f"use a multiple of {num_devices}, e.g. {value + (-value % num_devices)}",
         )
     _require(
-        processes == 1 or config.parallel == "shard_map",
+        processes == 1 or config.parallel != "pmap",
         f"--config.parallel={config.parallel} runs in one process; with {processes} use --config.parallel=shard_map",
     )
     _check_accumulation(config, config.batch_size // num_devices)
+
+
+def _check_towers(config, num_devices: int):
+    """The paper's two-GPU split: alexnet2012 alone, on pairs of devices, one model."""
+    _require(
+        config.model.name == "alexnet2012",
+        f"--config.parallel=towers splits alexnet2012 as the paper did; --config.model.name={config.model.name} "
+        "has no towers (use shard_map)",
+    )
+    per_process = num_devices // jax.process_count()
+    _require(
+        per_process % 2 == 0, f"--config.parallel=towers needs an even number of devices per process, not {per_process}"
+    )
+    _require(ensemble.size(config) == 1, "--config.parallel=towers trains one model; use shard_map for ensembles")
 
 
 def _check_accumulation(config, per_device: int):

@@ -83,7 +83,9 @@ def evaluate_checkpoint(
     check_signature(saved, expected, workdir, "evaluate with the config it was trained with")
     checkpoints.close()
     variables = model_variables(*read_variables(directory / str(step), weights))  # not the optimizer: any will do
-    model, parallel = models.create_model(config.model, len(split.class_names)), DataParallel(config.parallel)
+    # Towers compute what the grouped model computes: evaluation runs it data parallel.
+    mode = "shard_map" if config.parallel == "towers" else config.parallel
+    model, parallel = models.create_model(config.model, len(split.class_names)), DataParallel(mode)
     inputs = np.zeros((1, *model_input_shape(config, split.image_shape)), np.float32)
     expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), inputs)
     check_shapes(
@@ -95,7 +97,7 @@ def evaluate_checkpoint(
     variables, members = ensemble.chosen(config, variables, member, workdir)
     constants = dataclasses.replace(step_constants(config, len(split.class_names)), ensemble_size=members)
     evaluator = create_evaluator(parallel, model.apply, constants, split, config)
-    metrics, predictions, labels = evaluator(parallel.replicate(variables))
+    metrics, predictions, labels = evaluator(parallel.place_model(variables))
     dataset, split_name = config.dataset.name, config.dataset.eval_split
     name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{dataset}_{split_name}").strip("_")
     header = {"checkpoint_step": step, "dataset": dataset, "split": split_name}

@@ -8,7 +8,7 @@ import numpy as np
 from alexnet_jax import ensemble, input_pipeline
 from alexnet_jax.datasets import ArraySplit
 from alexnet_jax.input_pipeline import EvalBatch, ProcessShare
-from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel, process_share
+from alexnet_jax.parallel import MODEL, REPLICATED, SHARDED, DataParallel, process_share
 from alexnet_jax.train_step import StepConstants, eval_step, resident_eval_step
 
 
@@ -58,7 +58,7 @@ class ResidentEvaluator(Evaluator):
         step = functools.partial(
             resident_eval_step, apply_fn=apply_fn, local_batch=global_batch // parallel.num_devices, constants=constants
         )
-        self._step = parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, SHARDED, SHARDED))
+        self._step = parallel.wrap(step, (MODEL, REPLICATED, REPLICATED, REPLICATED), (REPLICATED, SHARDED, SHARDED))
 
     def _scored_batches(self, variables):
         for start in self._starts:
@@ -73,7 +73,7 @@ class StreamingEvaluator(Evaluator):
         self._batch_fn = EvalBatch(split.read, len(split), global_batch, share)
         self._workers = workers
         step = functools.partial(eval_step, apply_fn=apply_fn, constants=constants)
-        self._step = parallel.wrap(step, (REPLICATED, SHARDED), (REPLICATED, SHARDED, SHARDED))
+        self._step = parallel.wrap(step, (MODEL, SHARDED), (REPLICATED, SHARDED, SHARDED))
 
     def _scored_batches(self, variables):
         stream = input_pipeline.pipeline(self._batch_fn, 0, self.num_batches, self._workers)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, datasets, ensemble, models, optim, runtime
+from alexnet_jax import config_checks, datasets, ensemble, models, optim, parallel, runtime
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import is_main_process
 from alexnet_jax.feeds import host_views
@@ -53,11 +53,16 @@ def create_state(config, num_classes: int, image_shape, steps_per_epoch: int):
     tx = optim.create_optimizer(config, schedule, per_member=members > 1)
     param_dtype = np.float64 if config.model.get("dtype") == "float64" else np.float32
     shape = model_input_shape(config, image_shape)
+    # towers: the grouped model's parameters, applied by one tower's half of it (on its half of them)
+    apply_fn = (
+        models.create_model(config.model, num_classes, parallel.TOWER).apply if config.parallel == "towers" else None
+    )
     if members == 1:
-        state = create_train_state(model, tx, shape, jax.random.key(config.seed), param_dtype)
+        state = create_train_state(model, tx, shape, jax.random.key(config.seed), param_dtype, apply_fn)
     else:
         keys = jax.vmap(jax.random.key)(np.asarray(ensemble.member_seeds(config)))
-        state = ensemble.with_member_settings(create_train_state(model, tx, shape, keys, param_dtype), config)
+        state = create_train_state(model, tx, shape, keys, param_dtype, apply_fn)
+        state = ensemble.with_member_settings(state, config)
     if config.get("ema_decay", 0.0) > 0:  # the average starts at the initial weights
         state = state.replace(ema=jax.tree.map(jnp.copy, state_variables(state)))
     return state, schedule
@@ -151,4 +156,4 @@ def load_run(config, workdir: pathlib.Path) -> Run:
             f"--config.batch_size={config.batch_size} exceeds the {len(train_split)} training examples; lower it"
         )
     steps_per_epoch = len(train_split) // config.batch_size
-    return Run(config, workdir, DataParallel(config.parallel), train_split, val_split, steps_per_epoch)
+    return Run(config, workdir, parallel.create(config.parallel), train_split, val_split, steps_per_epoch)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from alexnet_jax import ensemble, images, input_pipeline
-from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel, process_share
+from alexnet_jax.parallel import MODEL, REPLICATED, SHARDED, DataParallel, process_share
 from alexnet_jax.train_step import StepConstants, resident_train_step, train_step
 
 PIPELINES = ("resident", "streaming")
@@ -76,13 +76,13 @@ def compile_train_step(parallel: DataParallel, config, steps_per_epoch: int, con
         constants=constants,
     )
     step = over_members(step, config, (None, 0 if own_order(config) else None))
-    return parallel.wrap(step, (REPLICATED,) * 4, (REPLICATED, REPLICATED), donate_argnums=(0,))
+    return parallel.wrap(step, (MODEL, REPLICATED, REPLICATED, REPLICATED), (MODEL, REPLICATED), donate_argnums=(0,))
 
 
 def compile_batch_step(parallel: DataParallel, config, constants: StepConstants):
     """The train step on a given batch: (state, sharded batch, rng) -> (state, metrics)."""
     step = over_members(functools.partial(train_step, constants=constants), config, (None,))
-    return parallel.wrap(step, (REPLICATED, SHARDED, REPLICATED), (REPLICATED, REPLICATED), donate_argnums=(0,))
+    return parallel.wrap(step, (MODEL, SHARDED, REPLICATED), (MODEL, REPLICATED), donate_argnums=(0,))
 
 
 def own_order(config) -> bool:

@@ -12,6 +12,7 @@ inputs smaller than 227 are zero-padded up to 227 inside conv1 (224 -> 1 pixel t
 bottom/right), so 224 crops (the paper's text) and 227 crops (Caffe's choice) both give 55x55.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,11 +91,38 @@ def _max_pool(x: jax.Array, padding: str = "VALID") -> jax.Array:
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def gather_replicated(x: jax.Array, axis_name: str) -> jax.Array:
+    """``all_gather`` on the last axis, for a value every device then uses alike (the logits, whose
+    loss each tower computes): the gradient of a device's part is its part of the gradient, where
+    ``all_gather``'s own transpose would sum the identical gradients of every device."""
+    return jax.lax.all_gather(x, axis_name, axis=x.ndim - 1, tiled=True)
+
+
+def _gather_forward(x, axis_name):
+    return gather_replicated(x, axis_name), None
+
+
+def _gather_backward(axis_name, _, gradient):
+    size = gradient.shape[-1] // jax.lax.axis_size(axis_name)
+    start = jax.lax.axis_index(axis_name) * size
+    return (jax.lax.dynamic_slice_in_dim(gradient, start, size, axis=gradient.ndim - 1),)
+
+
+gather_replicated.defvjp(_gather_forward, _gather_backward)
+
+
 class AlexNet2012(nn.Module):
-    """The 2012 paper's network (Figure 2), on one device: the two GPU halves become groups."""
+    """The 2012 paper's network (Figure 2). On one device the two GPU halves become groups; with
+    ``tower_axis`` (``--config.parallel=towers``) this module is one GPU's half, as in the paper:
+    half of every layer's kernels (the parameters of the grouped model, split on their output
+    axis), the outputs of conv2, conv5, fc6, fc7 and fc8 gathered from both towers, where the
+    paper's GPUs communicated, and nowhere else. ``width`` scales every layer (1: the paper's)."""
 
     num_classes: int = 1000
     dropout_rate: float = 0.5
+    width: float = 1.0
+    tower_axis: str | None = None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -102,14 +130,17 @@ class AlexNet2012(nn.Module):
         rate = self.dropout_rate if dropout_rate is None else dropout_rate  # an ensemble member's
         weights = nn.initializers.normal(stddev=0.01)
         zeros, ones = nn.initializers.zeros, nn.initializers.ones
+        towers = 1 if self.tower_axis is None else 2  # this module's share of each layer: 1 / towers
+        size = lambda features: max(2, 2 * round(features * self.width / 2))  # noqa: E731  (even: two halves)
+        gather = lambda x: x if towers == 1 else jax.lax.all_gather(x, self.tower_axis, axis=x.ndim - 1, tiled=True)  # noqa: E731
 
-        def conv(features, kernel, bias_init, groups=1, strides=1, padding=1, name=None):
+        def conv(features, kernel, bias_init, grouped=False, strides=1, padding=1, name=None):
             return nn.Conv(
-                features,
+                size(features) // towers,
                 (kernel, kernel),
                 strides=strides,
                 padding=padding,
-                feature_group_count=groups,
+                feature_group_count=2 if grouped and towers == 1 else 1,
                 kernel_init=weights,
                 bias_init=bias_init,
                 dtype=self.dtype,
@@ -117,26 +148,27 @@ class AlexNet2012(nn.Module):
             )
 
         def dense(features, bias_init, name):
-            return nn.Dense(features, kernel_init=weights, bias_init=bias_init, dtype=self.dtype, name=name)
+            return nn.Dense(features // towers, kernel_init=weights, bias_init=bias_init, dtype=self.dtype, name=name)
 
         _check_input_size("alexnet2012", x.shape[1], 224, PAPER_INPUT_SIZE)
         pad = PAPER_INPUT_SIZE - x.shape[1]
         conv1_padding = ((pad // 2, pad - pad // 2),) * 2
+        lrn = functools.partial(LocalResponseNorm, groups=2 // towers)  # within each GPU's half
         x = x.astype(self.dtype)
         x = nn.relu(conv(96, 11, zeros, strides=4, padding=conv1_padding, name="conv1")(x))
-        x = _max_pool(LocalResponseNorm(groups=2, name="lrn1")(x))
-        x = nn.relu(conv(256, 5, ones, groups=2, padding=2, name="conv2")(x))
-        x = _max_pool(LocalResponseNorm(groups=2, name="lrn2")(x))
-        x = nn.relu(conv(384, 3, zeros, name="conv3")(x))
-        x = nn.relu(conv(384, 3, ones, groups=2, name="conv4")(x))
-        x = _max_pool(nn.relu(conv(256, 3, ones, groups=2, name="conv5")(x)))
-        x = x.reshape(x.shape[0], -1)
+        x = _max_pool(lrn(name="lrn1")(x))
+        x = nn.relu(conv(256, 5, ones, grouped=True, padding=2, name="conv2")(x))
+        x = _max_pool(lrn(name="lrn2")(x))
+        x = nn.relu(conv(384, 3, zeros, name="conv3")(gather(x)))  # conv3 reads both GPUs' conv2
+        x = nn.relu(conv(384, 3, ones, grouped=True, name="conv4")(x))
+        x = _max_pool(nn.relu(conv(256, 3, ones, grouped=True, name="conv5")(x)))
+        x = gather(x).reshape(x.shape[0], -1)  # the fully connected layers read both GPUs
         # The paper drops out the outputs of the first two fully connected layers.
-        x = nn.relu(dense(4096, ones, "fc6")(x))
-        x = Dropout(rate)(x, not train)
-        x = nn.relu(dense(4096, ones, "fc7")(x))
-        x = Dropout(rate)(x, not train)
-        return dense(self.num_classes, zeros, "fc8")(x).astype(at_least_float32(self.dtype))
+        x = Dropout(rate)(gather(nn.relu(dense(size(4096), ones, "fc6")(x))), not train)
+        x = Dropout(rate)(gather(nn.relu(dense(size(4096), ones, "fc7")(x))), not train)
+        x = dense(self.num_classes, zeros, "fc8")(x)
+        x = x if towers == 1 else gather_replicated(x, self.tower_axis)
+        return x.astype(at_least_float32(self.dtype))
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
@@ -252,11 +284,12 @@ def towers(name: str) -> int:
 
 def model_fields(name: str) -> set[str]:
     """The config fields model ``name`` takes (its module attributes, less the wiring)."""
-    return set(MODELS[name].__dataclass_fields__) - {"parent", "name", "num_classes"}
+    return set(MODELS[name].__dataclass_fields__) - {"parent", "name", "num_classes", "tower_axis"}
 
 
-def create_model(model_config, num_classes: int) -> nn.Module:
-    """Builds the model named by ``model_config.name`` from the config fields it takes.
+def create_model(model_config, num_classes: int, tower_axis: str | None = None) -> nn.Module:
+    """Builds the model named by ``model_config.name`` from the config fields it takes; with
+    ``tower_axis``, one tower's half of ``alexnet2012`` (run under ``shard_map`` over that axis).
 
     Fields that only other models take are ignored, so one config can switch models with
     ``--config.model.name``.
@@ -264,4 +297,6 @@ def create_model(model_config, num_classes: int) -> nn.Module:
     name = model_config.name
     fields = {k: v for k, v in model_config.items() if k in model_fields(name)}
     fields["dtype"] = DTYPES[fields.get("dtype", "float32")]
+    if tower_axis is not None:
+        fields["tower_axis"] = tower_axis
     return MODELS[name](num_classes=num_classes, **fields)

@@ -22,8 +22,12 @@ from jax.sharding import PartitionSpec as P
 from alexnet_jax.input_pipeline import ProcessShare
 from alexnet_jax.train_step import AXIS
 
-MODES = ("pmap", "shard_map")
-REPLICATED, SHARDED = "replicated", "sharded"
+MODES = ("pmap", "shard_map", "towers")
+# An argument or result is the same on every device (REPLICATED), split along its leading batch
+# axis (SHARDED), or a train state or model variables (MODEL): replicated under data parallelism,
+# split between the two towers under ``towers``.
+REPLICATED, SHARDED, MODEL = "replicated", "sharded", "model"
+TOWER = "tower"
 
 
 def process_share() -> ProcessShare:
@@ -59,7 +63,7 @@ class DataParallel:
         self.mode = mode
         self.devices = list(devices if devices is not None else by_process(jax.devices()))
         check_process_blocks(self.devices)
-        self.mesh = Mesh(np.array(self.devices), (AXIS,))
+        self.mesh = self._mesh()
         self._split = NamedSharding(self.mesh, P(AXIS))
         self._whole = NamedSharding(self.mesh, P())
         # pmap layouts, each one program per tree (not one per leaf shape): a copy per device
@@ -68,9 +72,17 @@ class DataParallel:
         self._stack = jax.jit(lambda tree: jax.tree.map(stack, tree), out_shardings=self._split)
         self._first = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))
 
+    def _mesh(self) -> Mesh:
+        return Mesh(np.array(self.devices), (AXIS,))
+
     @property
     def num_devices(self) -> int:
+        """The devices the batch is split over."""
         return len(self.devices)
+
+    def place_model(self, tree):
+        """Puts a train state or model variables on the devices (MODEL arguments)."""
+        return self.replicate(tree)
 
     @property
     def replicated_sharding(self) -> NamedSharding:
@@ -124,7 +136,7 @@ class DataParallel:
         donate = tuple(donate_argnums)
         if self.mode == "pmap":
             return jax.pmap(per_device_fn, axis_name=AXIS, donate_argnums=donate)
-        spec = {REPLICATED: P(), SHARDED: P(AXIS)}
+        spec = {REPLICATED: P(), SHARDED: P(AXIS), MODEL: P()}
         mapped = jax.shard_map(
             per_device_fn,
             mesh=self.mesh,
@@ -136,3 +148,60 @@ class DataParallel:
             check_vma=False,
         )
         return jax.jit(mapped, donate_argnums=donate)
+
+
+class TowerParallel(DataParallel):
+    """The paper's model parallelism, composed with data parallelism: a 2-D mesh (``'batch'``,
+    ``'tower'``) of device pairs, each pair one model split in two as the paper split it over two
+    GPUs (``models.AlexNet2012`` with ``tower_axis``). A train state's arrays are split on their
+    last axis between the two towers (every kernel and bias on its outputs, the optimizer state
+    alike; scalars replicated); a batch is split over ``'batch'``, each pair's half on both towers."""
+
+    TOWERS = 2
+
+    def _mesh(self) -> Mesh:
+        if len(self.devices) % self.TOWERS:
+            raise ValueError(f"towers need an even number of devices, not {len(self.devices)}")
+        return Mesh(np.array(self.devices).reshape(-1, self.TOWERS), (AXIS, TOWER))
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices) // self.TOWERS
+
+    @staticmethod
+    def _model_spec(x) -> P:
+        return P(*[None] * (np.ndim(x) - 1), TOWER) if np.ndim(x) else P()
+
+    def place_model(self, tree):
+        place = lambda x: (
+            self._put_whole(x) if not np.ndim(x) else jax.device_put(x, NamedSharding(self.mesh, self._model_spec(x)))
+        )  # noqa: E731
+        return jax.tree.map(place, tree)
+
+    def wrap(self, per_device_fn, in_kinds, out_kinds, donate_argnums=()) -> Callable:
+        """As ``DataParallel.wrap`` (shard_map), MODEL arguments split between the towers, and a
+        MODEL result laid out as the first MODEL argument (the train step's state in and out)."""
+        kinds = (out_kinds,) if isinstance(out_kinds, str) else tuple(out_kinds)
+
+        def spec(kind, model_specs):
+            return {REPLICATED: P(), SHARDED: P(AXIS)}.get(kind, model_specs)
+
+        def call(*args):
+            models = [jax.tree.map(self._model_spec, a) for a, k in zip(args, in_kinds, strict=True) if k == MODEL]
+            in_specs = tuple(spec(k, jax.tree.map(self._model_spec, a)) for a, k in zip(args, in_kinds, strict=True))
+            out_specs = tuple(spec(k, models[0] if models else None) for k in kinds)
+            mapped = jax.shard_map(
+                per_device_fn,
+                mesh=self.mesh,
+                in_specs=in_specs,
+                out_specs=out_specs[0] if isinstance(out_kinds, str) else out_specs,
+                check_vma=False,  # as DataParallel's
+            )
+            return mapped(*args)
+
+        return jax.jit(call, donate_argnums=tuple(donate_argnums))
+
+
+def create(mode: str, devices: Sequence[jax.Device] | None = None) -> DataParallel:
+    """The parallelism ``--config.parallel`` names."""
+    return TowerParallel(mode, devices) if mode == "towers" else DataParallel(mode, devices)

@@ -151,7 +151,7 @@ class _Trainer:
         self.plateau = optim.Plateau.from_config(run.config, saved.get("plateau")) if plateau else None
         self.step = int(state.step)
         self.last_saved = self.step
-        self.state = parallel.replicate(state)
+        self.state = parallel.place_model(state)
         self.device_rng = parallel.replicate(rng)
         steps = range(self.step, run.total_steps)
         self.feed = create_feed(parallel, run.config, run.train_split, steps, run.steps_per_epoch, constants)

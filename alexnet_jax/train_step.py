@@ -59,19 +59,20 @@ class StepConstants:
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, image_shape, rng, param_dtype=jnp.float32
+    model: nn.Module, tx: optax.GradientTransformation, image_shape, rng, param_dtype=jnp.float32, apply_fn=None
 ) -> TrainState:
     """Initialises parameters and batch-norm statistics (``param_dtype``) and optimizer state for
     ``image_shape`` = (H, W, C), in one compiled program. The step is a strongly typed int32, as a
     restored one is: a fresh and a resumed state then share one compiled train step. Keys stacked
-    on a leading axis initialise an ensemble: one member per key, one shared step count."""
+    on a leading axis initialise an ensemble: one member per key, one shared step count.
+    ``apply_fn`` (default ``model.apply``) is what the steps apply the parameters with."""
 
     def init(rng):
         variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
         params, batch_stats = jax.tree.map(
             lambda x: x.astype(param_dtype), (variables["params"], variables.get("batch_stats"))
         )
-        state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats)
+        state = TrainState.create(apply_fn=apply_fn or model.apply, params=params, tx=tx, batch_stats=batch_stats)
         return state.replace(step=jnp.zeros((), jnp.int32))
 
     if rng.ndim == 0:

@@ -47,7 +47,7 @@ def host_batch_steps(config, parallel: DataParallel, split, start_state, steps=S
     """Trains ``steps`` steps on consecutive host batches (the streaming path's step); returns host
     params and per-step losses."""
     step = compile_batch_step(parallel, config, step_constants(config, len(split.class_names)))
-    state, rng, losses = parallel.replicate(start_state), parallel.replicate(jax.random.key(7)), []
+    state, rng, losses = parallel.place_model(start_state), parallel.replicate(jax.random.key(7)), []
     for i in range(steps):
         rows = slice(i * config.batch_size, (i + 1) * config.batch_size)
         state, metrics = step(state, parallel.shard({"image": split.images[rows], "label": split.labels[rows]}), rng)

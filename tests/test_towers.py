@@ -1,0 +1,34 @@
+"""The paper's model parallelism (``--config.parallel=towers``): alexnet2012 split over two devices
+as over the paper's two GPUs, composed with data parallelism, computes what the grouped model on
+one device per batch shard computes, in float64 (test_train_step.py's bound), dropout included."""
+
+import jax
+from conftest import float64_state, tiny_config
+from test_train_step import agreement_config, assert_agree, host_batch_steps
+
+from alexnet_jax import config_checks, datasets
+from alexnet_jax.parallel import DataParallel, TowerParallel
+
+
+def paper_config():
+    """alexnet2012 at 1/16 of its width (the split is the same; float64 on CPUs is slow), on 224x224 images."""
+    config = agreement_config(tiny_config())
+    config.model.name, config.model.width, config.model.dropout_rate = "alexnet2012", 0.0625, 0.5
+    config.dataset.synthetic_image_size, config.dataset.synthetic_examples = 224, 24
+    config.augment.crop_padding, config.batch_size = 0, 4
+    return config
+
+
+def test_two_towers_by_two_batch_shards_equal_the_grouped_model_in_float64():
+    assert jax.device_count() >= 4
+    config = paper_config()
+    split = datasets.load_split(config.dataset, "train")
+    with jax.enable_x64(True):
+        grouped_start = float64_state(config, split, len(split) // config.batch_size)
+        grouped = host_batch_steps(config, DataParallel("shard_map", jax.devices()[:2]), split, grouped_start)
+        config.parallel = "towers"
+        config_checks.validate(config, num_devices=4)
+        towers_start = float64_state(config, split, len(split) // config.batch_size)
+        towers = host_batch_steps(config, TowerParallel("towers", jax.devices()[:4]), split, towers_start)
+    assert towers_start.apply_fn != grouped_start.apply_fn  # each tower applies its half
+    assert_agree(grouped_start, grouped, {"2 batch shards x 2 towers": towers})
