@@ -28,7 +28,7 @@ def base_config():
     backend runs the members' convolutions (grouped, once vmap-ed) slowly in float64, about 10 s a
     step at the full agreement size."""
     config = agreement_config(tiny_config())
-    config.model.width, config.batch_size, config.schedule.name = 0.0625, 16, "onecycle"
+    config.model.width, config.batch_size, config.schedule.name = 0.03125, 8, "onecycle"
     return config
 
 

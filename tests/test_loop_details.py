@@ -173,9 +173,9 @@ def test_a_checkpoint_signature_holds_only_what_the_chosen_model_takes(tmp_path)
     from configs import imagenet2012_paper
 
     config = imagenet2012_paper.get_config()
-    assert model_signature(config.model) == {"name": "alexnet2012"}
+    assert model_signature(config.model) == {"name": "alexnet2012", "width": 1.0}
     saved = {"model": {**model_signature(cifar10.get_config().model), "name": "alexnet2012"}}  # all fields
-    config.model.channels, config.model.width = (8, 8, 8, 8, 8), 0.5  # only alexnet_cifar takes these
+    config.model.channels, config.model.fc_features = (8, 8, 8, 8, 8), 64  # only alexnet_cifar takes these
     check_signature(saved, {"model": model_signature(config.model)}, tmp_path, "")  # resumes
     cifar = cifar10.get_config()
     check_signature(saved, {"model": {**model_signature(cifar.model), "name": "alexnet2012"}}, tmp_path, "")

@@ -11,9 +11,9 @@ from alexnet_jax.parallel import DataParallel, TowerParallel
 
 
 def paper_config():
-    """alexnet2012 at 1/16 of its width (the split is the same; float64 on CPUs is slow), on 224x224 images."""
+    """alexnet2012 at 1/32 of its width (the split is the same; float64 on CPUs is slow), on 224x224 images."""
     config = agreement_config(tiny_config())
-    config.model.name, config.model.width, config.model.dropout_rate = "alexnet2012", 0.0625, 0.5
+    config.model.name, config.model.width, config.model.dropout_rate = "alexnet2012", 0.03125, 0.5
     config.dataset.synthetic_image_size, config.dataset.synthetic_examples = 224, 24
     config.augment.crop_padding, config.batch_size = 0, 4
     return config
