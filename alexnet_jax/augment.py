@@ -28,6 +28,12 @@ IMAGENET_PCA = (
 )
 
 
+# name -> (float32 pixels [N, H, W, C] on the 0..255 scale, one key per example) -> pixels: research
+# augmentations, applied after the crops, flips and colour noise, before normalisation, when
+# --config.augment.custom names one (docs/research.md).
+CUSTOM = {}
+
+
 def pca_noise(key: jax.Array, std: float) -> jax.Array:
     """One image's RGB offset, on the 0..255 scale: eigenvectors @ (alpha * eigenvalues), alpha ~ N(0, std^2)."""
     eigenvalues, eigenvectors = (jnp.asarray(v, jnp.float32) for v in IMAGENET_PCA)

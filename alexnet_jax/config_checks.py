@@ -68,6 +68,17 @@ def validate(config, num_devices: int):
     _check_model_and_schedule(config)
     _check_finetune(config)
     _check_ensemble(config, num_devices)
+    _check_research_hooks(config)
+
+
+def _check_research_hooks(config):
+    """Names of research pieces (docs/research.md) must be registered where the config says."""
+    from alexnet_jax import train_step
+
+    _one_of("augment.custom", config.augment.get("custom", ""), ("", *augment.CUSTOM))
+    _one_of("loss_term", config.get("loss_term", ""), ("", *train_step.LOSS_TERMS))
+    for name in config.get("eval_scores", ()):
+        _one_of("eval_scores", name, tuple(train_step.EVAL_SCORES))
 
 
 def _check_ensemble(config, num_devices: int):

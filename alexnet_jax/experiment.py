@@ -33,6 +33,9 @@ def step_constants(config, num_classes: int) -> StepConstants:
         grad_accum_steps=config.get("grad_accum_steps", 1),
         ensemble_size=ensemble.size(config),
         ema_decay=config.get("ema_decay", 0.0),
+        custom_augmentation=config.augment.get("custom", ""),
+        loss_term=config.get("loss_term", ""),
+        eval_scores=tuple(config.get("eval_scores", ())),
     )
 
 

@@ -9,7 +9,6 @@ import optax
 
 from alexnet_jax import models
 
-SCHEDULES = ("constant", "step", "warmup_cosine", "onecycle", "plateau")
 NONFINITE_UPDATES = ("stop", "skip")  # what the loop does after a step whose gradients were not finite
 
 
@@ -22,31 +21,51 @@ def step_epochs(config) -> tuple[float, ...]:
     return tuple(epochs)
 
 
+def _constant(config, steps_per_epoch: int) -> optax.Schedule:
+    return optax.constant_schedule(config.optimizer.learning_rate)  # plateau: changed by the rule's decisions
+
+
+def _step(config, steps_per_epoch: int) -> optax.Schedule:
+    boundaries = {}  # epochs that round to one step multiply there once each
+    for epoch in step_epochs(config):
+        step = round(epoch * steps_per_epoch)
+        boundaries[step] = boundaries.get(step, 1.0) * config.schedule.step_factor
+    return optax.piecewise_constant_schedule(config.optimizer.learning_rate, boundaries)
+
+
+def _warmup_cosine(config, steps_per_epoch: int) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.optimizer.learning_rate,
+        warmup_steps=int(config.schedule.warmup_epochs * steps_per_epoch),
+        decay_steps=config.num_epochs * steps_per_epoch,
+    )
+
+
+def _onecycle(config, steps_per_epoch: int) -> optax.Schedule:
+    return optax.cosine_onecycle_schedule(
+        transition_steps=config.num_epochs * steps_per_epoch,
+        peak_value=config.optimizer.learning_rate,
+        pct_start=config.schedule.pct_start,
+    )
+
+
+# name -> (config, steps per epoch) -> Optax schedule of the step, peaking at optimizer.learning_rate
+# (ensembles scale it per member: keep it proportional to that peak). Research schedules: add one.
+SCHEDULES = {
+    "constant": _constant,
+    "step": _step,
+    "warmup_cosine": _warmup_cosine,
+    "onecycle": _onecycle,
+    "plateau": _constant,
+}
+
+
 def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-    """The schedule named by ``config.schedule.name``; epochs are converted to steps here."""
-    base = config.optimizer.learning_rate
-    schedule = config.schedule
-    total_steps = config.num_epochs * steps_per_epoch
-    if schedule.name in ("constant", "plateau"):  # plateau: the rate changes only by the rule's decisions
-        return optax.constant_schedule(base)
-    if schedule.name == "step":
-        boundaries = {}  # epochs that round to one step multiply there once each
-        for epoch in step_epochs(config):
-            step = round(epoch * steps_per_epoch)
-            boundaries[step] = boundaries.get(step, 1.0) * schedule.step_factor
-        return optax.piecewise_constant_schedule(base, boundaries)
-    if schedule.name == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=base,
-            warmup_steps=int(schedule.warmup_epochs * steps_per_epoch),
-            decay_steps=total_steps,
-        )
-    if schedule.name == "onecycle":
-        return optax.cosine_onecycle_schedule(
-            transition_steps=total_steps, peak_value=base, pct_start=schedule.pct_start
-        )
-    raise ValueError(f"unknown schedule {schedule.name!r}; choose one of {SCHEDULES}")
+    """The schedule named by ``config.schedule.name`` (``SCHEDULES``); epochs are converted to steps."""
+    if config.schedule.name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {config.schedule.name!r}; choose one of {tuple(SCHEDULES)}")
+    return SCHEDULES[config.schedule.name](config, steps_per_epoch)
 
 
 def _is_kernel(params):

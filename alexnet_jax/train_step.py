@@ -18,6 +18,13 @@ from alexnet_jax import augment, ensemble
 
 AXIS = "batch"
 
+# Research hooks (docs/research.md), named by the config:
+# loss_term: name -> (params, logits, targets) -> a scalar added to each device's loss.
+LOSS_TERMS = {}
+# eval_scores: name -> (log probabilities [N, classes], labels [N]) -> a value per example, whose
+# mean evaluation reports as <name> beside loss, top1, top5.
+EVAL_SCORES = {}
+
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState (step, params, opt_state, apply_fn, tx), the model's batch-norm
@@ -56,6 +63,9 @@ class StepConstants:
     grad_accum_steps: int = 1  # each device's batch in this many micro-batches, gradients summed
     ensemble_size: int = 1  # evaluation: members stacked on a leading axis, scored each and together
     ema_decay: float = 0.0  # > 0: the state's ``ema`` moves this much less than all the way to the new weights
+    custom_augmentation: str = ""  # a name in augment.CUSTOM, or none
+    loss_term: str = ""  # a name in LOSS_TERMS, or none
+    eval_scores: tuple[str, ...] = ()  # names in EVAL_SCORES
 
 
 def create_train_state(
@@ -112,10 +122,13 @@ def train_step(
     if constants.pca_noise > 0:
         noise_keys = jax.vmap(jax.random.fold_in, (0, None))(example_keys, 2)
         pixels = pixels + jax.vmap(augment.pca_noise, (0, None))(noise_keys, constants.pca_noise)[:, None, None, :]
+    if constants.custom_augmentation:
+        custom_keys = jax.vmap(jax.random.fold_in, (0, None))(example_keys, 3)
+        pixels = augment.CUSTOM[constants.custom_augmentation](pixels, custom_keys)
     inputs = augment.normalize(pixels, constants.normalization)
     smoothing = constants.label_smoothing if state.settings is None else state.settings["label_smoothing"]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, constants.num_classes), smoothing)
-    loss, logits, grads, batch_stats = _gradients(state, inputs, targets, dropout_key, constants.grad_accum_steps)
+    loss, logits, grads, batch_stats = _gradients(state, inputs, targets, dropout_key, constants)
     grads = jax.lax.pmean(grads, AXIS)
     metrics = {
         "loss": loss,
@@ -136,14 +149,14 @@ def train_step(
     return applied, metrics
 
 
-def _gradients(state: TrainState, inputs: jax.Array, targets: jax.Array, dropout_key: jax.Array, micro: int):
+def _gradients(state: TrainState, inputs: jax.Array, targets: jax.Array, dropout_key: jax.Array, constants):
     """This device's mean loss, logits, gradients and batch statistics, over ``micro`` equal
     micro-batches of its batch one after another (the gradients summed, then divided by ``micro``).
 
     Micro-batch j of device d draws its dropout masks from the key of shard ``d * micro + j``:
     one device with k micro-batches computes what k devices with one each do (the batch-norm
     configs take one micro-batch: their statistics are the batch's)."""
-    has_stats = state.batch_stats is not None
+    has_stats, micro, term = state.batch_stats is not None, constants.grad_accum_steps, constants.loss_term
     first_shard = jax.lax.axis_index(AXIS) * micro
     member = {} if state.settings is None else {"dropout_rate": state.settings["dropout_rate"]}
 
@@ -155,7 +168,9 @@ def _gradients(state: TrainState, inputs: jax.Array, targets: jax.Array, dropout
             )
         else:
             logits, updates = state.apply_fn(variables, inputs, **training, rngs={"dropout": key}), {}
-        return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates.get("batch_stats"))
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        loss = loss + LOSS_TERMS[term](params, logits, targets) if term else loss
+        return loss, (logits, updates.get("batch_stats"))
 
     def micro_step(summed, batch):
         inputs, targets, j = batch
@@ -195,23 +210,26 @@ def eval_step(
     score = lambda v: eval_log_probabilities(v, batch["image"], apply_fn, constants)  # noqa: E731
     if constants.ensemble_size == 1:
         log_probs = score(variables)
-        sums = _scores(log_probs, labels, mask)
+        sums = _scores(log_probs, labels, mask, constants.eval_scores)
     else:  # every member, and the ensemble: the members' softmax averaged
         members = jax.lax.map(score, variables)
         log_probs = log_mean_probability(members)
-        per_member = jax.vmap(_scores, (0, None, None))(members, labels, mask)
-        sums = {**_scores(log_probs, labels, mask), **{f"member_{k}": per_member[k] for k in ("loss", "top1", "top5")}}
+        per_member = jax.vmap(_scores, (0, None, None, None))(members, labels, mask, constants.eval_scores)
+        sums = _scores(log_probs, labels, mask, constants.eval_scores)
+        sums.update({f"member_{k}": value for k, value in per_member.items()})
     return jax.lax.psum({**sums, "count": jnp.sum(mask)}, AXIS), jnp.argmax(log_probs, -1), labels
 
 
-def _scores(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    """Sums over the real examples of the cross-entropy and of top-1 and top-5 hits."""
+def _scores(log_probs: jax.Array, labels: jax.Array, mask: jax.Array, extra: tuple[str, ...] = ()) -> dict:
+    """Sums over the real examples of the cross-entropy, of top-1 and top-5 hits, and of the
+    ``EVAL_SCORES`` named in ``extra``."""
     loss = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
-    return {
+    sums = {
         "loss": jnp.sum(loss * mask),
         "top1": jnp.sum(_topk_correct(log_probs, labels, 1) * mask),
         "top5": jnp.sum(_topk_correct(log_probs, labels, 5) * mask),
     }
+    return {**sums, **{name: jnp.sum(EVAL_SCORES[name](log_probs, labels) * mask) for name in extra}}
 
 
 def eval_log_probabilities(variables: dict, images: jax.Array, apply_fn, constants: StepConstants) -> jax.Array:

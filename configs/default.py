@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.crop_size = config_dict.placeholder(int)  # else: random crops of this size (no padding)
     config.augment.flip = True  # random horizontal mirrors
     config.augment.pca_noise = 0.0  # std of the paper's PCA colour noise (0.1 in the paper)
+    config.augment.custom = ""  # a research augmentation: a name in augment.CUSTOM (docs/research.md)
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rate = 0.4  # the peak rate of the schedule
@@ -87,6 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Each device's share of the batch in this many micro-batches, one after another, gradients
     # summed: the same step with less memory (k devices' numbers on one). Not with batch norm.
     config.grad_accum_steps = 1
+    config.loss_term = ""  # a research loss term: a name in train_step.LOSS_TERMS (docs/research.md)
+    config.eval_scores = ()  # research scores evaluation reports: names in train_step.EVAL_SCORES
     # > 0: also keep an exponential moving average of the weights (and batch statistics), updated
     # after every step with this decay (e.g. 0.999), checkpointed and evaluated beside them.
     config.ema_decay = 0.0

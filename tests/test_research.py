@@ -1,8 +1,12 @@
-"""docs/research.md's worked examples run as written, and what they rest on: per-example gradients
+"""docs/research.md's worked examples run as written (its research pieces added to their files
+and switched on together by its command), and what they rest on: per-example gradients
 against a loop over the examples (float64), DP-SGD's aggregate against its definition."""
 
+import contextlib
+import importlib
 import pathlib
 import re
+import shlex
 
 import jax
 import numpy as np
@@ -10,20 +14,70 @@ import optax
 import pytest
 from conftest import ROOT
 
-from alexnet_jax import models
+from alexnet_jax import metrics_log, models
+from alexnet_jax.checkpointing import read_variables
 from alexnet_jax.per_example import per_example_grads
 from configs import smoke
 
+GUIDE = pathlib.Path(ROOT, "docs", "research.md")
+SIZES = ["--config.dataset.synthetic_examples=256", "--config.batch_size=64", "--config.eval_batch_size=64"]
 
-def test_the_guides_python_blocks_run():
-    guide = pathlib.Path(ROOT, "docs", "research.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", guide, re.S)
-    assert blocks
-    for block in blocks:
-        namespace = {}
-        exec(compile(block, "docs/research.md", "exec"), namespace)
-        assert jax.tree.leaves(namespace["grads"])[0].shape[0] == 8  # per example
-        assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(namespace["params"]))
+
+@contextlib.contextmanager
+def added_to_their_files(blocks: list[str]):
+    """Runs each block that names its file (``# alexnet_jax/<module>.py``) at the end of that
+    module, as if added there; takes out what the blocks added after (new names, registry entries)."""
+    saved = []
+    try:
+        for block in blocks:
+            name = block.splitlines()[0].removeprefix("# ").removesuffix(".py").replace("/", ".")
+            module = importlib.import_module(name)
+            names = vars(module)
+            registries = {k: dict(v) for k, v in names.items() if isinstance(v, dict) and not k.startswith("__")}
+            saved.append((names, set(names), registries))
+            exec(compile(block, module.__file__, "exec"), names)
+        yield
+    finally:
+        for names, before, registries in reversed(saved):
+            for added in set(names) - before:
+                del names[added]
+            for key, entries in registries.items():
+                names[key].clear()
+                names[key].update(entries)
+
+
+def test_the_guides_research_pieces_run_together_as_written(tmp_path, cli):
+    guide = GUIDE.read_text()
+    pieces = [b for b in re.findall(r"```python\n(.*?)```", guide, re.S) if b.startswith("# alexnet_jax/")]
+    assert len(pieces) == 5
+    command = re.search(r"### All of them\n\n```sh\n(.*?)```", guide, re.S).group(1).replace("\\\n", " ")
+    argv = [arg.strip("'") for arg in shlex.split(command)[2:] if not arg.startswith("--workdir")]
+    with added_to_their_files(pieces):
+        from alexnet_jax import augment, train_step
+
+        code, out, err = cli(*argv, *SIZES, "--config.num_epochs=1", "--config.max_steps=2", f"--workdir={tmp_path}")
+        assert code == 0, err
+        grey = augment.CUSTOM["cutout"](np.full((4, 32, 32, 3), 255.0), jax.random.split(jax.random.key(0), 4))
+        uniform = train_step.LOSS_TERMS["confidence_penalty"](None, np.zeros((2, 10)), None)
+    records = metrics_log.read_metrics(tmp_path)
+    train, evaluation = records[-2], records[-1]
+    for k, rate in enumerate((0.002, 0.005, 0.01)):  # the linear schedule of 4 steps, per member, at the 2nd step
+        assert train[f"member{k}_learning_rate"] == pytest.approx(rate * 3 / 4, rel=1e-6)
+        assert 0 <= evaluation[f"val_member{k}_brier"] <= 2
+    assert 0 <= evaluation["val_brier"] <= 2
+    assert all(0 < ((image == 127.5).all(-1)).sum() <= 64 for image in grey)  # one square of at most 8 x 8
+    assert float(uniform) == pytest.approx(-0.1 * np.log(10), rel=1e-6)
+    params, _ = read_variables(tmp_path / "checkpoints" / "2")
+    assert sorted(params) == ["Conv_0", "Conv_1", "Conv_2", "Conv_3", "Conv_4", "Dense_0"]  # alexnet_gap's
+    assert "alexnet_gap" not in models.MODELS  # taken out again
+
+
+def test_the_guides_dp_sgd_block_runs():
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S) if "dp_sgd" in b]
+    namespace = {}
+    exec(compile(block, "docs/research.md", "exec"), namespace)
+    assert jax.tree.leaves(namespace["grads"])[0].shape[0] == 8  # per example
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(namespace["params"]))
 
 
 def _tiny_model(dtype="float32"):
