@@ -17,7 +17,7 @@ from alexnet_jax.experiment import create_state, step_constants, train_key
 from alexnet_jax.feeds import ResidentFeed, create_feed
 from alexnet_jax.input_pipeline import epoch_order
 from alexnet_jax.parallel import DataParallel
-from alexnet_jax.train_step import state_variables
+from alexnet_jax.train_step import TrainState, state_variables
 
 STEPS = 2
 SWEEP = {"learning_rate": (0.01, 0.03), "weight_decay": (5e-4, 2e-3), "label_smoothing": (0.1, 0.0)}
@@ -72,27 +72,57 @@ def train(config, split, parallel):
 
 
 def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparameters(monkeypatch):
-    """Against one single run: the members vmap-ed (as on accelerators) on the streaming path, and
-    one after another (as on CPUs) on the resident path, whose batches are the streaming path's
-    (test_streaming.py)."""
+    """The members vmap-ed, as on accelerators, on the streaming path; the resident path's batches
+    are the streaming path's (test_streaming.py), and the members one after another, as on CPUs,
+    are the same step (the next test)."""
     split = datasets.load_split(tiny_config().dataset, "train")
     parallel = DataParallel("shard_map", jax.devices()[:1])
+    monkeypatch.setattr(feeds, "VECTORIZE_MEMBERS", True)
     with jax.enable_x64(True):
         _, single, single_losses = train(single_run_of_member_1("shared"), split, parallel)
-        for pipeline, vectorized in (("streaming", True), ("resident", False)):
-            monkeypatch.setattr(feeds, "VECTORIZE_MEMBERS", vectorized)
-            start, trained, losses = train(sweep_config(pipeline, "shared"), split, parallel)
-            assert losses.shape == (STEPS, 2) and int(trained.step) == STEPS
-            got, want = ensemble.member(state_variables(trained), 1), state_variables(single)
-            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-                assert a.dtype == np.float64
-                np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=pipeline)
-            np.testing.assert_allclose(losses[:, 1], single_losses, rtol=RTOL, err_msg=pipeline)
+        start, trained, losses = train(sweep_config("streaming", "shared"), split, parallel)
+    assert losses.shape == (STEPS, 2) and int(trained.step) == STEPS
+    got, want = ensemble.member(state_variables(trained), 1), state_variables(single)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert a.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(losses[:, 1], single_losses, rtol=RTOL)
     # The members are different models, and both were trained.
     first, second = (jax.tree.leaves(ensemble.member(trained.params, k)) for k in (0, 1))
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(first, second, strict=True)) > 1e-3
     moved = zip(jax.tree.leaves(trained.params), jax.tree.leaves(start.params), strict=True)
     assert all(float(np.max(np.abs(a - b).reshape(2, -1), axis=1).min()) > 0 for a, b in moved)
+
+
+def test_members_one_after_another_compute_what_vmap_computes(monkeypatch):
+    """``feeds.over_members`` both ways on a step of the same form as the train step (a state with
+    a shared step count, a shared and a per-member input, a key per member): the same states and
+    metrics, exactly."""
+
+    def step(state, shared, own, key):
+        noise = jax.random.normal(key, (3,))
+        params = {"w": state.params["w"] * shared + own + noise}
+        return state.replace(step=state.step + 1, params=params), {"loss": params["w"].sum()}
+
+    state = TrainState(
+        step=np.int32(5),
+        apply_fn=None,
+        params={"w": np.arange(6.0).reshape(2, 3)},
+        tx=None,
+        opt_state={"m": np.ones(2)},
+    )
+    inputs = (np.float64(2.0), np.array([[1.0, 1, 1], [2, 2, 2]]), jax.random.split(jax.random.key(0), 2))
+    config = sweep_config("resident", "own")
+    results = []
+    for vectorized in (True, False):
+        monkeypatch.setattr(feeds, "VECTORIZE_MEMBERS", vectorized)
+        results.append(jax.jit(feeds.over_members(step, config, (None, 0)))(state, *inputs))
+    (vmapped, vmapped_metrics), (unrolled, unrolled_metrics) = results
+    assert int(unrolled.step) == 6 and unrolled.params["w"].shape == (2, 3) and unrolled.opt_state["m"].shape == (2,)
+    for a, b in zip(
+        jax.tree.leaves((vmapped, vmapped_metrics)), jax.tree.leaves((unrolled, unrolled_metrics)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_members_with_their_own_data_order_read_their_own_seeds_orders():
