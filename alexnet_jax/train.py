@@ -468,7 +468,12 @@ def _stopped_by(error: Exception, trainer: _Trainer, log: metrics_log.MetricsLog
         return error
     if isinstance(error, (DiskFull, OSError)):
         log.close(quietly=True)  # what TensorBoard cannot write now is in metrics.jsonl
-        return error if isinstance(error, DiskFull) else checkpoints.out_of_space(error.filename)
+        error = error if isinstance(error, DiskFull) else checkpoints.out_of_space(error.filename)
+        # Orbax's background threads end before the process does: one still running at exit could
+        # print a traceback into its event loop, under the one line that says what happened.
+        with contextlib.suppress(Exception):
+            checkpoints.manager.close()
+        return error
     if isinstance(error, InputWorkerDied):
         if trainer.last_saved != trainer.step and not run.evaluates_at(trainer.step):
             trainer.save()

@@ -1,8 +1,8 @@
 """Ensembles and sweeps (``--config.ensemble_size``): member k of an ensemble trained by one
 vmap-ed step is the single run of member k's seed and hyperparameters, in float64 (the bound of
 test_train_step.py: the two compute the same sums, batched or not), on the resident and the
-streaming path. The ensemble's evaluation scores every member and their averaged softmax. And the
-weights' moving average (``ema_decay``), which ensembles stack like the weights."""
+streaming path. The ensemble's evaluation scores every member and their averaged softmax (the
+weights' moving average, which ensembles stack like the weights: test_research.py)."""
 
 import jax
 import numpy as np
@@ -11,7 +11,6 @@ from conftest import tiny_config
 from test_train_step import ATOL, RTOL, agreement_config
 
 from alexnet_jax import augment, config_checks, datasets, ensemble, feeds, models
-from alexnet_jax.checkpointing import Checkpoints, read_variables
 from alexnet_jax.evaluation import create_evaluator
 from alexnet_jax.experiment import create_state, step_constants, train_key
 from alexnet_jax.feeds import ResidentFeed, create_feed
@@ -165,31 +164,3 @@ def test_an_ensemble_is_scored_member_by_member_and_as_the_mean_of_their_softmax
         member_top1 = np.mean(np.argmax(probabilities[k], -1) == split.labels)
         assert metrics[f"member{k}_top1"] == pytest.approx(member_top1, abs=2 / len(split))
     assert len({metrics[f"member{k}_top1"] for k in range(3)} | {metrics["top1"]}) > 1
-
-
-def test_the_moving_average_follows_the_weights_and_is_checkpointed_beside_them(tmp_path):
-    """``ema_decay``: after each step, ema = decay * ema + (1 - decay) * weights, from the initial
-    weights on; saved in the checkpoint, where evaluation and prediction read it."""
-    config = tiny_config()
-    config.ema_decay = 0.75
-    split = datasets.load_split(config.dataset, "train")
-    parallel = DataParallel("shard_map", jax.devices()[:1])
-    state, _ = create_state(config, len(split.class_names), split.image_shape, 4)
-    constants = step_constants(config, len(split.class_names))
-    feed = create_feed(parallel, config, split, range(3), 4, constants)
-    want = jax.device_get(state.params)
-    state, rng = parallel.replicate(jax.device_get(state)), parallel.replicate(train_key(config))
-    for step in range(3):
-        state, _ = feed.step_fn(state, *feed.inputs(step), rng)
-        weights = jax.device_get(state.params)
-        want = jax.tree.map(lambda average, new: 0.75 * average + 0.25 * new, want, weights)
-    for got, expected, weight in zip(*(jax.tree.leaves(t) for t in (state.ema["params"], want, weights)), strict=True):
-        # float32: one rounding per update, on values the size of the weights
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * float(np.max(np.abs(weight))))
-        assert float(np.max(np.abs(got - weight))) > 1e-4  # an average, not the weights
-    checkpoints = Checkpoints(tmp_path, keep=1, async_save=False)
-    checkpoints.save(jax.device_get(state), jax.random.key(0), {}, force=True)
-    checkpoints.close()
-    params, _ = read_variables(tmp_path / "3", "ema")
-    for got, saved in zip(jax.tree.leaves(params), jax.tree.leaves(state.ema["params"]), strict=True):
-        np.testing.assert_array_equal(got, saved)

@@ -14,8 +14,10 @@ import optax
 import pytest
 from conftest import ROOT
 
+import main
 from alexnet_jax import metrics_log, models
 from alexnet_jax.checkpointing import read_variables
+from alexnet_jax.experiment import create_state
 from alexnet_jax.per_example import per_example_grads
 from configs import smoke
 
@@ -47,28 +49,38 @@ def added_to_their_files(blocks: list[str]):
 
 
 def test_the_guides_research_pieces_run_together_as_written(tmp_path, cli):
+    """And the moving average the command keeps: ema = decay * ema + (1 - decay) * weights after
+    each step, from the initial weights, checkpointed beside them."""
     guide = GUIDE.read_text()
     pieces = [b for b in re.findall(r"```python\n(.*?)```", guide, re.S) if b.startswith("# alexnet_jax/")]
     assert len(pieces) == 5
     command = re.search(r"### All of them\n\n```sh\n(.*?)```", guide, re.S).group(1).replace("\\\n", " ")
     argv = [arg.strip("'") for arg in shlex.split(command)[2:] if not arg.startswith("--workdir")]
+    run = [*argv, *SIZES, "--config.num_epochs=1", "--config.max_steps=2", "--config.checkpoint_every_steps=1"]
     with added_to_their_files(pieces):
         from alexnet_jax import augment, train_step
 
-        code, out, err = cli(*argv, *SIZES, "--config.num_epochs=1", "--config.max_steps=2", f"--workdir={tmp_path}")
+        code, out, err = cli(*run, f"--workdir={tmp_path}")
         assert code == 0, err
         grey = augment.CUSTOM["cutout"](np.full((4, 32, 32, 3), 255.0), jax.random.split(jax.random.key(0), 4))
         uniform = train_step.LOSS_TERMS["confidence_penalty"](None, np.zeros((2, 10)), None)
+        config = main.parse_args(["main.py", *run]).config
+        initial = create_state(config, 10, (32, 32, 3), steps_per_epoch=4)[0].params
     records = metrics_log.read_metrics(tmp_path)
     train, evaluation = records[-2], records[-1]
     for k, rate in enumerate((0.005, 0.01)):  # the linear schedule of 4 steps, per member, at the 2nd step
         assert train[f"member{k}_learning_rate"] == pytest.approx(rate * 3 / 4, rel=1e-6)
-        assert 0 <= evaluation[f"val_member{k}_brier"] <= 2
+        assert 0 <= evaluation[f"val_member{k}_brier"] <= 2 and f"val_ema_member{k}_top1" in evaluation
     assert 0 <= evaluation["val_brier"] <= 2
     assert all(0 < ((image == 127.5).all(-1)).sum() <= 64 for image in grey)  # one square of at most 8 x 8
     assert float(uniform) == pytest.approx(-0.1 * np.log(10), rel=1e-6)
-    params, _ = read_variables(tmp_path / "checkpoints" / "2")
-    assert sorted(params) == ["Conv_0", "Conv_1", "Conv_2", "Conv_3", "Conv_4", "Dense_0"]  # alexnet_gap's
+    (first, _), (second, _) = (read_variables(tmp_path / "checkpoints" / str(step)) for step in (1, 2))
+    assert sorted(second) == ["Conv_0", "Conv_1", "Conv_2", "Conv_3", "Conv_4", "Dense_0"]  # alexnet_gap's
+    average, _ = read_variables(tmp_path / "checkpoints" / "2", "ema")
+    for got, *weights in zip(*(jax.tree.leaves(t) for t in (average, initial, first, second)), strict=True):
+        want = 0.75 * (0.75 * weights[0] + 0.25 * weights[1]) + 0.25 * weights[2]
+        # float32: a few roundings, on values the size of the weights
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * float(np.max(np.abs(weights[2]))))
     assert "alexnet_gap" not in models.MODELS  # taken out again
 
 
