@@ -12,8 +12,10 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import pathlib
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -152,6 +154,7 @@ class Checkpoints:
         except Exception as e:
             if not (_is_disk_full(str(e)) or getattr(e, "errno", None) == errno.ENOSPC):
                 raise
+            self.abandon()  # the run stops here: the save's other writes end first, quietly
             step, directory = self._saving[0], pathlib.Path(self.manager.directory)
             if jax.process_index() == 0:
                 for partial in directory.glob(f"{step}.orbax-checkpoint-tmp*"):
@@ -238,6 +241,22 @@ class Checkpoints:
     def close(self):
         self.wait()
         self.manager.close()
+
+    def abandon(self):
+        """Closes the manager after a save that ran out of space, quietly: the writes still in
+        flight then fail in TensorStore's threads, which print each failure's traceback to the
+        process's stderr (file descriptor 2) once Orbax's event loop has closed; the run's one-line
+        error says what happened."""
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                with contextlib.suppress(Exception):
+                    self.manager.close()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 SIZES = "file_sizes.json"  # in each committed checkpoint: its files and their sizes in bytes

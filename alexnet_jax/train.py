@@ -469,10 +469,7 @@ def _stopped_by(error: Exception, trainer: _Trainer, log: metrics_log.MetricsLog
     if isinstance(error, (DiskFull, OSError)):
         log.close(quietly=True)  # what TensorBoard cannot write now is in metrics.jsonl
         error = error if isinstance(error, DiskFull) else checkpoints.out_of_space(error.filename)
-        # Orbax's background threads end before the process does: one still running at exit could
-        # print a traceback into its event loop, under the one line that says what happened.
-        with contextlib.suppress(Exception):
-            checkpoints.manager.close()
+        checkpoints.abandon()  # the failed save's writes end before the one line
         return error
     if isinstance(error, InputWorkerDied):
         if trainer.last_saved != trainer.step and not run.evaluates_at(trainer.step):
