@@ -146,7 +146,7 @@ def test_an_ensemble_is_scored_member_by_member_and_as_the_mean_of_their_softmax
     config.ensemble_size, config.members.dropout_rate = 3, (0.0, 0.1, 0.2)
     split = datasets.load_split(config.dataset, "validation")
     state, _ = create_state(config, len(split.class_names), split.image_shape, 1)
-    parallel, constants = DataParallel("shard_map"), step_constants(config, len(split.class_names))
+    parallel, constants = DataParallel("shard_map", jax.devices()[:1]), step_constants(config, len(split.class_names))
     evaluate = create_evaluator(parallel, state.apply_fn, constants, split, config)
     metrics, predictions, labels = evaluate(parallel.replicate(state_variables(state)))
 

@@ -1,33 +1,10 @@
 """Features of a named layer (``features.py``) and the paper's Figure 4 from them."""
 
-import jax
 import numpy as np
-from conftest import tiny_config
 from PIL import Image
 
-from alexnet_jax import augment, datasets, features
-from alexnet_jax.experiment import create_state
+from alexnet_jax import features
 from alexnet_jax.predict import Predictor
-from alexnet_jax.train_step import state_variables
-
-
-def test_fc7_is_what_the_classifier_reads_after_its_relu():
-    config = tiny_config()
-    split = datasets.load_split(config.dataset, "validation")
-    state, _ = create_state(config, 10, split.image_shape, 1)
-    variables, pixels = state_variables(state), augment.normalize(split.images[:16], config.dataset.normalization)
-    take = lambda layer: np.asarray(features.layer_features(state.apply_fn, variables, pixels, "alexnet_cifar", layer))  # noqa: E731
-    fc7, fc8, logits = take("fc7"), take("fc8"), np.asarray(state.apply_fn(variables, pixels))
-    np.testing.assert_array_equal(fc8, logits)
-    assert fc7.shape == (16, config.model.fc_features * config.model.width) and fc7.min() >= 0 and fc7.max() > 0
-    head = jax.device_get(state.params["Dense_2"])
-    # float32 sums of fc7 x kernel products: rounding bounded by their magnitudes
-    bound = 1e-5 * (np.abs(fc7) @ np.abs(head["kernel"]) + np.abs(head["bias"]))
-    assert np.all(np.abs(fc7 @ head["kernel"] + head["bias"] - logits) <= bound)
-    assert take("conv1").shape == (16, 32 * 32 * round(64 * config.model.width))
-    assert (
-        features.module_name("alexnet2012", "fc7") == "fc7" and features.module_name("alexnet_owt", "conv2") == "Conv_1"
-    )
 
 
 def test_the_features_and_neighbours_commands(straight_run, cli, tmp_path):
@@ -47,6 +24,20 @@ def test_the_features_and_neighbours_commands(straight_run, cli, tmp_path):
     )
     assert code == 0, err
     np.testing.assert_allclose(np.load(tmp_path / "f.npy"), values[:2], rtol=1e-6, atol=1e-6 * np.abs(values).max())
+
+    # fc7 is what the classifier reads, after its ReLU: the head on it gives the predictor's probabilities.
+    predictor = Predictor(workdir, "latest", False)
+    head = predictor.variables["params"]["Dense_2"]
+    fc7 = values[:16]
+    assert fc7.shape[1] == 32 and fc7.min() >= 0 and fc7.max() > 0
+    logits = fc7 @ head["kernel"] + head["bias"]
+    want = np.exp(logits - logits.max(1, keepdims=True))
+    # float32 sums of fc7 x kernel products and a softmax: rounding bounded by their magnitudes
+    probabilities = predictor(shown["image"][:16])
+    np.testing.assert_allclose(probabilities, want / want.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+    assert (
+        features.module_name("alexnet2012", "fc7") == "fc7" and features.module_name("alexnet_owt", "conv2") == "Conv_1"
+    )
 
     train = features.open_split(extractor.config, "train")
     chosen = np.array([5, 100, 250])  # in the first, second and last batch of 64

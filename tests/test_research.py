@@ -8,6 +8,7 @@ import pathlib
 import re
 import shlex
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -19,7 +20,6 @@ from alexnet_jax import metrics_log, models
 from alexnet_jax.checkpointing import read_variables
 from alexnet_jax.experiment import create_state
 from alexnet_jax.per_example import per_example_grads
-from configs import smoke
 
 GUIDE = pathlib.Path(ROOT, "docs", "research.md")
 SIZES = ["--config.dataset.synthetic_examples=256", "--config.batch_size=64", "--config.eval_batch_size=64"]
@@ -68,10 +68,8 @@ def test_the_guides_research_pieces_run_together_as_written(tmp_path, cli):
         initial = create_state(config, 10, (32, 32, 3), steps_per_epoch=4)[0].params
     records = metrics_log.read_metrics(tmp_path)
     train, evaluation = records[-2], records[-1]
-    for k, rate in enumerate((0.005, 0.01)):  # the linear schedule of 4 steps, per member, at the 2nd step
-        assert train[f"member{k}_learning_rate"] == pytest.approx(rate * 3 / 4, rel=1e-6)
-        assert 0 <= evaluation[f"val_member{k}_brier"] <= 2 and f"val_ema_member{k}_top1" in evaluation
-    assert 0 <= evaluation["val_brier"] <= 2
+    assert train["learning_rate"] == pytest.approx(0.005 * 3 / 4, rel=1e-6)  # linear over 4 steps, at the 2nd
+    assert 0 <= evaluation["val_brier"] <= 2 and 0 <= evaluation["val_ema_brier"] <= 2
     assert all(0 < ((image == 127.5).all(-1)).sum() <= 64 for image in grey)  # one square of at most 8 x 8
     assert float(uniform) == pytest.approx(-0.1 * np.log(10), rel=1e-6)
     (first, _), (second, _) = (read_variables(tmp_path / "checkpoints" / str(step)) for step in (1, 2))
@@ -92,15 +90,19 @@ def test_the_guides_dp_sgd_block_runs():
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(namespace["params"]))
 
 
-def _tiny_model(dtype="float32"):
-    config = smoke.get_config()
-    config.model.width, config.model.fc_features, config.model.dtype = 0.125, 32, dtype
-    return models.create_model(config.model, 10)
+class _Small(nn.Module):
+    """A convolution and a dense layer: per_example_grads takes any apply function; the models'
+    examples are as independent as these (no batch norm)."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.relu(nn.Conv(4, (3, 3), dtype=x.dtype, param_dtype=x.dtype)(x))
+        return nn.Dense(10, dtype=x.dtype, param_dtype=x.dtype)(x.reshape(x.shape[0], -1))
 
 
 def test_per_example_gradients_are_each_examples_own_in_float64():
     with jax.enable_x64(True):
-        model = _tiny_model("float64")
+        model = _Small()
         images = np.random.default_rng(0).normal(size=(3, 16, 16, 3))
         targets = jax.nn.one_hot(np.array([1, 2, 3]), 10).astype(np.float64)
         params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
