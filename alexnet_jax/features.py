@@ -11,6 +11,7 @@ accelerator; a split is streamed, so memory holds one batch of images.
 Figure 4: validation images, each beside the training images whose features are nearest (Euclidean).
 """
 
+import functools
 import pathlib
 
 import jax
@@ -22,6 +23,7 @@ from alexnet_jax import augment, datasets, ensemble, files, input_pipeline
 from alexnet_jax.errors import UserError
 from alexnet_jax.feeds import host_views
 from alexnet_jax.input_pipeline import ProcessShare
+from alexnet_jax.predict import in_fixed_batches
 
 PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 HIDDEN = ("fc6", "fc7")  # followed by a ReLU
@@ -71,12 +73,7 @@ class FeatureExtractor:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Features of images [N, H, W, C] (uint8), a fixed-size batch at a time."""
-        out = []
-        for start in range(0, len(images), self.batch):
-            chunk = images[start : start + self.batch]
-            padded = np.concatenate([chunk, np.zeros((self.batch - len(chunk), *chunk.shape[1:]), np.uint8)])
-            out.append(np.asarray(self._features(self._variables, padded))[: len(chunk)])
-        return np.concatenate(out)
+        return in_fixed_batches(functools.partial(self._features, self._variables), images, self.batch)
 
 
 def open_split(config, split: str):

@@ -11,6 +11,7 @@ config's normalisation, in batches of ``eval_batch_size``.
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import glob
 import io
 import json
@@ -122,12 +123,20 @@ class Predictor:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Probabilities [N, classes] of uint8 images [N, size, size, 3], in batches of fixed size."""
-        out = []
-        for start in range(0, len(images), self.batch):
-            chunk = images[start : start + self.batch]
-            padded = np.concatenate([chunk, np.zeros((self.batch - len(chunk), *chunk.shape[1:]), np.uint8)])
-            out.append(np.asarray(self._probabilities(self.variables, padded))[: len(chunk)])
-        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)))
+        if not len(images):
+            return np.zeros((0, len(self.class_names)))
+        return in_fixed_batches(functools.partial(self._probabilities, self.variables), images, self.batch)
+
+
+def in_fixed_batches(fn, images: np.ndarray, batch: int) -> np.ndarray:
+    """``fn`` (compiled for ``batch`` images) over any number of images: the last batch padded with
+    zeros, its padding's results dropped."""
+    out = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.asarray(fn(padded))[: len(chunk)])
+    return np.concatenate(out)
 
 
 def predict(
