@@ -82,22 +82,38 @@ def evaluate_checkpoint(
     expected["ensemble_size"] = ensemble.size(config)
     check_signature(saved, expected, workdir, "evaluate with the config it was trained with")
     checkpoints.close()
-    variables = model_variables(*read_variables(directory / str(step), weights))  # not the optimizer: any will do
-    # Towers compute what the grouped model computes: evaluation runs it data parallel.
-    mode = "shard_map" if config.parallel == "towers" else config.parallel
-    model, parallel = models.create_model(config.model, len(split.class_names)), DataParallel(mode)
-    inputs = np.zeros((1, *model_input_shape(config, split.image_shape)), np.float32)
-    expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), inputs)
-    check_shapes(
-        variables,
-        ensemble.stacked(dict(expected), config),
-        directory / str(step),
-        "evaluate with the config and images it was trained on",
-    )
+    model = models.create_model(config.model, len(split.class_names))
+    variables = _checked_variables(config, model, directory / str(step), split.image_shape, weights)
     variables, members = ensemble.chosen(config, variables, member, workdir)
     constants = dataclasses.replace(step_constants(config, len(split.class_names)), ensemble_size=members)
+    # Towers compute what the grouped model computes: evaluation runs it data parallel.
+    parallel = DataParallel("shard_map" if config.parallel == "towers" else config.parallel)
     evaluator = create_evaluator(parallel, model.apply, constants, split, config)
     metrics, predictions, labels = evaluator(parallel.place_model(variables))
+    name, header = _report_name(config, step, member, weights)
+    if not is_main_process():
+        return {**header, **metrics, "examples": len(split)}
+    real = datasets.real_labels(config.dataset, config.dataset.eval_split)
+    if real is not None:
+        metrics["real_top1"], metrics["real_examples"] = real_top1(predictions, real)
+    report = write_report(workdir, name, split, predictions, labels, {**header, **metrics})
+    print(json.dumps({k: report[k] for k in (*header, *metrics, "examples")}))
+    return report
+
+
+def _checked_variables(config, model, folder: pathlib.Path, image_shape, weights: str) -> dict:
+    """The checkpoint's model variables (``weights``: trained or ``ema``; not the optimizer: any will
+    do), checked against the shapes the config's model (an ensemble's, stacked) has."""
+    variables = model_variables(*read_variables(folder, weights))
+    inputs = np.zeros((1, *model_input_shape(config, image_shape)), np.float32)
+    expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), inputs)
+    remedy = "evaluate with the config and images it was trained on"
+    check_shapes(variables, ensemble.stacked(dict(expected), config), folder, remedy)
+    return variables
+
+
+def _report_name(config, step: int, member: int | None, weights: str) -> tuple[str, dict]:
+    """The report's file prefix and the header saying what was scored."""
     dataset, split_name = config.dataset.name, config.dataset.eval_split
     name = "eval_" + re.sub("[^0-9A-Za-z]+", "_", f"{dataset}_{split_name}").strip("_")
     header = {"checkpoint_step": step, "dataset": dataset, "split": split_name}
@@ -107,14 +123,7 @@ def evaluate_checkpoint(
     if weights == "ema":
         header["weights"] = "ema"
         name += "_ema"
-    if not is_main_process():
-        return {**header, **metrics, "examples": len(split)}
-    real = datasets.real_labels(config.dataset, split_name)
-    if real is not None:
-        metrics["real_top1"], metrics["real_examples"] = real_top1(predictions, real)
-    report = write_report(workdir, name, split, predictions, labels, {**header, **metrics})
-    print(json.dumps({k: report[k] for k in (*header, *metrics, "examples")}))
-    return report
+    return name, header
 
 
 def real_top1(predictions: np.ndarray, real_labels: list[np.ndarray]) -> tuple[float, int]:
