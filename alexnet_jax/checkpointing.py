@@ -14,8 +14,6 @@ import json
 import logging
 import pathlib
 import shutil
-import sys
-from traceback import walk_tb as tb_walk
 
 import jax
 import numpy as np
@@ -78,24 +76,6 @@ def check_signature(saved: dict, expected: dict, workdir, remedy: str, prefix: s
 # The train state is replicated on every device. Orbax's replica-parallel saving would split each
 # array among the replicas, which on CPUs compiles a slice program per array and device (seconds
 # at the first save); Orbax already leaves it off on GPUs. One replica writes each array whole.
-def _without_late_write_callbacks(previous):
-    """``sys.excepthook`` less one error: when a save fails (a full disk), Orbax closes the save's
-    event loop while TensorStore still completes its other writes, whose callbacks then raise
-    "Event loop is closed" from asyncio's ``call_soon_threadsafe`` in TensorStore's threads, and
-    each would print a traceback above the run's one-line error. Everything else goes to
-    ``previous``."""
-
-    def hook(kind, value, traceback):
-        frames = [frame.f_code.co_name for frame, _ in tb_walk(traceback)]
-        if kind is RuntimeError and str(value) == "Event loop is closed" and "call_soon_threadsafe" in frames:
-            return
-        previous(kind, value, traceback)
-
-    return hook
-
-
-sys.excepthook = _without_late_write_callbacks(sys.excepthook)
-
 _absl_logger, _level = logging.getLogger("absl"), logging.getLogger("absl").level
 _absl_logger.setLevel(logging.ERROR)  # Orbax warns that the handler replaces its default: that is the point
 ocp.type_handlers.register_type_handler(

