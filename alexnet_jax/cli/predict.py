@@ -17,7 +17,11 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
         ),
         "ten_crop": flags.DEFINE_bool("ten_crop", False, "predict: the paper's ten crops instead of the centre.", **fv),
         "member": flags.DEFINE_integer(
-            "member", None, "evaluate, predict: one member of an ensemble (0 to N-1); default: the ensemble.", **fv
+            "member",
+            None,
+            "evaluate, predict, filters, features, neighbours: one member of an ensemble (0 to N-1); default: "
+            "the ensemble (filters, features, neighbours: member 0).",
+            **fv,
         ),
         "ema": flags.DEFINE_bool(
             "ema", False, "evaluate, predict: the weights' moving average (--config.ema_decay), not the weights.", **fv
