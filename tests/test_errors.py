@@ -99,6 +99,22 @@ CASES = [
         "would take statistics over micro-batches; use --config.model.norm=none, or 1",
     ),
     ("negative batch", lambda p: [*TINY, "--config.batch_size=-8"], "--config.batch_size=-8 must be a whole number"),
+    (
+        "a sweep of the wrong length",
+        lambda p: [*TINY, "--config.ensemble_size=2", "--config.members.learning_rate=(0.1,)"],
+        "--config.members.learning_rate has 1 values for --config.ensemble_size=2: give one per member",
+    ),
+    (
+        "a member's bad value",
+        lambda p: [*TINY, "--config.ensemble_size=2", "--config.members.dropout_rate=(0.1, 1.5)"],
+        "ensemble member 1: --config.model.dropout_rate=1.5 must be in [0, 1)",
+    ),
+    (
+        "towers of another model",
+        lambda p: [*TINY, "--config.parallel=towers"],
+        "--config.parallel=towers splits alexnet2012 as the paper did; --config.model.name=alexnet_cifar has no",
+    ),
+    ("an unknown research piece", lambda p: [*TINY, "--config.loss_term=nope"], "--config.loss_term='nope' is not one"),
     ("zero rate", lambda p: [*TINY, "--config.optimizer.learning_rate=0"], "learning_rate=0.0 must be > 0"),
     ("negative width", lambda p: [*TINY, "--config.model.width=-1"], "--config.model.width=-1.0 must be > 0"),
     (
