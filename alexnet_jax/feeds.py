@@ -34,9 +34,8 @@ def host_views(input_config) -> tuple:
 
 
 # How an ensemble's members share the step: vectorised (jax.vmap), or one after another in one
-# program (unrolled). None: vectorised on accelerators; unrolled on CPUs, where XLA runs the
-# grouped convolutions vmap makes of the members' ~3.7x slower than the members' own, one by one
-# (BENCHMARKS.md, "Ensembles").
+# program (unrolled). None: vectorised on accelerators; unrolled on CPUs, where the vmap-ed step,
+# whose members' convolutions become grouped ones, runs 2.9x slower (BENCHMARKS.md, "Ensembles").
 VECTORIZE_MEMBERS: bool | None = None
 
 

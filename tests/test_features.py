@@ -1,9 +1,10 @@
 """Features of a named layer (``features.py``) and the paper's Figure 4 from them."""
 
+import jax
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import features
+from alexnet_jax import augment, features
 from alexnet_jax.predict import Predictor
 
 
@@ -25,16 +26,22 @@ def test_the_features_and_neighbours_commands(straight_run, cli, tmp_path):
     assert code == 0, err
     np.testing.assert_allclose(np.load(tmp_path / "f.npy"), values[:2], rtol=1e-6, atol=1e-6 * np.abs(values).max())
 
-    # fc7 is what the classifier reads, after its ReLU: the head on it gives the predictor's probabilities.
+    # fc7 is what the classifier reads, after its ReLU: fc8 (the logits) is the head applied to it.
+    # Both from one program, so fc8 is computed from these very fc7 values; a float32 dot product of
+    # n terms is within n * eps * (|fc7| @ |kernel| + |bias|) of the exact one (computed in float64).
     predictor = Predictor(workdir, "latest", False)
-    head = predictor.variables["params"]["Dense_2"]
-    fc7 = values[:16]
-    assert fc7.shape[1] == 32 and fc7.min() >= 0 and fc7.max() > 0
-    logits = fc7 @ head["kernel"] + head["bias"]
-    want = np.exp(logits - logits.max(1, keepdims=True))
-    # float32 sums of fc7 x kernel products and a softmax: rounding bounded by their magnitudes
-    probabilities = predictor(shown["image"][:16])
-    np.testing.assert_allclose(probabilities, want / want.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+    both = jax.jit(
+        lambda v, x: [features.layer_features(predictor.apply_fn, v, x, "alexnet_cifar", n) for n in ("fc7", "fc8")]
+    )
+    pixels = augment.normalize(shown["image"][:16], extractor.config.dataset.normalization)
+    fc7, fc8 = (np.asarray(x) for x in both(predictor.variables, pixels))
+    np.testing.assert_array_equal(fc7.shape, (16, 32))
+    assert fc7.min() >= 0 and fc7.max() > 0 and np.any(fc7 == 0)  # after a ReLU
+    head = jax.tree.map(np.asarray, predictor.variables["params"]["Dense_2"])
+    exact = fc7.astype(np.float64) @ head["kernel"].astype(np.float64) + head["bias"]
+    terms = fc7.shape[1] + 1
+    bound = terms * np.finfo(np.float32).eps * (np.abs(fc7) @ np.abs(head["kernel"]) + np.abs(head["bias"]))
+    assert np.all(np.abs(fc8 - exact) <= bound)
     assert (
         features.module_name("alexnet2012", "fc7") == "fc7" and features.module_name("alexnet_owt", "conv2") == "Conv_1"
     )
