@@ -70,18 +70,21 @@ def train(config, split, parallel):
     return start, jax.device_get(parallel.unreplicate(state)), np.stack(losses)
 
 
-def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparameters(monkeypatch):
-    """The members vmap-ed, as on accelerators, on the streaming path; the resident path's batches
-    are the streaming path's (test_streaming.py), and the members one after another, as on CPUs,
-    are the same step (the next test)."""
+@pytest.mark.parametrize("pipeline, vectorize", [("streaming", True), ("resident", False)])
+def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparameters(pipeline, vectorize, monkeypatch):
+    """On the streaming path with the members vmap-ed, as on accelerators, and on the resident
+    path with the members one after another, as on CPUs; the first also checks the evaluation."""
     split = datasets.load_split(tiny_config().dataset, "train")
     parallel = DataParallel("shard_map", jax.devices()[:1])
-    monkeypatch.setattr(feeds, "VECTORIZE_MEMBERS", True)
-    config = sweep_config("streaming", "shared")
+    monkeypatch.setattr(feeds, "VECTORIZE_MEMBERS", vectorize)
+    config = sweep_config(pipeline, "shared")
+    single_config = single_run_of_member_1("shared")
+    single_config.input.pipeline = pipeline
     with jax.enable_x64(True):
-        _, single, single_losses = train(single_run_of_member_1("shared"), split, parallel)
+        _, single, single_losses = train(single_config, split, parallel)
         start, trained, losses = train(config, split, parallel)
-        assert_scored_as_the_mean_of_the_members_softmax(config, trained, parallel)
+        if vectorize:
+            assert_scored_as_the_mean_of_the_members_softmax(config, trained, parallel)
     assert losses.shape == (STEPS, 2) and int(trained.step) == STEPS
     got, want = ensemble.member(state_variables(trained), 1), state_variables(single)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_train_step import ATOL, RTOL
 
 from alexnet_jax import optim
 
@@ -82,8 +83,16 @@ def test_sgd_follows_the_papers_or_pytorchs_update_rule(config, rule, decay_bias
 @pytest.mark.parametrize("rule", ["paper", "pytorch"])
 def test_fine_tuning_scales_updates_by_layer(config, rule):
     """With config.finetune: the head's updates are the plain optimizer's, the other dense layers'
-    are ``pretrained_lr_scale`` times them (a power of two: exact), frozen convolutions' are 0."""
+    are ``pretrained_lr_scale`` times them, frozen convolutions' are exactly 0. In float64, within
+    test_train_step.py's bound: scaling by a power of two is exact, but the two optimizers are
+    different compiled programs, and XLA may fuse a multiply and an add into one rounding in one of
+    them and not in the other."""
     config.optimizer.update_rule, config.optimizer.weight_decay = rule, 0.01
+    with jax.enable_x64(True):
+        _assert_scaled_by_layer(config)
+
+
+def _assert_scaled_by_layer(config):
     rates = [0.1, 0.05, 0.025]
     schedule = lambda step: jnp.asarray(rates)[step]  # noqa: E731
     plain = optim.create_optimizer(config, schedule)
@@ -96,6 +105,9 @@ def test_fine_tuning_scales_updates_by_layer(config, rule):
         grads = jax.tree.map(lambda p, step=step: jnp.cos(p + step), params)
         want, plain_state = plain.update(grads, plain_state, params)
         got, tuned_state = tuned.update(grads, tuned_state, params)
-        for module, scale in (("Dense_2", 1.0), ("Dense_0", 0.25), ("Conv_0", 0.0), ("BatchNorm_0", 0.0)):
+        for module, scale in (("Dense_2", 1.0), ("Dense_0", 0.25)):
             for key in params[module]:
-                np.testing.assert_array_equal(got[module][key], scale * want[module][key], err_msg=f"{module}/{key}")
+                assert got[module][key].dtype == np.float64
+                np.testing.assert_allclose(got[module][key], scale * want[module][key], rtol=RTOL, atol=ATOL)
+        for frozen in jax.tree.leaves((got["Conv_0"], got["BatchNorm_0"])):
+            np.testing.assert_array_equal(frozen, 0.0)
