@@ -151,7 +151,8 @@ def load_run(config, workdir: pathlib.Path) -> Run:
     """Checks the config and the workdir and reads the data; raises ``UserError`` before writing anything."""
     config_checks.validate(config, jax.device_count())
     runtime.check_workdir(workdir)
-    say(runtime.platform_line())
+    towers = f"; {jax.device_count() // 2} pairs of towers" if config.parallel == "towers" else ""
+    say(runtime.platform_line() + towers)
     train_split = load_split(config, config.dataset.train_split, train=True)
     val_split = load_split(config, config.dataset.eval_split, train=False)
     if config.batch_size > len(train_split):

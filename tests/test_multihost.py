@@ -68,17 +68,37 @@ def test_two_processes_train_in_step_stop_together_and_resume_in_one(tmp_path, c
     (got,), (want,) = records(tmp_path / "two", "eval"), records(tmp_path / "one", "eval")
     assert got["val_top1"] == want["val_top1"]  # every validation example scored once, across processes
     np.testing.assert_allclose(got["val_loss"], want["val_loss"], rtol=RTOL)
-    want, got = final_arrays(tmp_path / "one", STEPS_PER_EPOCH), final_arrays(tmp_path / "two", STEPS_PER_EPOCH)
-    floats = [key for key, value in want.items() if value.dtype.kind == "f"]
-    assert len(floats) > 10 and all(want[key].dtype == np.float64 for key in floats)
-    for key in floats:
-        np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL, err_msg=key)
+    assert_same_checkpoint(tmp_path / "two", tmp_path / "one", STEPS_PER_EPOCH)
 
     code, out, err = cli(*flags)
     assert code == 0, err[-3000:]
     assert f"resuming from step {STEPS_PER_EPOCH} of {STEPS}" in out
     assert [r["step"] for r in records(tmp_path / "two", "eval")] == [STEPS_PER_EPOCH, STEPS]
     assert json.loads((tmp_path / "two" / "validation_report.json").read_text())["step"] == STEPS
+
+
+def test_towers_across_two_processes_train_as_one_process_does(tmp_path, x64):
+    """The paper's towers composed with several hosts: 2 processes x 1 pair of towers train one
+    epoch of alexnet2012 (1/32 of its width, on few 224x224 images) as 1 process of 4 pairs does."""
+    towers = [
+        *FLOAT64,
+        "--config.parallel=towers",
+        "--config.model.name=alexnet2012",
+        "--config.model.width=0.03125",
+        "--config.dataset.synthetic_image_size=224",
+        "--config.dataset.synthetic_examples=32",
+        "--config.batch_size=8",
+        "--config.eval_batch_size=8",
+        "--config.augment.crop_padding=0",
+        "--config.num_epochs=1",
+    ]
+    flags = [*TINY, *towers, f"--workdir={tmp_path / 'two'}"]
+    two = distributed_run([flags, flags], tmp_path / "outputs", devices=2, x64=True)
+    for i, process in enumerate(two):
+        assert process["status"] == 0, f"process {i}: {process['err'][-3000:]}"
+    assert "4 x cpu (cpu), 2 processes; 2 pairs of towers" in two[0]["out"]
+    train_and_evaluate(tiny_run_config(*towers), str(tmp_path / "one"))
+    assert_same_checkpoint(tmp_path / "two", tmp_path / "one", STEPS_PER_EPOCH)
 
 
 def test_the_mesh_holds_each_process_devices_as_its_block_of_the_batch():
@@ -93,3 +113,12 @@ def test_the_mesh_holds_each_process_devices_as_its_block_of_the_batch():
     ordered = by_process(interleaved)
     check_process_blocks(ordered)
     assert [d.id for d in ordered] == [0, 2, 4, 6, 1, 3, 5, 7]  # each process's own order kept
+
+
+def assert_same_checkpoint(got_workdir, want_workdir, step):
+    """Checkpoint ``step`` of the two runs holds the same float64 arrays, within the bound."""
+    want, got = final_arrays(want_workdir, step), final_arrays(got_workdir, step)
+    floats = [key for key, value in want.items() if value.dtype.kind == "f"]
+    assert len(floats) > 10 and all(want[key].dtype == np.float64 for key in floats)
+    for key in floats:
+        np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=ATOL, err_msg=key)
