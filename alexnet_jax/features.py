@@ -11,7 +11,9 @@ accelerator; a split is streamed, so memory holds one batch of images.
 Figure 4: validation images, each beside the training images whose features are nearest (Euclidean).
 """
 
+import contextlib
 import functools
+import os
 import pathlib
 
 import jax
@@ -91,20 +93,45 @@ def split_batches(split, batch: int, workers: int | None, description: str):
         yield read["image"][real], read["label"][real], number * batch + np.flatnonzero(real)
 
 
-def write_split_features(extractor: FeatureExtractor, split_name: str, output: pathlib.Path) -> tuple[int, int]:
-    """Writes ``split_name``'s features [N, D] to ``output`` (.npy) and its labels beside it
-    (``<output stem>_labels.npy``), each whole or not at all; returns (N, D)."""
-    split = open_split(extractor.config, split_name)
-    features, labels = [], []
-    for images, batch_labels, _ in split_batches(
-        split, extractor.batch, extractor.config.input.get("workers"), "features"
-    ):
-        features.append(extractor(images))
-        labels.append(batch_labels)
-    stacked = np.concatenate(features)
-    files.write_npy(output, stacked)
-    files.write_npy(output.with_name(output.stem + "_labels.npy"), np.concatenate(labels))
-    return stacked.shape
+def write_split_features(extractor: FeatureExtractor, split, output: pathlib.Path) -> tuple[int, int]:
+    """Writes the features [N, D] of ``split`` (``open_split``'s) to ``output`` (.npy) and its labels
+    beside it (``<output stem>_labels.npy``), each whole or not at all; returns (N, D). The features
+    go to the file a batch at a time: ImageNet's 1.28 million fc7 vectors take 21 GB."""
+    batches = split_batches(split, extractor.batch, extractor.config.input.get("workers"), "features")
+    with contextlib.ExitStack() as writing:
+        for number, (images, batch_labels, positions) in enumerate(batches):
+            found = extractor(images)
+            if number == 0:
+                rows = writing.enter_context(files.writing_npy(output, (len(split), found.shape[1]), found.dtype))
+                labels = np.zeros(len(split), batch_labels.dtype)
+            rows[positions], labels[positions] = found, batch_labels
+    files.write_npy(output.with_name(output.stem + "_labels.npy"), labels)
+    return rows.shape
+
+
+def write_folder_features(extractor: FeatureExtractor, paths: list[pathlib.Path], output: pathlib.Path) -> tuple:
+    """Writes the features of the readable files among ``paths`` to ``output`` (.npy) and their
+    paths beside it (``<output stem>_paths.txt``, one per row), each whole or not at all, a batch at
+    a time; returns (N, D)."""
+    from alexnet_jax.predict import readable_batches
+
+    unfinished, readable = output.with_name(f".{output.stem}.unfinished.npy"), []
+    with contextlib.ExitStack() as writing:
+        for chunk, images in readable_batches(paths, extractor.input, extractor.batch, "features"):
+            found = extractor(images)
+            if not readable:
+                rows = writing.enter_context(files.writing_npy(unfinished, (len(paths), found.shape[1]), found.dtype))
+            rows[len(readable) : len(readable) + len(found)] = found
+            readable += chunk
+    if not readable:
+        raise UserError(f"none of the {len(paths)} files could be read as an image")
+    if len(readable) == len(paths):
+        os.replace(unfinished, output)
+    else:  # rows left for unreadable files: the readable ones into the final file
+        files.write_npy(output, np.load(unfinished, mmap_mode="r")[: len(readable)])
+        unfinished.unlink()
+    files.write_text(output.with_name(output.stem + "_paths.txt"), "".join(f"{path}\n" for path in readable))
+    return len(readable), rows.shape[1]
 
 
 def nearest(extractor: FeatureExtractor, queries: np.ndarray, split, count: int) -> tuple[np.ndarray, np.ndarray]:

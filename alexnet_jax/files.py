@@ -37,3 +37,15 @@ def write_npy(path: str | pathlib.Path, array):
 
     with replacing(path) as temporary, temporary.open("wb") as f:
         np.save(f, array)
+
+
+@contextlib.contextmanager
+def writing_npy(path: str | pathlib.Path, shape: tuple[int, ...], dtype):
+    """Yields a writable array ``shape`` mapped onto a temporary .npy beside ``path`` (filled a part
+    at a time, so memory holds none of it), renamed over ``path`` on success."""
+    import numpy as np
+
+    with replacing(path) as temporary:
+        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=shape)
+        yield array
+        array.flush()

@@ -173,13 +173,25 @@ def predict(
 
 
 def _predict_all(predictor: Predictor, paths: list[pathlib.Path]) -> tuple[list[dict], list[np.ndarray]]:
-    """The top-5 rows of the readable images, read (on all cores) and scored a batch at a time, so
-    memory stays flat however many there are; and the first ``GRID_IMAGES`` images, for the grid.
-    Unreadable files are reported on stderr and skipped."""
-    rows, shown, batch = [], [], predictor.batch
-    load = lambda path: load_image(path, predictor.input)  # noqa: E731
-    bar = tqdm.tqdm(total=len(paths), desc="predicting", unit="image", leave=False, disable=None)
-    with concurrent.futures.ThreadPoolExecutor(cpus.usable_cpus()) as pool:
+    """The top-5 rows of the readable images, a batch at a time, and the first ``GRID_IMAGES``
+    images, for the grid."""
+    rows, shown = [], []
+    for readable, images in readable_batches(paths, predictor.input, predictor.batch, "predicting"):
+        probabilities = predictor(images)
+        rows += [_top(str(path), p, predictor.class_names) for path, p in zip(readable, probabilities, strict=True)]
+        shown += list(images[: GRID_IMAGES - len(shown)])
+    return rows, shown
+
+
+def readable_batches(paths: list[pathlib.Path], evaluation_input, batch: int, description: str):
+    """(paths, uint8 images) of the readable files among ``paths``, ``batch`` files at a time, read on
+    all cores as evaluation reads them, so memory stays flat however many there are. Unreadable
+    files are reported on stderr and skipped."""
+    load = lambda path: load_image(path, evaluation_input)  # noqa: E731
+    with (
+        concurrent.futures.ThreadPoolExecutor(cpus.usable_cpus()) as pool,
+        tqdm.tqdm(total=len(paths), desc=description, unit="image", leave=False, disable=None) as bar,
+    ):
         for start in range(0, len(paths), batch):
             chunk = paths[start : start + batch]
             loaded = [(path, pixels) for path, pixels in zip(chunk, pool.map(load, chunk), strict=True)]
@@ -187,16 +199,8 @@ def _predict_all(predictor: Predictor, paths: list[pathlib.Path]) -> tuple[list[
                 tqdm.tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
             readable = [(path, pixels) for path, pixels in loaded if not isinstance(pixels, str)]
             if readable:
-                images = np.stack([pixels for _, pixels in readable])
-                probabilities = predictor(images)
-                rows += [
-                    _top(str(path), p, predictor.class_names)
-                    for (path, _), p in zip(readable, probabilities, strict=True)
-                ]
-                shown += list(images[: GRID_IMAGES - len(shown)])
+                yield [path for path, _ in readable], np.stack([pixels for _, pixels in readable])
             bar.update(len(chunk))
-    bar.close()
-    return rows, shown
 
 
 def _top(path: str, probabilities: np.ndarray, class_names) -> dict:

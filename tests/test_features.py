@@ -1,5 +1,8 @@
 """Features of a named layer (``features.py``) and the paper's Figure 4 from them."""
 
+import collections
+import tracemalloc
+
 import jax
 import numpy as np
 from PIL import Image
@@ -20,11 +23,17 @@ def test_the_features_and_neighbours_commands(straight_run, cli, tmp_path):
     np.testing.assert_array_equal(labels, shown["label"])
     for i in (0, 1):  # the same images, as files: the same features
         Image.fromarray(shown["image"][i]).save(tmp_path / f"{i}.png")
-    code, out, err = cli(
-        "--mode=features", f"--workdir={workdir}", f"--images={tmp_path}/*.png", f"--output={tmp_path / 'f.npy'}"
-    )
+    folder = ("--mode=features", f"--workdir={workdir}", f"--images={tmp_path}/*.png", f"--output={tmp_path / 'f.npy'}")
+    code, out, err = cli(*folder)
     assert code == 0, err
     np.testing.assert_allclose(np.load(tmp_path / "f.npy"), values[:2], rtol=1e-6, atol=1e-6 * np.abs(values).max())
+    (tmp_path / "00-broken.png").write_bytes(b"not an image")  # skipped: the same 2 rows, not 3
+    before = np.load(tmp_path / "f.npy")
+    code, out, err = cli(*folder)
+    assert code == 0 and "skipped" in err and "00-broken.png" in err, err
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), before)
+    assert (tmp_path / "f_paths.txt").read_text() == f"{tmp_path / '0.png'}\n{tmp_path / '1.png'}\n"
+    assert not list(tmp_path.glob(".*"))  # nothing unfinished left
 
     # fc7 is what the classifier reads, after its ReLU: fc8 (the logits) is the head applied to it.
     # Both from one program, so fc8 is computed from these very fc7 values; a float32 dot product of
@@ -54,3 +63,32 @@ def test_the_features_and_neighbours_commands(straight_run, cli, tmp_path):
 
     code, out, err = cli("--mode=neighbours", f"--workdir={workdir}", "--queries=2", f"--output={tmp_path / 'n.png'}")
     assert code == 0 and Image.open(tmp_path / "n.png").size[0] > 0, err
+
+
+def test_a_splits_features_go_to_the_file_a_batch_at_a_time(straight_run, tmp_path):
+    """conv1's features of the training split (256 images x 8,192 values, 8 MB), 16 images at a time:
+    writing them adds less than a quarter of that to the memory that reading the split takes
+    (holding them all would add twice it; a batch's features, copied twice, 1 MB). Memory is NumPy's
+    and Python's, as ``tracemalloc`` counts it."""
+    extractor = features.FeatureExtractor(Predictor(straight_run[0], "latest", False), "conv1")
+    extractor.batch = 16
+    train, output = features.open_split(extractor.config, "train"), tmp_path / "conv1.npy"
+    features.write_split_features(extractor, train, output)  # compiled, before measuring
+    workers = extractor.config.input.get("workers")
+    reading = peak_memory(lambda: collections.deque(features.split_batches(train, extractor.batch, workers, ""), 0))
+    writing = peak_memory(lambda: features.write_split_features(extractor, train, output))
+    written = np.load(output, mmap_mode="r")
+    assert written.shape == (256, 8192)
+    assert writing - reading < written.nbytes / 4, (reading, writing)
+    np.testing.assert_array_equal(written[250:], extractor(train.read(np.arange(250, 256))["image"]))
+    np.testing.assert_array_equal(np.load(tmp_path / "conv1_labels.npy"), train.read(np.arange(256))["label"])
+
+
+def peak_memory(fn) -> int:
+    """The most memory ``fn()`` held at once, in bytes, as ``tracemalloc`` counts it."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

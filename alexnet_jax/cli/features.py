@@ -40,26 +40,17 @@ def extractor(args):
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from alexnet_jax import files, predict
-    from alexnet_jax.features import write_split_features
+    from alexnet_jax import predict
+    from alexnet_jax.features import open_split, write_folder_features, write_split_features
 
     output = pathlib.Path(args.output or "features.npy")
     if output.suffix != ".npy":
         raise UserError(f"--output={output} must end in .npy")
     features = extractor(args)
     if args.images:
-        paths = predict.find_images(args.images)
-        loaded = [(path, predict.load_image(path, features.input)) for path in paths]
-        readable = [(path, pixels) for path, pixels in loaded if not isinstance(pixels, str)]
-        if not readable:
-            raise UserError(f"none of the {len(paths)} files could be read as an image")
-        values = features(np.stack([pixels for _, pixels in readable]))
-        files.write_npy(output, values)
-        files.write_text(output.with_name(output.stem + "_paths.txt"), "".join(f"{p}\n" for p, _ in readable))
-        shape = values.shape
+        shape = write_folder_features(features, predict.find_images(args.images), output)
     else:
-        shape = write_split_features(features, args.split or features.config.dataset.eval_split, output)
+        split = open_split(features.config, args.split or features.config.dataset.eval_split)
+        shape = write_split_features(features, split, output)
     print(f"{args.layer} features of {shape[0]} images, {shape[1]} each: {output}")
     return 0
