@@ -2,8 +2,12 @@
 reader, or a kill at any moment, finds the old file or the new one, never a part of one."""
 
 import contextlib
+import errno
 import os
 import pathlib
+import shutil
+
+from alexnet_jax.errors import UserError
 
 
 @contextlib.contextmanager
@@ -47,5 +51,20 @@ def writing_npy(path: str | pathlib.Path, shape: tuple[int, ...], dtype):
 
     with replacing(path) as temporary:
         array = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=shape)
+        _reserve(temporary, path)
         yield array
         array.flush()
+
+
+def _reserve(temporary: pathlib.Path, path):
+    """Allocates ``temporary``'s disk blocks now: a full disk is then one clear error before any
+    work, not a SIGBUS when a mapped page is written back."""
+    size = temporary.stat().st_size
+    try:
+        with temporary.open("rb+") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(temporary.parent).free
+        raise UserError(f"{path} needs {size / 1e9:.2f} GB of disk and {free / 1e9:.2f} GB are free; make space") from e

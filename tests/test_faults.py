@@ -63,6 +63,39 @@ FULL_DISK = (
 )
 
 
+# A large array written to a 1 MB tmpfs (or, where mounting is not allowed, posix_fallocate failing
+# with ENOSPC as there): refused in one line before anything is written, nothing left behind.
+WRITE_LARGE_ARRAY = """
+import errno, os, sys
+from alexnet_jax import files
+if sys.argv[2] == "simulated":
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    os.posix_fallocate = full
+try:
+    with files.writing_npy(os.path.join(sys.argv[1], "f.npy"), (4096, 4096), "float32"):
+        print("not refused")
+except files.UserError as error:
+    print(error, os.listdir(sys.argv[1]))
+"""
+
+
+def test_an_array_larger_than_the_free_disk_is_refused_before_it_is_written(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    python = ["python", "-c", WRITE_LARGE_ARRAY, str(disk)]
+    if _can_mount_a_small_disk(disk):
+        mount = 'mount -t tmpfs -o size=1000k tmpfs "$0" && exec "$@"'
+        command = ["unshare", "-rm", "bash", "-c", mount, str(disk), *python, "real"]
+    else:
+        command = [*python, "simulated"]
+    done = subprocess.run(command, env=process_env(1), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.fullmatch(
+        rf"{disk / 'f.npy'} needs 0\.07 GB of disk and 0\.\d\d GB are free; make space \[\]\n", done.stdout
+    )
+
+
 LATE_WRITE_LINE = re.compile(
     r"Traceback \(most recent call last\):|  File \".*asyncio/base_events.py\".*|    self\._check_closed\(\)"
     r"|    raise RuntimeError\('Event loop is closed'\)|RuntimeError: Event loop is closed"
