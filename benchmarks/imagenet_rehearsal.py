@@ -23,6 +23,11 @@ sample photos) by random crops, scales, mirrors and colour changes, at ImageNet'
   predict                        --mode=predict of the torchvision run on the validation folder
   convert, finetune              synthetic weights in torchvision's layout -> --mode=convert ->
                                  configs/finetune_folder.py from them on the 1,000 classes
+  features, neighbours           fc7 of the training split from the paper run (--mode=features),
+                                 and the paper's Figure 4 (--mode=neighbours)
+  towers                         the paper config split over 2 host devices (--config.parallel=towers)
+  ensemble                       configs/imagenet2012_paper_5cnn.py, five alexnet2012 in one step
+                                 (both evaluated on the centre crop)
 
 For each: wall-clock seconds, the peak resident memory of the process tree (the sum over the
 command and its worker processes, sampled every 0.2 s; shared pages count once per process), the
@@ -80,6 +85,10 @@ STAGES = (
     "predict",
     "convert",
     "finetune",
+    "features",
+    "neighbours",
+    "towers",
+    "ensemble",
 )
 
 
@@ -328,6 +337,34 @@ def stage_commands(root: pathlib.Path) -> dict:
             None,
         ),
         "finetune": (finetune, [runs / "finetune"], None),
+        **research_stages(root, main, train),
+    }
+
+
+def research_stages(root: pathlib.Path, main: list[str], train) -> dict:
+    """The research commands at this shape: fc7 of the training split and Figure 4 from the paper
+    run; the paper's towers on 2 host devices; the 5-CNN ensemble (both evaluated on centre crops)."""
+    runs, output = root / "runs", root / "features"
+    output.mkdir(parents=True, exist_ok=True)
+    paper = [f"--workdir={runs / 'paper'}", "--layer=fc7"]
+    towers = train("imagenet2012_paper", "towers", "rehearsal_256", "--config.parallel=towers", "--config.eval_crops=1")
+    return {
+        "features": (
+            [*main, "--mode=features", *paper, "--split=train", f"--output={output / 'fc7.npy'}"],
+            [output],
+            None,
+        ),
+        "neighbours": (
+            [*main, "--mode=neighbours", *paper, "--queries=4", f"--output={output / 'neighbours.png'}"],
+            [output],
+            None,
+        ),
+        "towers": (["env", "XLA_FLAGS=--xla_force_host_platform_device_count=2", *towers], [runs / "towers"], None),
+        "ensemble": (
+            train("imagenet2012_paper_5cnn", "ensemble", "rehearsal_256", "--config.eval_crops=1"),
+            [runs / "ensemble"],
+            None,
+        ),
     }
 
 
