@@ -9,9 +9,9 @@ initialisation, dropout masks and crops; streamed, they see the same images in t
 paper's five were separate runs). The plateau rule divides every member's rate when the
 ensemble's validation error stops improving. Evaluation reports the ensemble and each member;
 --mode=evaluate and --mode=predict take --member=k for one. Five times the paper config's
-parameters, optimizer state and compute per step: docs/research.md. Cost: 304.8 M parameters, 2.2
-GB per checkpoint; on a 2-core CPU (AMD EPYC, BENCHMARKS.md, "ImageNet's shape, rehearsed on a
-CPU") 17.6 GB of memory; not yet measured on a GPU.
+parameters, optimizer state and compute per step: docs/research.md. Cost: 304.8 M parameters, 2.1
+GiB per checkpoint; on a 2-core CPU (AMD EPYC, BENCHMARKS.md, "ImageNet's shape, rehearsed on a
+CPU") 17.2 GiB of memory; not yet measured on a GPU.
 """
 
 from configs import imagenet2012_paper
