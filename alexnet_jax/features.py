@@ -97,6 +97,8 @@ def write_split_features(extractor: FeatureExtractor, split, output: pathlib.Pat
     """Writes the features [N, D] of ``split`` (``open_split``'s) to ``output`` (.npy) and its labels
     beside it (``<output stem>_labels.npy``), each whole or not at all; returns (N, D). The features
     go to the file a batch at a time: ImageNet's 1.28 million fc7 vectors take 21 GB."""
+    if not len(split):
+        raise UserError("the split holds no images: give another --split")
     batches = split_batches(split, extractor.batch, extractor.config.input.get("workers"), "features")
     with contextlib.ExitStack() as writing:
         for number, (images, batch_labels, positions) in enumerate(batches):
