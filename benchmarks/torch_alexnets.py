@@ -10,7 +10,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from benchmarks.timing import time_steps
@@ -100,6 +99,8 @@ class AlexNetCIFAR(nn.Module):
 def create(model: str, width: float = 1.0) -> nn.Module:
     """The network; ``width`` scales alexnet_cifar's layers as ``alexnet_jax.models`` does."""
     if model == "alexnet_owt":
+        import torchvision  # here: the other two networks need PyTorch alone
+
         return torchvision.models.alexnet(weights=None)
     if model == "alexnet2012":
         return AlexNet2012()

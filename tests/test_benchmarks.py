@@ -1,7 +1,9 @@
 """The benchmark scripts keep working on a CPU, and count what they claim to count."""
 
+import importlib.util
 import json
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -33,11 +35,16 @@ def test_flops_are_counted_per_layer_from_the_network(model, want):
     assert versus_pytorch.train_flops_per_image(layers) == 3 * sum(want) - want[0]  # no input gradient for conv1
 
 
+SMALL_ROW = ["--models=alexnet_cifar", "--batches=4", "--dtypes=float32", "--steps=2", "--warmup=1"]
+SMALL_ROW += ["--matmul_size=256", "--width=0.125"]
+
+
 def test_the_side_by_side_script_runs_on_a_cpu(tmp_path, capsys):
-    """Its main, in this process (the imports are paid already): the JAX side, a slim alexnet_cifar."""
+    """Its main, in this process (the imports are paid already): the JAX side alone, a slim
+    alexnet_cifar. PyTorch never runs here, installed or not: in a worker that has started process
+    pools it can crash the worker (its side runs in a process of its own, below)."""
     out = tmp_path / "rows.json"
-    args = ["--models=alexnet_cifar", "--batches=4", "--dtypes=float32", "--steps=2", "--warmup=1"]
-    args += ["--matmul_size=256", "--width=0.125", f"--json={out}"]
+    args = [*SMALL_ROW, "--frameworks=jax", f"--json={out}"]
     names = [arg[2:].split("=")[0] for arg in args]
     flags.FLAGS(["versus_pytorch.py", *args], known_only=True)
     try:
@@ -51,6 +58,18 @@ def test_the_side_by_side_script_runs_on_a_cpu(tmp_path, capsys):
     assert row["model"] == "alexnet_cifar" and row["batch"] == 4 and row["steps"] == 2
     assert row["images_per_s"] > 0 and 0 < row["mfu"] and row["peak_gib"] > 0
     assert "| alexnet_cifar | 4 | float32 | jax |" in printed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed (not a dependency)")
+def test_pytorchs_side_runs_in_a_process_of_its_own(tmp_path):
+    """Where PyTorch is installed beside the project: the script times both frameworks side by side."""
+    out = tmp_path / "rows.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "versus_pytorch.py"), *SMALL_ROW, f"--json={out}"]
+    done = subprocess.run([*command, "--torch_compile=none"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["framework"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows.keys() == {"jax", "torch"} and all(row["images_per_s"] > 0 for row in rows.values()), rows
+    assert "| alexnet_cifar | 4 | float32 | torch |" in done.stdout
 
 
 def test_the_time_to_accuracy_script_reads_the_line_the_loop_prints():

@@ -7,7 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, tiny_run_config
+from conftest import TINY, input_blind_cross_entropy, tiny_run_config
 from harness import final_arrays
 
 from alexnet_jax import datasets, metrics_log
@@ -63,4 +63,4 @@ def test_skipping_goes_on_counts_the_skipped_steps_and_leaves_the_parameters_fin
     arrays = final_arrays(tmp_path, summary["total_steps"])
     assert all(np.isfinite(a).all() for a in arrays.values() if np.issubdtype(a.dtype, np.floating))
     report = json.loads((tmp_path / "validation_report.json").read_text())
-    assert report["top1"] > 2 / len(report["per_class_accuracy"]) and jax.device_count() == 8  # learned, 8 devices
+    assert report["loss"] < input_blind_cross_entropy(tmp_path) and jax.device_count() == 8  # learned, 8 devices

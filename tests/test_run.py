@@ -6,7 +6,7 @@ import json
 import statistics
 
 import pytest
-from conftest import EPOCHS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, StopAt, tiny_run_config
+from conftest import EPOCHS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, StopAt, input_blind_cross_entropy, tiny_run_config
 from harness import assert_same_final_state, assert_survived_the_kills, kill_and_restart, kill_plan
 
 from alexnet_jax import metrics_log, plots
@@ -40,9 +40,9 @@ def test_a_run_leaves_metrics_events_checkpoints_and_plots(straight_run):
     train, evals = records(workdir, "train"), records(workdir, "eval")
     assert {"epoch", "loss", "cross_entropy", "accuracy", "learning_rate", "images_per_s"} <= set(train[0])
     assert {"val_top1", "val_top5", "val_loss"} <= set(evals[0])
-    # 10 synthetic classes, 64 validation examples: chance is 0.1, and 17 or more right by chance
-    # has a probability near 1e-4.
-    assert evals[-1]["val_top1"] > 0.25
+    # It learned: it predicts the validation labels better than their frequencies do (a tiny run's
+    # accuracies, and which evaluation ranks best, differ from machine to machine).
+    assert evals[-1]["val_loss"] < input_blind_cross_entropy(workdir)
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     # Kept: the latest two checkpoints, plus one with the best validation top-1 (ties allowed).
     kept = saved_steps(workdir)
