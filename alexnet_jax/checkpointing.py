@@ -231,10 +231,13 @@ class Checkpoints:
                     f"every checkpoint in {directory} is damaged (step {found[0][0]}: {found[0][1]}); nothing "
                     "resumes from them: move the directory away to start afresh"
                 )
-        for step, _ in found:
-            (directory / str(step)).rename(directory / f"{step}.damaged")
+        notes = []
+        for step, why in found:
+            kept = _unused_name(directory, f"{step}.damaged")
+            (directory / str(step)).rename(kept)
+            notes.append(f"checkpoint {step} in {directory} is damaged ({why}); kept as {kept.name}")
         self.manager.reload()
-        return [f"checkpoint {step} in {directory} is damaged ({why}); kept as {step}.damaged" for step, why in found]
+        return notes
 
     def close(self):
         self.wait()
@@ -245,6 +248,16 @@ class Checkpoints:
         dropped: the run's one-line error says what happened."""
         with contextlib.suppress(Exception):
             self.manager.close()
+
+
+def _unused_name(directory: pathlib.Path, name: str) -> pathlib.Path:
+    """``directory / name``, or ``name.2``, ``name.3``, ... : the first that does not exist (a step
+    damaged before keeps its earlier copy)."""
+    path, number = directory / name, 1
+    while path.exists():
+        number += 1
+        path = directory / f"{name}.{number}"
+    return path
 
 
 SIZES = "file_sizes.json"  # in each committed checkpoint: its files and their sizes in bytes
@@ -287,28 +300,41 @@ def _megabytes(size: int) -> str:
     return f"{size / 1e6:,.1f} MB"
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax's warning that a step's item folder has no metadata of its own, silenced."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def saved_parts(folder: pathlib.Path) -> set[str]:
+    """The parts of the train state that the checkpoint in ``folder`` holds (params, opt_state,
+    batch_stats, ema, step, rng), read from its metadata."""
+    with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
+        return set(checkpointer.metadata(folder / "state").item_metadata)
+
+
 def read_variables(folder: pathlib.Path, weights: str = "raw") -> tuple[dict, dict | None]:
     """The parameters and batch-norm statistics (or None) of the checkpoint in ``folder``
     (``<workdir>/checkpoints/<step>``) as host arrays, without the optimizer state: what evaluation,
     prediction and fine-tuning need, whatever optimizer the run was trained with; ``weights="ema"``:
     their moving average instead (``ema_decay``)."""
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # Orbax warns that a step's item folder has no metadata of its own
-    try:
-        with ocp.PyTreeCheckpointer() as checkpointer:
-            saved = checkpointer.metadata(folder / "state").item_metadata
-            if weights == "ema" and "ema" not in saved:
-                raise CheckpointError(f"{folder} holds no averaged weights (trained without --config.ema_decay)")
-            source = saved["ema"] if weights == "ema" else saved
-            wanted = {key: source[key] for key in ("params", "batch_stats") if key in source}
-            wanted = {"ema": wanted} if weights == "ema" else wanted
-            target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), wanted)
-            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-            restore = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-            restored = checkpointer.restore(folder / "state", args=restore)
-    finally:
-        absl_logger.setLevel(level)
+    with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
+        saved = checkpointer.metadata(folder / "state").item_metadata
+        if weights == "ema" and "ema" not in saved:
+            raise CheckpointError(f"{folder} holds no averaged weights (trained without --config.ema_decay)")
+        source = saved["ema"] if weights == "ema" else saved
+        wanted = {key: source[key] for key in ("params", "batch_stats") if key in source}
+        wanted = {"ema": wanted} if weights == "ema" else wanted
+        target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), wanted)
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        restore = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        restored = checkpointer.restore(folder / "state", args=restore)
     restored = restored["ema"] if weights == "ema" else restored
     return restored["params"], restored.get("batch_stats")
 

@@ -55,6 +55,11 @@ def validate(config, num_devices: int):
         f"--config.max_steps={max_steps!r} must be a whole number >= 1 (or unset: num_epochs decides)",
     )
     _check_profile(config.get("profile_steps"))
+    decay = config.get("ema_decay", 0.0)
+    _require(
+        0 <= decay < 1,
+        f"--config.ema_decay={decay} must be in [0, 1): 0 keeps no moving average, e.g. 0.999 keeps one",
+    )
     _check_device_layout(config, num_devices)
     opt = config.optimizer
     _require(opt.learning_rate > 0, f"--config.optimizer.learning_rate={opt.learning_rate} must be > 0")
@@ -87,14 +92,21 @@ def _check_ensemble(config, num_devices: int):
     _require(
         isinstance(members, int) and members >= 1, f"--config.ensemble_size={members!r} must be a whole number >= 1"
     )
-    for field, values in config.get("members", {}).items():
+    given = {field: values for field, values in config.get("members", {}).items() if values is not None}
+    if members == 1:
         _require(
-            values is None or len(values) == members,
-            f"--config.members.{field} has {len(values or ())} values for --config.ensemble_size={members}: "
+            not given,
+            f"--config.members.{next(iter(given), '')} holds an ensemble's per-member values, and "
+            "--config.ensemble_size=1 trains one model: set ensemble_size to their number, or give the one "
+            "value where the config keeps it (e.g. --config.optimizer.learning_rate)",
+        )
+        return
+    for field, values in given.items():
+        _require(
+            len(values) == members,
+            f"--config.members.{field} has {len(values)} values for --config.ensemble_size={members}: "
             "give one per member",
         )
-    if members == 1:
-        return
     _one_of("ensemble_data_order", config.ensemble_data_order, ensemble.DATA_ORDERS)
     _require(
         config.ensemble_data_order == "shared" or config.input.pipeline == "resident",
@@ -171,10 +183,20 @@ def _check_accumulation(config, per_device: int):
         f"--config.grad_accum_steps={micro} does not divide each device's {per_device} examples of the batch; "
         "use a divisor of it",
     )
+    batch_norm = "norm" in models.model_fields(config.model.name) and config.model.get("norm", "none") != "none"
     _require(
-        micro == 1 or config.model.get("norm", "none") == "none",
+        micro == 1 or not batch_norm,
         f"--config.grad_accum_steps={micro} with batch norm would take statistics over micro-batches; "
         "use --config.model.norm=none, or 1",
+    )
+
+
+def check_classes(config, num_classes: int):
+    """The paper's towers split fc8's outputs, the classes, in two halves."""
+    _require(
+        config.parallel != "towers" or num_classes % 2 == 0,
+        f"--config.parallel=towers splits fc8's outputs between two towers, and the dataset's {num_classes} "
+        "classes do not halve; use --config.parallel=shard_map (the same model, data parallel)",
     )
 
 

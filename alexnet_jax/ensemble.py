@@ -11,6 +11,7 @@ rate in ``TrainState.settings``.
 """
 
 import copy
+import re
 
 import jax
 import jax.numpy as jnp
@@ -121,14 +122,19 @@ def flatten(values: dict) -> dict:
     return flat
 
 
+def diverged(metrics: dict) -> list[int]:
+    """The members whose validation cross-entropy is not finite (``member<k>_loss``): left out of the
+    ensemble's average (``train_step.members_mean_probability``), and so of the best checkpoint."""
+    members = (re.fullmatch(r"member(\d+)_loss", key) for key in metrics)
+    return sorted(int(m.group(1)) for m in members if m and not np.isfinite(metrics[m.group(0)]))
+
+
 def signature(config) -> dict:
     """What an ensemble adds to a checkpoint's signature: its size (1: a single model), its data
-    order, and the data seed where it is not the seed."""
-    added = {"ensemble_size": size(config)}
+    order, and the seed of the data order in effect (``data_seed``, or the seed where it is unset)."""
+    added = {"ensemble_size": size(config), "data_seed": data_seed(config)}
     if size(config) > 1:
         added["ensemble_data_order"] = config.ensemble_data_order
-    if config.get("data_seed") is not None:
-        added["data_seed"] = config.data_seed
     return added
 
 

@@ -1,5 +1,6 @@
 """Evaluates the latest, best or a given checkpoint of a workdir on any dataset split."""
 
+import copy
 import dataclasses
 import functools
 import json
@@ -9,7 +10,7 @@ import re
 import jax
 import numpy as np
 
-from alexnet_jax import config_checks, datasets, ensemble, models, runtime
+from alexnet_jax import config_checks, datasets, ensemble, models, parallel, runtime
 from alexnet_jax.checkpointing import (
     CheckpointError,
     Checkpoints,
@@ -68,6 +69,8 @@ def evaluate_checkpoint(
     ``weights="ema"`` scores the weights' moving average.
     """
     workdir = pathlib.Path(workdir)
+    config = copy.deepcopy(config)
+    config.parallel = parallel.for_evaluation(config.parallel)
     config_checks.validate(config, jax.device_count())
     directory = workdir / "checkpoints"
     if not directory.is_dir():
@@ -86,10 +89,9 @@ def evaluate_checkpoint(
     variables = _checked_variables(config, model, directory / str(step), split.image_shape, weights)
     variables, members = ensemble.chosen(config, variables, member, workdir)
     constants = dataclasses.replace(step_constants(config, len(split.class_names)), ensemble_size=members)
-    # Towers compute what the grouped model computes: evaluation runs it data parallel.
-    parallel = DataParallel("shard_map" if config.parallel == "towers" else config.parallel)
-    evaluator = create_evaluator(parallel, model.apply, constants, split, config)
-    metrics, predictions, labels = evaluator(parallel.place_model(variables))
+    data_parallel = DataParallel(config.parallel)
+    evaluator = create_evaluator(data_parallel, model.apply, constants, split, config)
+    metrics, predictions, labels = evaluator(data_parallel.place_model(variables))
     name, header = _report_name(config, step, member, weights)
     if not is_main_process():
         return {**header, **metrics, "examples": len(split)}

@@ -155,6 +155,7 @@ def load_run(config, workdir: pathlib.Path) -> Run:
     say(runtime.platform_line() + towers)
     train_split = load_split(config, config.dataset.train_split, train=True)
     val_split = load_split(config, config.dataset.eval_split, train=False)
+    config_checks.check_classes(config, len(train_split.class_names))
     if config.batch_size > len(train_split):
         raise config_checks.ConfigError(
             f"--config.batch_size={config.batch_size} exceeds the {len(train_split)} training examples; lower it"

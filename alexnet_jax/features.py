@@ -127,13 +127,12 @@ def write_folder_features(extractor: FeatureExtractor, paths: list[pathlib.Path]
             readable += chunk
     if not readable:
         raise UserError(f"none of the {len(paths)} files could be read as an image")
-    if len(readable) == len(paths):
-        os.replace(unfinished, output)
-    else:  # rows left for unreadable files: the readable ones into the final file
-        files.write_npy(output, np.load(unfinished, mmap_mode="r")[: len(readable)])
-        unfinished.unlink()
+    width = rows.shape[1]
+    del rows  # unmapped before it is cut
+    files.keep_rows(unfinished, len(readable))  # the rows of unreadable files were left at the end
+    os.replace(unfinished, output)
     files.write_text(output.with_name(output.stem + "_paths.txt"), "".join(f"{path}\n" for path in readable))
-    return len(readable), rows.shape[1]
+    return len(readable), width
 
 
 def nearest(extractor: FeatureExtractor, queries: np.ndarray, split, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,9 +143,12 @@ def nearest(extractor: FeatureExtractor, queries: np.ndarray, split, count: int)
     best_distance = np.full((len(queries), 0), np.inf)
     best_position = np.zeros((len(queries), 0), np.int64)
     workers = extractor.config.input.get("workers")
+    query_norms = np.square(queries).sum(1)[:, None]
     for images, _, positions in split_batches(split, extractor.batch, workers, "nearest training images"):
         found = extractor(images).astype(np.float64)
-        distance = np.sqrt(np.maximum(((queries[:, None, :] - found[None]) ** 2).sum(-1), 0))
+        # |q - f|^2 = |q|^2 + |f|^2 - 2 q.f: queries x batch numbers, never queries x batch x features
+        squared = query_norms + np.square(found).sum(1)[None] - 2 * queries @ found.T
+        distance = np.sqrt(np.maximum(squared, 0))
         best_distance = np.concatenate([best_distance, distance], axis=1)
         best_position = np.concatenate([best_position, np.broadcast_to(positions, distance.shape)], axis=1)
         keep = np.argsort(best_distance, axis=1, kind="stable")[:, :count]

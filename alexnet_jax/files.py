@@ -68,3 +68,22 @@ def _reserve(temporary: pathlib.Path, path):
             raise
         free = shutil.disk_usage(temporary.parent).free
         raise UserError(f"{path} needs {size / 1e9:.2f} GB of disk and {free / 1e9:.2f} GB are free; make space") from e
+
+
+def keep_rows(path: str | pathlib.Path, rows: int):
+    """Cuts the .npy at ``path`` (C order, format 1.0, as ``writing_npy`` writes it) to its first
+    ``rows`` rows in place: its header rewritten to the same length, the file truncated after them;
+    nothing copied, no disk asked for."""
+    import numpy as np
+
+    with open(path, "r+b") as f:
+        np.lib.format.read_magic(f)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        start = f.tell()  # where the rows begin: the header keeps its length
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran, "shape": (rows, *shape[1:])}
+        text = repr(header).encode("latin1")
+        f.seek(10)  # magic (6 bytes), version (2), header length (2)
+        f.write(text.ljust(start - 10 - 1) + b"\n")
+        f.truncate(start + rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+        f.flush()
+        os.fsync(f.fileno())

@@ -10,12 +10,14 @@ with ``--mode=convert``. The update scales per layer (frozen, pretrained, head) 
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from alexnet_jax import models
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, read_variables
 from alexnet_jax.torchvision_weights import readable_class_names
+from alexnet_jax.train_step import state_variables
 
 
 def _checkpoint_folder(init_from: str) -> pathlib.Path:
@@ -102,6 +104,8 @@ def initialise_from(config, state, class_names):
     if state.batch_stats is not None and batch_stats is not None:
         stats, _ = merge(jax.device_get(state.batch_stats), batch_stats, head, folder, new_head)
         state = state.replace(batch_stats=jax.device_put(stats))
+    if state.ema is not None:  # the moving average starts at the weights the run starts from
+        state = state.replace(ema=jax.tree.map(jnp.copy, state_variables(state)))
     line = f"initialised from {folder}: every layer"
     if afresh:
         there = f"{len(saved_names)} other classes" if new_head else f"{data.get('num_classes', 'other')} classes"

@@ -277,6 +277,17 @@ def is_dense(module_name: str) -> bool:
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}  # float64: JAX_ENABLE_X64=1
 
 
+def first_layer_kernel(params):
+    """The kernel of the convolution that reads the image (the only one with 3 input channels):
+    height x width x 3 x filters, as it is held (a device array, perhaps split over devices)."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    kernels = [leaf for path, leaf in leaves if getattr(path[-1], "key", None) == "kernel" and leaf.ndim == 4]
+    first = [kernel for kernel in kernels if kernel.shape[2] == 3]
+    if len(first) != 1:
+        raise ValueError(f"expected one convolution reading 3 channels, found {len(first)}")
+    return first[0]
+
+
 def towers(name: str) -> int:
     """How many GPUs the model's layers were split over in the paper (alexnet2012's two), else 1."""
     return 2 if name == "alexnet2012" else 1

@@ -5,6 +5,7 @@ import functools
 import math
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from alexnet_jax import models
@@ -140,10 +141,16 @@ def create_optimizer(config, schedule: optax.Schedule, per_member: bool = False)
         inner = sgd(learning_rate, weight_decay, learning_rate_factor)
         return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
 
-    rate = opt.learning_rate if config.schedule.name == "plateau" else schedule
+    # The hyperparameters in the parameters' dtype, whatever JAX makes of Python numbers (float64
+    # where a user set JAX_ENABLE_X64=1 for float32 parameters).
+    dtype = jnp.float64 if config.model.get("dtype") == "float64" else jnp.float32
+    if config.schedule.name == "plateau":
+        rate = opt.learning_rate
+    else:
+        rate = lambda count: jnp.asarray(schedule(count), dtype)
     # An ensemble's members differ in these: values in the state, not constants (ensemble.py).
     member_values = {"weight_decay": opt.weight_decay, "learning_rate_factor": 1.0} if per_member else {}
-    return optax.inject_hyperparams(sgd_if_finite)(learning_rate=rate, **member_values)
+    return optax.inject_hyperparams(sgd_if_finite, hyperparam_dtype=dtype)(learning_rate=rate, **member_values)
 
 
 def learning_rate(opt_state) -> jax.Array:

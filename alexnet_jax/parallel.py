@@ -114,6 +114,13 @@ class DataParallel:
         """One copy of a replicated value."""
         return self._first(tree) if self.mode == "pmap" else tree
 
+    def fetch(self, tree):
+        """A value on the devices (replicated, sharded or split between towers) whole, as host arrays
+        on every process (with several processes: gathered from all of them; every process calls it)."""
+        if self.mode == "pmap":
+            return jax.device_get(tree)
+        return multihost_utils.process_allgather(tree, tiled=True)
+
     def unshard(self, tree):
         """A sharded value as one global batch (with several processes: gathered from all, on the host)."""
         if self.mode == "pmap":
@@ -200,6 +207,12 @@ class TowerParallel(DataParallel):
             return mapped(*args)
 
         return jax.jit(call, donate_argnums=tuple(donate_argnums))
+
+
+def for_evaluation(mode: str) -> str:
+    """The mode that scores a checkpoint trained in ``mode``: the towers' parameters are the grouped
+    model's, which evaluation runs data parallel (on any number of devices)."""
+    return "shard_map" if mode == "towers" else mode
 
 
 def create(mode: str, devices: Sequence[jax.Device] | None = None) -> DataParallel:

@@ -3,7 +3,6 @@ layer's filters."""
 
 import pathlib
 
-import jax
 import matplotlib
 
 matplotlib.use("Agg")
@@ -206,17 +205,6 @@ FILTER_SCALE = 6  # screen pixels per kernel pixel in the filter figure
 TOWER_GAP = 3  # kernel pixels between the towers' filters
 
 
-def first_layer_kernel(params) -> np.ndarray:
-    """The kernel of the convolution that reads the image (the only one with 3 input channels):
-    height x width x 3 x filters, as a host array."""
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    kernels = [leaf for path, leaf in leaves if getattr(path[-1], "key", None) == "kernel" and np.ndim(leaf) == 4]
-    first = [kernel for kernel in kernels if np.shape(kernel)[2] == 3]
-    if len(first) != 1:
-        raise ValueError(f"expected one convolution reading 3 channels, found {len(first)}")
-    return np.asarray(first[0], np.float32)
-
-
 def filter_grid(kernel: np.ndarray, towers: int = 1, columns: int = 16) -> np.ndarray:
     """The filters of ``kernel`` (height x width x 3 x filters) as one RGB uint8 image: each filter
     stretched to the full range on its own (as the paper's Figure 3 shows them), ``columns`` a row,
@@ -236,9 +224,10 @@ def filter_grid(kernel: np.ndarray, towers: int = 1, columns: int = 16) -> np.nd
     return grid
 
 
-def plot_first_layer(params, path: pathlib.Path, towers: int = 1) -> pathlib.Path:
-    """The first convolution's filters (``filter_grid``) as a PNG, written whole or not at all."""
-    grid = filter_grid(first_layer_kernel(params), towers)
+def plot_first_layer(kernel, path: pathlib.Path, towers: int = 1) -> pathlib.Path:
+    """The first convolution's filters (``models.first_layer_kernel``, whole) as a PNG
+    (``filter_grid``), written whole or not at all."""
+    grid = filter_grid(np.asarray(kernel, np.float32), towers)
     image = Image.fromarray(grid).resize((grid.shape[1] * FILTER_SCALE, grid.shape[0] * FILTER_SCALE), Image.NEAREST)
     with files.replacing(path) as temporary:
         image.save(temporary, format="PNG")

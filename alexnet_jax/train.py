@@ -30,7 +30,7 @@ import numpy as np
 import tqdm
 
 from alexnet_jax import config_checks, distributed, ensemble, files, finetune, metrics_log, models, optim, runtime
-from alexnet_jax.checkpointing import CheckpointError, Checkpoints, DiskFull, check_signature
+from alexnet_jax.checkpointing import CheckpointError, Checkpoints, DiskFull, check_signature, saved_parts
 from alexnet_jax.distributed import AgreedStop, is_main_process
 from alexnet_jax.errors import InputWorkerDied, TrainingDiverged
 from alexnet_jax.evaluation import create_evaluator
@@ -110,6 +110,13 @@ def _check_resumable(run: Run, checkpoints: Checkpoints):
         return
     remedy = "resume with the config it was trained with, or use a new --workdir"
     check_signature(checkpoints.read_data(latest), run.signature(), run.workdir, remedy)
+    averaged = "ema" in saved_parts(pathlib.Path(checkpoints.manager.directory) / str(latest))
+    if averaged != (run.config.get("ema_decay", 0.0) > 0):
+        raise config_checks.ConfigError(
+            f"{run.workdir} was trained {'with' if averaged else 'without'} a moving average of the weights "
+            f"(--config.ema_decay={run.config.get('ema_decay', 0.0)} now); resume with the ema_decay it was "
+            "trained with, or use a new --workdir"
+        )
     if latest > run.total_steps:
         raise config_checks.ConfigError(
             f"{run.workdir} has trained {latest} steps, more than this config's {run.total_steps} "
@@ -236,15 +243,18 @@ class _Trainer:
 
 
 def validation_line(epoch: float, num_epochs: int, step: int, metrics: dict) -> str:
-    """What the loop prints after each evaluation (benchmarks/time_to_accuracy.py reads it); an
-    ensemble's, then each member's top-1."""
+    """What the loop prints after each evaluation (benchmarks/time_to_accuracy.py reads it): the
+    epoch (a fraction where ``max_steps`` ends a run inside one); an ensemble's top-1, then each
+    member's."""
     members = [f"{metrics[key]:.4f}" for key in metrics if key.startswith("member") and key.endswith("_top1")]
+    diverged = ", ".join(map(str, ensemble.diverged(metrics)))
     return (
         (
-            f"epoch {round(epoch)}/{num_epochs} step {step}: validation top-1 "
+            f"epoch {epoch:.2f}".rstrip("0").rstrip(".") + f"/{num_epochs} step {step}: validation top-1 "
             f"{metrics['top1']:.4f} top-5 {metrics['top5']:.4f} cross-entropy {metrics['loss']:.4f}"
         )
         + (f" (members' top-1: {' '.join(members)})" if members else "")
+        + (f" (diverged, left out of the ensemble: member {diverged})" if diverged else "")
         + (f" (moving average: top-1 {metrics['ema_top1']:.4f})" if "ema_top1" in metrics else "")
     )
 
@@ -351,16 +361,19 @@ def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | N
         records = metrics_log.read_metrics(run.workdir) if is_main_process() else []
         logged = any(r["kind"] == "eval" and r["step"] == run.total_steps for r in records)
         last_eval = trainer.evaluate(None if distributed.agree(logged) else log)
+    params = run.parallel.unreplicate(trainer.state.params)
+    params = ensemble.member(params, 0) if ensemble.size(run.config) > 1 else params  # an ensemble's first
+    kernel = run.parallel.fetch(models.first_layer_kernel(params))  # whole, from every device and process
     if not is_main_process():
         return
     from alexnet_jax import plots  # matplotlib: imported when the first figure is drawn
 
     metrics, predictions, labels = last_eval
     plots.plot_curves(metrics_log.read_metrics(run.workdir), run.workdir / "curves.png")
-    params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), run.parallel.unreplicate(trainer.state.params))
-    params = ensemble.member(params, 0) if ensemble.size(run.config) > 1 else params  # an ensemble's first
-    plots.plot_first_layer(params, run.workdir / FILTERS, models.towers(run.config.model.name))
+    plots.plot_first_layer(kernel, run.workdir / FILTERS, models.towers(run.config.model.name))
     header = {"step": run.total_steps, "weights": _weights_note(run.config)}
+    if ensemble.size(run.config) > 1:
+        header["diverged_members"] = ensemble.diverged(metrics)  # left out of the ensemble's average
     write_report(run.workdir, REPORT, run.val_split, predictions, labels, {**header, **metrics})
 
 
@@ -428,15 +441,16 @@ def _train(run: Run, checkpoints: Checkpoints, state, rng, saved: dict, stop) ->
     """Trains, or completes, the run from ``state``; returns a summary of its validation results."""
     step = int(state.step)
     finished = step >= run.total_steps and distributed.agree(is_main_process() and _report_is_complete(run))
-    if is_main_process():
-        _write_config(run.workdir, run.config, replace=not finished)
+    with _disk_full_as_one_line(checkpoints):
+        if is_main_process():
+            _write_config(run.workdir, run.config, replace=not finished)
+        log = None if finished else metrics_log.MetricsLog(run.workdir, resume_step=step, enabled=is_main_process())
     if finished:
         checkpoints.close()
         say(f"{run.workdir} has finished all {run.total_steps} steps; nothing to train (--mode=evaluate scores it)")
         return _summary(run)
     if 0 < step < run.total_steps:
         say(f"resuming from step {step} of {run.total_steps} (epoch {step // run.steps_per_epoch})")
-    log = metrics_log.MetricsLog(run.workdir, resume_step=step, enabled=is_main_process())
     trainer = _Trainer(run, state, rng, saved, checkpoints)
     with stop or StopRequests() as stop:
         try:
@@ -456,6 +470,20 @@ def _train(run: Run, checkpoints: Checkpoints, state, rng, saved: dict, stop) ->
         _finish(trainer, log, last_eval)
     log.close()
     return _summary(run)
+
+
+@contextlib.contextmanager
+def _disk_full_as_one_line(checkpoints: Checkpoints):
+    """A full disk met while the run writes its first files (``config.json``, the metrics log): the
+    one line of ``DiskFull``, nothing else changed."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        error = checkpoints.out_of_space(e.filename or checkpoints.manager.directory)
+        checkpoints.abandon()
+        raise error from None
 
 
 def _stopped_by(error: Exception, trainer: _Trainer, log: metrics_log.MetricsLog) -> Exception:

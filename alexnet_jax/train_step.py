@@ -60,7 +60,7 @@ class StepConstants:
     normalization: str = "cifar10"
     eval_crops: int = 1  # 1: one view; 10: the paper's ten crops, softmax averaged
     eval_flip: bool = False  # also score the mirror image, softmax averaged
-    grad_accum_steps: int = 1  # each device's batch in this many micro-batches, gradients summed
+    grad_accum_steps: int = 1  # each device's batch in this many micro-batches, gradients averaged
     ensemble_size: int = 1  # evaluation: members stacked on a leading axis, scored each and together
     ema_decay: float = 0.0  # > 0: the state's ``ema`` moves this much less than all the way to the new weights
     custom_augmentation: str = ""  # a name in augment.CUSTOM, or none
@@ -127,7 +127,7 @@ def train_step(
         pixels = augment.CUSTOM[constants.custom_augmentation](pixels, custom_keys)
     inputs = augment.normalize(pixels, constants.normalization)
     smoothing = constants.label_smoothing if state.settings is None else state.settings["label_smoothing"]
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, constants.num_classes), smoothing)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, constants.num_classes, dtype=jnp.float32), smoothing)
     loss, logits, grads, batch_stats = _gradients(state, inputs, targets, dropout_key, constants)
     grads = jax.lax.pmean(grads, AXIS)
     metrics = {
@@ -213,7 +213,7 @@ def eval_step(
         sums = _scores(log_probs, labels, mask, constants.eval_scores)
     else:  # every member, and the ensemble: the members' softmax averaged
         members = jax.lax.map(score, variables)
-        log_probs = log_mean_probability(members)
+        log_probs = members_mean_probability(members)
         per_member = jax.vmap(_scores, (0, None, None, None))(members, labels, mask, constants.eval_scores)
         sums = _scores(log_probs, labels, mask, constants.eval_scores)
         sums.update({f"member_{k}": value for k, value in per_member.items()})
@@ -262,11 +262,22 @@ def log_mean_probability(log_probs: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(float(log_probs.shape[0]))
 
 
+def members_mean_probability(log_probs: jax.Array) -> jax.Array:
+    """An ensemble's log probabilities: the log of its members' mean probability (members on the
+    leading axis), each example's over the members whose output for it is finite. A member that
+    diverged (its outputs not finite) is left out of the average; with none finite the result is NaN."""
+    finite = jnp.all(jnp.isfinite(log_probs), axis=-1, keepdims=True)
+    count = jnp.sum(finite, axis=0)
+    summed = jax.nn.logsumexp(jnp.where(finite, log_probs, -jnp.inf), axis=0)
+    return jnp.where(count > 0, summed - jnp.log(jnp.maximum(count, 1).astype(log_probs.dtype)), jnp.nan)
+
+
 def ensemble_log_probabilities(variables: dict, images: jax.Array, apply_fn, constants: StepConstants) -> jax.Array:
     """``eval_log_probabilities`` of a model, or of an ensemble (stacked variables, with
-    ``constants.ensemble_size`` > 1): its members' softmax averaged, scored one after another."""
+    ``constants.ensemble_size`` > 1): its members' softmax averaged (``members_mean_probability``),
+    scored one after another."""
     score = lambda v: eval_log_probabilities(v, images, apply_fn, constants)  # noqa: E731
-    return score(variables) if constants.ensemble_size == 1 else log_mean_probability(jax.lax.map(score, variables))
+    return score(variables) if constants.ensemble_size == 1 else members_mean_probability(jax.lax.map(score, variables))
 
 
 def resident_batch(data: dict[str, jax.Array], order: jax.Array, start: jax.Array, local_batch: int):

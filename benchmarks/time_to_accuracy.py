@@ -27,7 +27,7 @@ _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", "/tmp/time_to_accuracy", "Wh
 _JSON = flags.DEFINE_string("records_json", None, "Also write all records to this JSON file.")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-VALIDATION = re.compile(r"epoch (\d+)/(\d+) step (\d+): validation top-1 ([0-9.]+)")
+VALIDATION = re.compile(r"epoch ([0-9.]+)/(\d+) step (\d+): validation top-1 ([0-9.]+)")
 
 
 def run_once(main_args: list[str], seed: str, workdir: pathlib.Path) -> dict:
@@ -45,7 +45,7 @@ def run_once(main_args: list[str], seed: str, workdir: pathlib.Path) -> dict:
                 evaluations.append(
                     {
                         "seconds": time.perf_counter() - started,
-                        "epoch": int(epoch),
+                        "epoch": float(epoch),
                         "step": int(step),
                         "top1": float(top1),
                     }

@@ -86,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_steps = config_dict.placeholder(int)
     config.batch_size = 512  # global, over all devices
     # Each device's share of the batch in this many micro-batches, one after another, gradients
-    # summed: the same step with less memory (k devices' numbers on one). Not with batch norm.
+    # averaged: the same step with less memory (k devices' numbers on one). Not with batch norm.
     config.grad_accum_steps = 1
     config.loss_term = ""  # a research loss term: a name in train_step.LOSS_TERMS (docs/research.md)
     config.eval_scores = ()  # research scores evaluation reports: names in train_step.EVAL_SCORES

@@ -77,6 +77,8 @@ def test_the_time_to_accuracy_script_reads_the_line_the_loop_prints():
 
     line = validation_line(2.0, 30, 176, {"top1": 0.91234, "top5": 0.99, "loss": 0.4})
     assert time_to_accuracy.VALIDATION.search(line).groups() == ("2", "30", "176", "0.9123")
+    line = validation_line(1.5, 2, 3, {"top1": 0.5, "top5": 0.99, "loss": 0.4})  # max_steps: inside an epoch
+    assert time_to_accuracy.VALIDATION.search(line).groups()[:2] == ("1.5", "2")
     run = {
         "evaluations": [{"seconds": 5.0, "top1": 0.9}, {"seconds": 7.5, "top1": 0.9123}, {"seconds": 9, "top1": 0.95}]
     }

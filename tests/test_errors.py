@@ -115,6 +115,24 @@ CASES = [
         "--config.parallel=towers splits alexnet2012 as the paper did; --config.model.name=alexnet_cifar has no",
     ),
     ("an unknown research piece", lambda p: [*TINY, "--config.loss_term=nope"], "--config.loss_term='nope' is not one"),
+    (
+        "towers, classes that do not halve",
+        lambda p: [
+            *TINY,
+            "--config.model.name=alexnet2012",
+            "--config.parallel=towers",
+            "--config.dataset.synthetic_classes=11",
+        ],
+        "splits fc8's outputs between two towers, and the dataset's 11 classes do not halve; use --config.parallel=sh",
+    ),
+    (
+        "per-member values of one model",
+        lambda p: [*TINY, "--config.members.learning_rate=(0.1,)"],
+        "--config.members.learning_rate holds an ensemble's per-member values, and --config.ensemble_size=1 trains one",
+    ),
+    ("a decay that never moves", lambda p: [*TINY, "--config.ema_decay=1.0"], "ema_decay=1.0 must be in [0, 1): 0 "),
+    ("a decay that diverges", lambda p: [*TINY, "--config.ema_decay=1.5"], "--config.ema_decay=1.5 must be in [0, 1)"),
+    ("a negative decay", lambda p: [*TINY, "--config.ema_decay=-0.3"], "--config.ema_decay=-0.3 must be in [0, 1)"),
     ("zero rate", lambda p: [*TINY, "--config.optimizer.learning_rate=0"], "learning_rate=0.0 must be > 0"),
     ("negative width", lambda p: [*TINY, "--config.model.width=-1"], "--config.model.width=-1.0 must be > 0"),
     (
@@ -177,6 +195,12 @@ CASES = [
     ),
     ("fewer epochs than it ran", lambda p: [*p["trained"], "--config.num_epochs=1"], "more than this config's 4 "),
     ("another seed", lambda p: [*p["trained"], "--config.seed=1"], "(seed: 0 there, 1 now)"),
+    ("another data order", lambda p: [*p["trained"], "--config.data_seed=5"], "(data_seed: 0 there, 5 now)"),
+    (
+        "a moving average added",
+        lambda p: [*p["trained"], "--config.ema_decay=0.9", "--config.num_epochs=4"],
+        "was trained without a moving average of the weights (--config.ema_decay=0.9 now); resume with the ema_dec",
+    ),
     (
         "another slice of the same size",
         lambda p: [*p["trained"], "--config.dataset.train_split=train[:100%]"],

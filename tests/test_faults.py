@@ -156,6 +156,14 @@ def test_a_damaged_checkpoint_is_named_set_aside_and_the_run_resumes_from_the_ne
     assert_same_final_state(workdir, straight_run[0])
     assert (workdir / "checkpoints" / "12.damaged" / largest.relative_to(newest)).stat().st_size == size // 2
 
+    # Damaged again at the same step: set aside beside the first copy, and the run resumes again.
+    again = max((f for f in (newest / "state").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    os.truncate(again, again.stat().st_size // 2)
+    code, out, err = cli(*TINY, f"--workdir={workdir}")
+    assert code == 0 and "is damaged" in out and "; kept as 12.damaged.2\n" in out, err[-3000:]
+    assert "resuming from step 10 of 12" in out and (workdir / "checkpoints" / "12.damaged").is_dir()
+    assert_same_final_state(workdir, straight_run[0])
+
     (workdir / "checkpoints" / "10" / "data" / "metadata").unlink()
     code, _, err = cli(*TINY, f"--workdir={workdir}", "--mode=evaluate", "--checkpoint=10")
     assert code == 2 and "checkpoint 10 in" in err and "(data/metadata is missing); use another: --checkpoint=" in err

@@ -1,6 +1,7 @@
 """Features of a named layer (``features.py``) and the paper's Figure 4 from them."""
 
 import collections
+import pathlib
 import tracemalloc
 
 import jax
@@ -57,9 +58,15 @@ def test_the_features_and_neighbours_commands(straight_run, cli, tmp_path):
 
     train = features.open_split(extractor.config, "train")
     chosen = np.array([5, 100, 250])  # in the first, second and last batch of 64
-    positions, distances = features.nearest(extractor, extractor(train.read(chosen)["image"]), train, count=3)
+    queries = extractor(train.read(chosen)["image"]).astype(np.float64)
+    positions, distances = features.nearest(extractor, queries, train, count=3)
     np.testing.assert_array_equal(positions[:, 0], chosen)  # each image is its own nearest
-    assert np.all(distances[:, 0] == 0) and np.all(np.diff(distances, axis=1) >= 0)
+    assert np.all(np.diff(distances, axis=1) >= 0)
+    # At distance 0, up to the features' float32 rounding (another place in a batch may round them
+    # in another order) and |q|^2 + |f|^2 - 2 q.f's float64 rounding: far below 1e-5 of |q|.
+    assert np.all(distances[:, 0] <= 1e-5 * np.linalg.norm(queries, axis=1))
+    exact = np.linalg.norm(queries[:, None] - queries[None], axis=-1)[[0, 0, 1], [1, 2, 2]]
+    assert exact.min() > 1e-2 * np.linalg.norm(queries, axis=1).max()  # other images: far from that
 
     code, out, err = cli("--mode=neighbours", f"--workdir={workdir}", "--queries=2", f"--output={tmp_path / 'n.png'}")
     assert code == 0 and Image.open(tmp_path / "n.png").size[0] > 0, err
@@ -95,3 +102,34 @@ def peak_memory(fn) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def bytes_written(fn) -> int:
+    """The bytes this process hands to write() while ``fn()`` runs (/proc/self/io's wchar): what
+    goes to a memory-mapped file's pages is not counted, a copy of it written out is."""
+
+    def wchar():
+        return int(dict(line.split(": ") for line in pathlib.Path("/proc/self/io").read_text().splitlines())["wchar"])
+
+    before = wchar()
+    fn()
+    return wchar() - before
+
+
+def test_a_folders_features_with_an_unreadable_file_are_not_copied(straight_run, tmp_path):
+    """Rows were reserved for every file: the unreadable ones' are cut off the end of the very file,
+    not left behind by writing a second copy of the readable ones (a copy takes the disk twice)."""
+    extractor = features.FeatureExtractor(Predictor(straight_run[0], "latest", False), "conv1")
+    images = features.open_split(extractor.config, "validation").read(np.arange(16))["image"]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i:02d}.png")
+    (tmp_path / "99-broken.png").write_bytes(b"not an image")
+    paths = sorted(tmp_path.glob("*.png"))
+    extractor(images[:1])  # compiled before measuring
+    output = tmp_path / "out" / "conv1.npy"
+    output.parent.mkdir()
+    written = bytes_written(lambda: features.write_folder_features(extractor, paths, output))
+    kept = np.load(output, mmap_mode="r")
+    assert kept.shape == (16, 8192) and written < kept.nbytes / 4, written
+    np.testing.assert_allclose(kept, extractor(images), rtol=0, atol=1e-5 * np.abs(kept).max())
+    assert sorted(p.name for p in output.parent.iterdir()) == ["conv1.npy", "conv1_paths.txt"]

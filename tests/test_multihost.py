@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import STEPS_PER_EPOCH, TINY, StopAt, tiny_run_config
-from harness import distributed_run, final_arrays
+from harness import distributed_run, final_arrays, run_forked
 
 from alexnet_jax import metrics_log
 from alexnet_jax.train import train_and_evaluate
@@ -77,10 +77,11 @@ def test_two_processes_train_in_step_stop_together_and_resume_in_one(tmp_path, c
     assert json.loads((tmp_path / "two" / "validation_report.json").read_text())["step"] == STEPS
 
 
-def test_towers_across_two_processes_train_as_one_process_does(tmp_path, x64):
+def test_towers_across_two_processes_train_as_one_process_does(tmp_path, x64, cli):
     """The paper's towers composed with several hosts: 2 processes x 1 pair of towers train an epoch
     of alexnet2012 (1/32 of its width, on few 224x224 images) and evaluate it; their checkpoint of
-    step 2 is 1 process of 4 pairs'."""
+    step 2 is 1 process of 4 pairs'. The run's filter figure shows both towers' filters, whole, and
+    a process of one device evaluates the run (evaluation runs the grouped model)."""
     towers = [
         *FLOAT64,
         "--config.parallel=towers",
@@ -100,6 +101,17 @@ def test_towers_across_two_processes_train_as_one_process_does(tmp_path, x64):
     assert "4 x cpu (cpu), 2 processes; 2 pairs of towers" in two[0]["out"]
     train_and_evaluate(tiny_run_config(*towers), str(tmp_path / "one"), stop=StopAt(2))  # saved, not evaluated
     assert_same_checkpoint(tmp_path / "two", tmp_path / "one", 2)
+
+    filters = tmp_path / "filters.png"
+    code, out, err = cli(
+        "--mode=filters", f"--workdir={tmp_path / 'two'}", "--checkpoint=latest", f"--output={filters}"
+    )
+    assert code == 0, err[-3000:]
+    assert filters.read_bytes() == (tmp_path / "two" / "conv1_filters.png").read_bytes()
+    evaluate = [*flags, "--mode=evaluate", "--checkpoint=latest"]
+    (one_device,) = run_forked([{"argv": evaluate, "devices": 1, "x64": True}], tmp_path / "evaluate")
+    assert one_device["status"] == 0 and "1 x cpu (cpu), 1 process" in one_device["out"], one_device["err"][-3000:]
+    assert json.loads(one_device["out"].strip().splitlines()[-1])["checkpoint_step"] == 4
 
 
 def test_the_mesh_holds_each_process_devices_as_its_block_of_the_batch():

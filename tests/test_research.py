@@ -88,6 +88,10 @@ def test_the_guides_dp_sgd_block_runs():
     exec(compile(block, "docs/research.md", "exec"), namespace)
     assert jax.tree.leaves(namespace["grads"])[0].shape[0] == 8  # per example
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(namespace["params"]))
+    # The model the block says: an eighth of alexnet_cifar's width (8 of conv1's 64 filters; 8 of 64
+    # hidden units), 10 classes.
+    kernels = [x.shape for x in jax.tree.leaves(namespace["params"]) if x.ndim > 1]
+    assert sorted(shape[-1] for shape in kernels) == [8, 8, 8, 10, 24, 32, 32, 48]
 
 
 class _Small(nn.Module):

@@ -12,14 +12,17 @@ from both, on any CPU: float32's ~1e-6 reordering noise on some CPUs is what mad
 machine-dependent.
 """
 
+import importlib
+import pathlib
+
 import jax
 import numpy as np
 import pytest
-from conftest import float64_state, tiny_config
+from conftest import ROOT, float64_state, tiny_config
 
 from alexnet_jax import augment, config_checks, datasets
 from alexnet_jax.checkpointing import Checkpoints
-from alexnet_jax.experiment import step_constants
+from alexnet_jax.experiment import create_state, step_constants, train_key
 from alexnet_jax.feeds import compile_batch_step, compile_train_step
 from alexnet_jax.input_pipeline import epoch_order
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
@@ -170,3 +173,25 @@ def test_one_device_with_k_micro_batches_computes_what_k_devices_do_in_float64()
         with pytest.raises(config_checks.ConfigError, match="grad_accum_steps=3 does not divide each device's 64"):
             config_checks.validate(config, num_devices=1)
     assert_agree(start, four_devices, {"1 device x 4 micro-batches": one_device})
+
+
+SHIPPED = sorted(p.stem for p in (pathlib.Path(ROOT) / "configs").glob("*.py") if p.stem not in ("__init__", "default"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_jax_x64_mode_leaves_every_shipped_configs_step_as_it_is(name):
+    """``JAX_ENABLE_X64=1`` (common among JAX users) makes Python numbers float64: the train step of
+    every shipped config still traces, and gives back a state of the dtypes it took (traced, not
+    compiled: the ImageNet configs at full size)."""
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.batch_size = 2
+    shape = (256, 256, 3) if config.augment.crop_size else (32, 32, 3)
+    shape = (224, 224, 3) if config.input.get("random_resized_crop") else shape
+    with jax.enable_x64(True):
+        state = jax.eval_shape(lambda: create_state(config, 10, shape, 10)[0])
+        step = compile_batch_step(DataParallel("shard_map", jax.devices()[:1]), config, step_constants(config, 10))
+        batch = {"image": jax.ShapeDtypeStruct((2, *shape), np.uint8), "label": jax.ShapeDtypeStruct((2,), np.int32)}
+        after, _ = jax.eval_shape(step, state, batch, jax.eval_shape(lambda: train_key(config)))
+    dtypes = lambda tree: [x.dtype for x in jax.tree.leaves(tree)]
+    assert dtypes(after.params) == dtypes(state.params) and np.float32 in dtypes(after.params)
+    assert dtypes(after.opt_state) == dtypes(state.opt_state)

@@ -32,10 +32,10 @@ def run(args) -> int:
     which = "latest" if args.checkpoint == "best" and checkpoints.best_step() is None else args.checkpoint
     step = resolve_checkpoint(checkpoints, which, workdir / "checkpoints")
     checkpoints.close()
-    params, _ = read_variables(workdir / "checkpoints" / str(step))
+    params, _ = read_variables(workdir / "checkpoints" / str(step), "ema" if args.ema else "raw")
     path = pathlib.Path(args.output) if args.output else workdir / f"conv1_filters_{step}.png"
-    if ensemble.size(config) > 1:  # an ensemble's member --member (0 by default)
-        params = ensemble.member(params, args.member or 0)
-    plots.plot_first_layer(params, path, models.towers(config.model.name))
+    member = 0 if args.member is None else args.member  # an ensemble's first by default
+    params, _ = ensemble.chosen(config, params, member, workdir)
+    plots.plot_first_layer(models.first_layer_kernel(params), path, models.towers(config.model.name))
     print(f"the first layer's filters of checkpoint {step}: {path}")
     return 0

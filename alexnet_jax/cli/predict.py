@@ -24,7 +24,11 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
             **fv,
         ),
         "ema": flags.DEFINE_bool(
-            "ema", False, "evaluate, predict: the weights' moving average (--config.ema_decay), not the weights.", **fv
+            "ema",
+            False,
+            "evaluate, predict, filters, features, neighbours: the weights' moving average (--config.ema_decay), "
+            "not the weights.",
+            **fv,
         ),
         "grid": flags.DEFINE_string(
             "grid", None, "predict: the PNG grid of images (default WORKDIR/predictions.png).", **fv
