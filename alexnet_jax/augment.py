@@ -10,6 +10,8 @@ one of fb.resnet.torch (``datasets/imagenet.lua``, ``pca``), computed on ImageNe
 scaled to [0, 1]; it is applied here on the 0..255 scale (eigenvalues times 255).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -97,3 +99,35 @@ def normalize(images: jax.Array, stats: str) -> jax.Array:
     """uint8 images -> float32, standardised per channel with the named statistics."""
     mean, std = (jnp.asarray(v, jnp.float32) for v in CHANNEL_STATS[stats])
     return (images.astype(jnp.float32) - mean) / std
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """What the train step does to a uint8 batch before the model sees it: random crops (``crop_size``
+    windows, or padded by ``crop_padding`` and cropped back) and mirrors, the paper's colour noise
+    (``pca_noise``, its coefficients' std), a research augmentation (a name in ``CUSTOM``), then
+    normalisation (``normalization``: a name in ``CHANNEL_STATS``). Constants of the compiled step."""
+
+    crop_padding: int = 0
+    crop_size: int | None = None
+    flip: bool = False
+    pca_noise: float = 0.0
+    custom: str = ""
+    normalization: str = "cifar10"
+
+    @classmethod
+    def from_config(cls, config) -> "Augmentation":
+        aug = config.augment
+        return cls(aug.crop_padding, aug.crop_size, aug.flip, aug.pca_noise, aug.get("custom", ""),
+                   config.dataset.normalization)  # fmt: skip
+
+    def __call__(self, images: jax.Array, keys: jax.Array) -> jax.Array:
+        """Normalised float32 inputs from uint8 ``images``, with one key per image."""
+        images = augment_batch(images, keys, self.crop_padding, self.flip, self.crop_size)
+        pixels = images.astype(jnp.float32)
+        if self.pca_noise > 0:
+            noise_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, 2)
+            pixels = pixels + jax.vmap(pca_noise, (0, None))(noise_keys, self.pca_noise)[:, None, None, :]
+        if self.custom:
+            pixels = CUSTOM[self.custom](pixels, jax.vmap(jax.random.fold_in, (0, None))(keys, 3))
+        return normalize(pixels, self.normalization)

@@ -20,8 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from alexnet_jax import files
-from alexnet_jax.errors import UserError
+from alexnet_jax import files, models
+from alexnet_jax.errors import ConfigError, UserError
 
 BEST_METRIC = "val_top1"
 
@@ -128,6 +128,34 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def resolve(self, which: str, best_or_latest: bool = False) -> int:
+        """The step ``which`` ('latest', 'best' or a step number) names, checked intact; with
+        ``best_or_latest``, 'best' is the latest where no checkpoint has a validation result (converted
+        weights, a run stopped before its first evaluation). ``CheckpointError`` if none, or damaged."""
+        directory = pathlib.Path(self.manager.directory)
+        if which not in ("latest", "best") and not which.isdigit():
+            raise ConfigError(f"--checkpoint={which!r} must be 'latest', 'best' or a step number")
+        saved = self.all_steps()
+        if not saved:
+            raise CheckpointError(
+                f"no checkpoints in {directory}; train first with --mode=train and the same --workdir"
+            )
+        listed = ", ".join(map(str, saved))
+        step = saved[-1] if which == "latest" else self.best_step() if which == "best" else int(which)
+        if which == "best" and step is None:
+            if not best_or_latest:
+                raise CheckpointError(
+                    f"--checkpoint=best: none of the checkpoints in {directory} (steps {listed}) has a validation "
+                    "result yet (they were saved between evaluations); use --checkpoint=latest or a step"
+                )
+            step = saved[-1]
+        if step not in saved:
+            raise CheckpointError(
+                f"--checkpoint={which}: no checkpoint at step {which} in {directory}; saved: {listed}"
+            )
+        raise_if_damaged(directory, step, saved)
+        return step
+
     def read_data(self, step: int) -> dict:
         """The JSON item of checkpoint ``step`` alone (position and signature), without the arrays."""
         return dict(self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"])
@@ -180,6 +208,8 @@ class Checkpoints:
 
     def restore(self, step: int, state, rng, sharding: jax.sharding.Sharding | None = None):
         """Restores checkpoint ``step`` into the structure of ``state``; returns (state, rng, data).
+        A checkpoint of an earlier version, whose layers had Flax's automatic names, restores
+        under the paper's (``models.renamed_from_flax``).
 
         The arrays come back with ``sharding`` (e.g. on every device of every process), or on this
         process's first device."""
@@ -187,6 +217,8 @@ class Checkpoints:
         as_target = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)  # noqa: E731
         target = _items(state, rng)
         abstract = {**jax.tree.map(as_target, target), "step": target["step"], "rng": target["rng"]}
+        legacy = _has_flax_names(pathlib.Path(self.manager.directory) / str(step))
+        abstract = models.renamed_to_flax(abstract) if legacy else abstract
         try:
             restored = self.manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())
@@ -196,7 +228,7 @@ class Checkpoints:
                 f"checkpoint {step} in {self.manager.directory} does not fit this model/optimizer "
                 f"({str(e).splitlines()[0][:160]}); use the config it was trained with, or a new workdir"
             ) from None
-        items = restored["state"]
+        items = models.renamed_from_flax(restored["state"])
         state = state.replace(params=items["params"], opt_state=items["opt_state"], step=items["step"])
         if "batch_stats" in items:
             state = state.replace(batch_stats=items["batch_stats"])
@@ -312,11 +344,22 @@ def _quiet_orbax():
         logger.setLevel(level)
 
 
+def _saved_tree(folder: pathlib.Path) -> dict:
+    """The tree of the train state that the checkpoint in ``folder`` holds, as metadata."""
+    with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.metadata(folder / "state").item_metadata
+
+
 def saved_parts(folder: pathlib.Path) -> set[str]:
     """The parts of the train state that the checkpoint in ``folder`` holds (params, opt_state,
-    batch_stats, ema, step, rng), read from its metadata."""
-    with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
-        return set(checkpointer.metadata(folder / "state").item_metadata)
+    batch_stats, ema, step, rng)."""
+    return set(_saved_tree(folder))
+
+
+def _has_flax_names(folder: pathlib.Path) -> bool:
+    """Whether the checkpoint in ``folder`` names its layers as earlier versions did (``Conv_0``, ...)."""
+    params = _saved_tree(folder)["params"]
+    return models.renamed_from_flax(dict.fromkeys(params)).keys() != params.keys()
 
 
 def read_variables(folder: pathlib.Path, weights: str = "raw") -> tuple[dict, dict | None]:
@@ -335,8 +378,23 @@ def read_variables(folder: pathlib.Path, weights: str = "raw") -> tuple[dict, di
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         restore = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
         restored = checkpointer.restore(folder / "state", args=restore)
-    restored = restored["ema"] if weights == "ema" else restored
+    restored = models.renamed_from_flax(restored["ema"] if weights == "ema" else restored)
     return restored["params"], restored.get("batch_stats")
+
+
+def read_model(workdir: pathlib.Path, which: str, weights: str = "raw") -> tuple[int, dict, dict]:
+    """What prediction, features and figures read of a workdir: the step ``which`` names ('best'
+    falling back to the latest where none was evaluated), its data, and its model variables
+    (``read_variables``'s, as ``apply_fn`` takes them)."""
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=1, async_save=False)
+    try:
+        step = checkpoints.resolve(which, best_or_latest=True)
+        data = checkpoints.read_data(step)
+    finally:
+        checkpoints.close()
+    params, batch_stats = read_variables(workdir / "checkpoints" / str(step), weights)
+    variables = {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
+    return step, data, variables
 
 
 def check_shapes(restored: dict, expected: dict, folder: pathlib.Path, remedy: str):

@@ -3,11 +3,7 @@
 import jax
 
 from alexnet_jax import augment, ensemble, feeds, models, optim, parallel
-from alexnet_jax.errors import UserError
-
-
-class ConfigError(UserError):
-    """A config value is invalid; the message names the key and what to use instead."""
+from alexnet_jax.errors import ConfigError
 
 
 def _require(condition: bool, message: str):
@@ -60,7 +56,8 @@ def validate(config, num_devices: int):
         0 <= decay < 1,
         f"--config.ema_decay={decay} must be in [0, 1): 0 keeps no moving average, e.g. 0.999 keeps one",
     )
-    _check_device_layout(config, num_devices)
+    parallel.check(config, num_devices)
+    _check_accumulation(config, config.batch_size // parallel.batch_devices(config.parallel, num_devices))
     opt = config.optimizer
     _require(opt.learning_rate > 0, f"--config.optimizer.learning_rate={opt.learning_rate} must be > 0")
     _require(0 <= opt.momentum < 1, f"--config.optimizer.momentum={opt.momentum} must be in [0, 1)")
@@ -78,12 +75,12 @@ def validate(config, num_devices: int):
 
 def _check_research_hooks(config):
     """Names of research pieces (docs/research.md) must be registered where the config says."""
-    from alexnet_jax import train_step
+    from alexnet_jax import evaluation, train_step
 
     _one_of("augment.custom", config.augment.get("custom", ""), ("", *augment.CUSTOM))
     _one_of("loss_term", config.get("loss_term", ""), ("", *train_step.LOSS_TERMS))
     for name in config.get("eval_scores", ()):
-        _one_of("eval_scores", name, tuple(train_step.EVAL_SCORES))
+        _one_of("eval_scores", name, tuple(evaluation.EVAL_SCORES))
 
 
 def _check_ensemble(config, num_devices: int):
@@ -107,6 +104,10 @@ def _check_ensemble(config, num_devices: int):
             f"--config.members.{field} has {len(values)} values for --config.ensemble_size={members}: "
             "give one per member",
         )
+    _require(
+        "dropout_rate" not in given or "dropout_rate" in models.model_fields(config.model.name),
+        f"--config.members.dropout_rate: {config.model.name} has no dropout; leave it unset",
+    )
     _one_of("ensemble_data_order", config.ensemble_data_order, ensemble.DATA_ORDERS)
     _require(
         config.ensemble_data_order == "shared" or config.input.pipeline == "resident",
@@ -140,41 +141,6 @@ def _check_finetune(config):
     )
 
 
-def _check_device_layout(config, num_devices: int):
-    """Batches split evenly over the devices of every process; several processes need shard_map."""
-    processes = jax.process_count()
-    layout = f" ({processes} processes x {num_devices // processes})" if processes > 1 else ""
-    if config.parallel == "towers":
-        _check_towers(config, num_devices)
-        num_devices, layout = num_devices // 2, f" pairs of towers{layout}"
-    for key in ("batch_size", "eval_batch_size"):
-        value = config[key]
-        _require(
-            value % num_devices == 0,
-            f"--config.{key}={value} is not divisible by the {num_devices} devices{layout}; "
-            f"use a multiple of {num_devices}, e.g. {value + (-value % num_devices)}",
-        )
-    _require(
-        processes == 1 or config.parallel != "pmap",
-        f"--config.parallel={config.parallel} runs in one process; with {processes} use --config.parallel=shard_map",
-    )
-    _check_accumulation(config, config.batch_size // num_devices)
-
-
-def _check_towers(config, num_devices: int):
-    """The paper's two-GPU split: alexnet2012 alone, on pairs of devices, one model."""
-    _require(
-        config.model.name == "alexnet2012",
-        f"--config.parallel=towers splits alexnet2012 as the paper did; --config.model.name={config.model.name} "
-        "has no towers (use shard_map)",
-    )
-    per_process = num_devices // jax.process_count()
-    _require(
-        per_process % 2 == 0, f"--config.parallel=towers needs an even number of devices per process, not {per_process}"
-    )
-    _require(ensemble.size(config) == 1, "--config.parallel=towers trains one model; use shard_map for ensembles")
-
-
 def _check_accumulation(config, per_device: int):
     micro = config.get("grad_accum_steps", 1)
     _require(isinstance(micro, int) and micro >= 1, f"--config.grad_accum_steps={micro!r} must be a whole number >= 1")
@@ -188,15 +154,6 @@ def _check_accumulation(config, per_device: int):
         micro == 1 or not batch_norm,
         f"--config.grad_accum_steps={micro} with batch norm would take statistics over micro-batches; "
         "use --config.model.norm=none, or 1",
-    )
-
-
-def check_classes(config, num_classes: int):
-    """The paper's towers split fc8's outputs, the classes, in two halves."""
-    _require(
-        config.parallel != "towers" or num_classes % 2 == 0,
-        f"--config.parallel=towers splits fc8's outputs between two towers, and the dataset's {num_classes} "
-        "classes do not halve; use --config.parallel=shard_map (the same model, data parallel)",
     )
 
 

@@ -7,12 +7,10 @@ waiting in a collective for a process that has gone.
 """
 
 import collections
-import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
 import json
-import os
 import pathlib
 import secrets
 import socket
@@ -210,26 +208,6 @@ def agree(value: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.array(value)))
 
 
-@contextlib.contextmanager
-def exclusive_workdir(workdir: pathlib.Path):
-    """Holds ``workdir`` for this run (process 0 locks it; see ``runtime.lock_workdir``) until the
-    context ends; every process raises ``WorkdirInUse`` if another run holds it. Yields a function
-    that signs the lock with this run's process (call it once the run is sure to go on)."""
-    held, busy = None, None
-    if is_main_process():
-        try:
-            held = runtime.lock_workdir(workdir)
-        except runtime.WorkdirInUse as e:
-            busy = e
-    if agree(busy is not None):
-        raise busy or runtime.WorkdirInUse(f"{workdir} is in use by another run (process 0 found it locked)")
-    try:
-        yield lambda: held is not None and runtime.sign_lock(held)
-    finally:
-        if held is not None:
-            os.close(held)
-
-
 class AgreedStop:
     """Stop requests that every process honours at the same step.
 
@@ -243,8 +221,8 @@ class AgreedStop:
         self.stop, self.parallel, self._pending = stop, parallel, None
         self._any = jax.jit(jnp.max, out_shardings=parallel.replicated_sharding)
 
-    def poll(self, step: int) -> bool:
-        requested = self.stop.poll(step)
+    def poll(self) -> bool:
+        requested = self.stop.poll()
         if jax.process_count() == 1:
             return requested
         flags = self.parallel.shard(np.full(jax.local_device_count(), requested, np.int32))

@@ -1,7 +1,6 @@
 """Evaluates the latest, best or a given checkpoint of a workdir on any dataset split."""
 
 import copy
-import dataclasses
 import functools
 import json
 import pathlib
@@ -11,50 +10,13 @@ import jax
 import numpy as np
 
 from alexnet_jax import config_checks, datasets, ensemble, models, parallel, runtime
-from alexnet_jax.checkpointing import (
-    CheckpointError,
-    Checkpoints,
-    check_shapes,
-    check_signature,
-    raise_if_damaged,
-    read_variables,
-)
+from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_shapes, check_signature, read_variables
 from alexnet_jax.distributed import is_main_process
 from alexnet_jax.evaluation import create_evaluator
-from alexnet_jax.experiment import load_split, model_input_shape, model_signature, step_constants
+from alexnet_jax.experiment import load_split, model_input_shape, model_signature
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.report import write_report
 from alexnet_jax.train_step import model_variables
-
-
-def resolve_checkpoint(checkpoints: Checkpoints, which: str, directory) -> int:
-    """The step that ``which`` ('latest', 'best' or a step number) names; ``CheckpointError`` if
-    none, or if that checkpoint is damaged."""
-    step = _named_step(checkpoints, which, directory)
-    raise_if_damaged(pathlib.Path(directory), step, checkpoints.all_steps())
-    return step
-
-
-def _named_step(checkpoints: Checkpoints, which: str, directory) -> int:
-    if which not in ("latest", "best") and not which.isdigit():
-        raise config_checks.ConfigError(f"--checkpoint={which!r} must be 'latest', 'best' or a step number")
-    saved = checkpoints.all_steps()
-    if not saved:
-        raise CheckpointError(f"no checkpoints in {directory}; train first with --mode=train and the same --workdir")
-    listed = ", ".join(map(str, saved))
-    if which == "latest":
-        return saved[-1]
-    if which == "best":
-        best = checkpoints.best_step()
-        if best is None:
-            raise CheckpointError(
-                f"--checkpoint=best: none of the checkpoints in {directory} (steps {listed}) has a validation "
-                "result yet (they were saved between evaluations); use --checkpoint=latest or a step"
-            )
-        return best
-    if int(which) not in saved:
-        raise CheckpointError(f"--checkpoint={which}: no checkpoint at step {which} in {directory}; saved: {listed}")
-    return int(which)
 
 
 def evaluate_checkpoint(
@@ -66,31 +28,24 @@ def evaluate_checkpoint(
     report. Metrics are named neutrally (``loss``, ``top1``, ``top5``): the split may be any; a
     split with ReaL labels (``imagenet2012_real``, or a dataset prepared from it) adds ``real_top1``.
     An ensemble's workdir is scored as the ensemble (each member too), or ``member`` alone;
-    ``weights="ema"`` scores the weights' moving average.
+    ``weights="ema"`` scores the weights' moving average. A run trained in towers is scored by the
+    grouped model, data parallel, on any number of devices.
     """
-    workdir = pathlib.Path(workdir)
-    config = copy.deepcopy(config)
+    workdir, config = pathlib.Path(workdir), copy.deepcopy(config)
     config.parallel = parallel.for_evaluation(config.parallel)
     config_checks.validate(config, jax.device_count())
-    directory = workdir / "checkpoints"
-    if not directory.is_dir():
-        raise CheckpointError(f"no checkpoints in {directory}; train first with --mode=train and the same --workdir")
     if is_main_process():
         print(runtime.platform_line(), flush=True)
-    checkpoints = Checkpoints(directory, config.keep_checkpoints, async_save=False)
-    step = resolve_checkpoint(checkpoints, which, directory)
+    step, saved = _chosen_checkpoint(config, workdir, which)
     split = load_split(config, config.dataset.eval_split, train=False)
-    saved = checkpoints.read_data(step)
     expected = {"model": model_signature(config.model), "num_classes": len(split.class_names)}
     expected["ensemble_size"] = ensemble.size(config)
     check_signature(saved, expected, workdir, "evaluate with the config it was trained with")
-    checkpoints.close()
     model = models.create_model(config.model, len(split.class_names))
-    variables = _checked_variables(config, model, directory / str(step), split.image_shape, weights)
+    variables = _checked_variables(config, model, workdir / "checkpoints" / str(step), split.image_shape, weights)
     variables, members = ensemble.chosen(config, variables, member, workdir)
-    constants = dataclasses.replace(step_constants(config, len(split.class_names)), ensemble_size=members)
     data_parallel = DataParallel(config.parallel)
-    evaluator = create_evaluator(data_parallel, model.apply, constants, split, config)
+    evaluator = create_evaluator(data_parallel, model.apply, split, config, members)
     metrics, predictions, labels = evaluator(data_parallel.place_model(variables))
     name, header = _report_name(config, step, member, weights)
     if not is_main_process():
@@ -101,6 +56,19 @@ def evaluate_checkpoint(
     report = write_report(workdir, name, split, predictions, labels, {**header, **metrics})
     print(json.dumps({k: report[k] for k in (*header, *metrics, "examples")}))
     return report
+
+
+def _chosen_checkpoint(config, workdir: pathlib.Path, which: str) -> tuple[int, dict]:
+    """The step ``which`` names in ``workdir``, checked intact, and its data (the run's signature)."""
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoints in {directory}; train first with --mode=train and the same --workdir")
+    checkpoints = Checkpoints(directory, config.keep_checkpoints, async_save=False)
+    try:
+        step = checkpoints.resolve(which)
+        return step, checkpoints.read_data(step)
+    finally:
+        checkpoints.close()
 
 
 def _checked_variables(config, model, folder: pathlib.Path, image_shape, weights: str) -> dict:

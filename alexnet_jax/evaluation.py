@@ -1,15 +1,97 @@
-"""Evaluation, on a device-resident or a streamed split: every example scored exactly once."""
+"""Evaluation: the test-time view of images (a centre crop, the paper's ten crops, mirrors), the pure
+eval step, and evaluators on a device-resident or a streamed split: every example scored exactly once."""
 
+import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import ensemble, input_pipeline
+from alexnet_jax import augment, ensemble, input_pipeline
 from alexnet_jax.datasets import ArraySplit
+from alexnet_jax.feeds import resident_batch
 from alexnet_jax.input_pipeline import EvalBatch, ProcessShare
-from alexnet_jax.parallel import MODEL, REPLICATED, SHARDED, DataParallel, process_share
-from alexnet_jax.train_step import StepConstants, eval_step, resident_eval_step
+from alexnet_jax.parallel import AXIS, MODEL, REPLICATED, SHARDED, DataParallel, process_share
+
+# Research hook (docs/research.md), named by the config's eval_scores: name -> (log probabilities
+# [N, classes], labels [N]) -> a value per example, whose mean evaluation reports as <name> beside
+# loss, top1, top5.
+EVAL_SCORES = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """How evaluation looks at uint8 images: the centre ``crop_size`` crop (or the whole image), or
+    the paper's ten crops (``crops=10``), with the mirror image too (``flip``), normalised with the
+    statistics ``normalization`` names. Constants of the compiled programs."""
+
+    crop_size: int | None = None
+    crops: int = 1
+    flip: bool = False
+    normalization: str = "cifar10"
+
+    @classmethod
+    def from_config(cls, config) -> "View":
+        return cls(config.augment.crop_size, config.eval_crops, config.eval_flip, config.dataset.normalization)
+
+    def log_probabilities(self, apply_fn, variables: dict, images: jax.Array) -> jax.Array:
+        """Log class probabilities of uint8 NHWC ``images``: of one view, or of the mean softmax over
+        the ten crops or over the view and its mirror. Several views are scored one after another
+        (``jax.lax.map``), in the memory of one batch of views: on a CPU, the paper config's 1,280
+        crops at once took 23 GB (BENCHMARKS.md, "ImageNet's shape")."""
+
+        def log_softmax(views):
+            logits = apply_fn(variables, augment.normalize(views, self.normalization), train=False)
+            return jax.nn.log_softmax(logits, axis=-1)
+
+        def mean_over(views):  # [V, N, ...] -> log of the mean probability over the V views
+            each = jax.lax.map(log_softmax, views)
+            return jax.nn.logsumexp(each, axis=0) - jnp.log(float(each.shape[0]))
+
+        if self.crops == 10:
+            return mean_over(augment.ten_crops(images, self.crop_size))  # [10, N, size, size, C]
+        if self.crop_size is not None:
+            images = augment.centre_crop(images, self.crop_size)
+        if self.flip:
+            return mean_over(jnp.stack([images, images[:, :, ::-1]]))
+        return log_softmax(images)
+
+
+def scorer(apply_fn, view: View, members: int = 1):
+    """``(variables, images) -> {name: log probabilities}``: the model's under "", and for an
+    ensemble of ``members`` stacked models its members' too (``ensemble.averaged``)."""
+    one = lambda variables, images: {"": view.log_probabilities(apply_fn, variables, images)}  # noqa: E731
+    return ensemble.averaged(one, members)
+
+
+def eval_step(variables: dict, batch: dict, scored, scores: tuple[str, ...] = ()):
+    """Scores a batch (``batch['mask']`` marks real examples; padding scores nothing) with ``scored``
+    (``scorer``'s). Returns global sums for each of its outputs (``loss``, ``top1``, ``top5``, the
+    ``EVAL_SCORES`` named in ``scores``; a member's prefixed ``member<k>_``) and ``count``; this
+    device's predictions and labels."""
+    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    outputs = scored(variables, batch["image"])
+    sums = {f"{name}{key}": value for name, log_probs in outputs.items() for key, value in
+            _scores(log_probs, labels, mask, scores).items()}  # fmt: skip
+    return jax.lax.psum({**sums, "count": jnp.sum(mask)}, AXIS), jnp.argmax(outputs[""], -1), labels
+
+
+def _topk_correct(log_probs: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    k = min(k, log_probs.shape[-1])
+    return jnp.any(jax.lax.top_k(log_probs, k)[1] == labels[:, None], axis=-1)
+
+
+def _scores(log_probs: jax.Array, labels: jax.Array, mask: jax.Array, extra: tuple[str, ...]) -> dict:
+    """Sums over the real examples of the cross-entropy, of top-1 and top-5 hits, and of the
+    ``EVAL_SCORES`` named in ``extra``."""
+    loss = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    sums = {
+        "loss": jnp.sum(loss * mask),
+        "top1": jnp.sum(_topk_correct(log_probs, labels, 1) * mask),
+        "top5": jnp.sum(_topk_correct(log_probs, labels, 5) * mask),
+    }
+    return {**sums, **{name: jnp.sum(EVAL_SCORES[name](log_probs, labels) * mask) for name in extra}}
 
 
 def pad_to_batches(split: ArraySplit, global_batch: int) -> dict[str, np.ndarray]:
@@ -40,8 +122,8 @@ class Evaluator:
             predictions.append(self.parallel.unshard(batch_predictions))
             labels.append(self.parallel.unshard(batch_labels))
         totals = jax.device_get(self.parallel.unreplicate(totals))
-        count = float(totals["count"])
-        metrics = ensemble.flatten({k: np.asarray(v, np.float64) / count for k, v in totals.items() if k != "count"})
+        count = float(totals.pop("count"))
+        metrics = {key: float(np.asarray(value, np.float64) / count) for key, value in totals.items()}
         real = slice(0, len(self.split))
         return metrics, np.concatenate(jax.device_get(predictions))[real], np.concatenate(jax.device_get(labels))[real]
 
@@ -49,16 +131,20 @@ class Evaluator:
 class ResidentEvaluator(Evaluator):
     """Holds the split on every device, padded to whole batches."""
 
-    def __init__(self, parallel: DataParallel, apply_fn, constants: StepConstants, split, global_batch: int):
+    def __init__(self, parallel: DataParallel, step, split, global_batch: int):
         super().__init__(parallel, split, global_batch)
         padded = pad_to_batches(split, global_batch)
         self._data = parallel.replicate(padded)
         self._order = parallel.replicate(np.arange(len(padded["label"]), dtype=np.int32))
         self._starts = [parallel.replicate(np.int32(i * global_batch)) for i in range(self.num_batches)]
-        step = functools.partial(
-            resident_eval_step, apply_fn=apply_fn, local_batch=global_batch // parallel.num_devices, constants=constants
+        local_batch = global_batch // parallel.num_devices
+
+        def resident_step(variables, data, order, start):
+            return step(variables, resident_batch(data, order, start, local_batch))
+
+        self._step = parallel.wrap(
+            resident_step, (MODEL, REPLICATED, REPLICATED, REPLICATED), (REPLICATED, SHARDED, SHARDED)
         )
-        self._step = parallel.wrap(step, (MODEL, REPLICATED, REPLICATED, REPLICATED), (REPLICATED, SHARDED, SHARDED))
 
     def _scored_batches(self, variables):
         for start in self._starts:
@@ -68,11 +154,10 @@ class ResidentEvaluator(Evaluator):
 class StreamingEvaluator(Evaluator):
     """Streams the split in order through a Grain pipeline (``workers`` processes)."""
 
-    def __init__(self, parallel, apply_fn, constants, split, global_batch: int, workers: int, share: ProcessShare):
+    def __init__(self, parallel, step, split, global_batch: int, workers: int, share: ProcessShare):
         super().__init__(parallel, split, global_batch)
         self._batch_fn = EvalBatch(split.read, len(split), global_batch, share)
         self._workers = workers
-        step = functools.partial(eval_step, apply_fn=apply_fn, constants=constants)
         self._step = parallel.wrap(step, (MODEL, SHARDED), (REPLICATED, SHARDED, SHARDED))
 
     def _scored_batches(self, variables):
@@ -85,9 +170,12 @@ class StreamingEvaluator(Evaluator):
             batches.close()
 
 
-def create_evaluator(parallel: DataParallel, apply_fn, constants: StepConstants, split, config) -> Evaluator:
-    """The evaluator for ``config.input.pipeline``, batches of ``config.eval_batch_size``."""
+def create_evaluator(parallel: DataParallel, apply_fn, split, config, members: int = 1) -> Evaluator:
+    """The evaluator of ``apply_fn``'s variables (``members`` stacked models) for
+    ``config.input.pipeline``, in batches of ``config.eval_batch_size``."""
+    scored = scorer(apply_fn, View.from_config(config), members)
+    step = functools.partial(eval_step, scored=scored, scores=tuple(config.get("eval_scores", ())))
     if config.input.pipeline == "streaming":
         workers, share = config.input.workers, process_share()
-        return StreamingEvaluator(parallel, apply_fn, constants, split, config.eval_batch_size, workers, share)
-    return ResidentEvaluator(parallel, apply_fn, constants, split, config.eval_batch_size)
+        return StreamingEvaluator(parallel, step, split, config.eval_batch_size, workers, share)
+    return ResidentEvaluator(parallel, step, split, config.eval_batch_size)

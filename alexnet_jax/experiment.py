@@ -1,42 +1,21 @@
 """An experiment's fixed parts, built from its config: the data splits, the model and its freshly
-initialised train state, the step's constants, and the signature a checkpoint must match. Training
-(``train.py``), evaluation, prediction and weight conversion build on these."""
+initialised train state, and the signature a checkpoint must match. Training (``train.py``),
+evaluation, prediction and weight conversion build on these."""
 
 import dataclasses
 import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, datasets, ensemble, models, optim, parallel, runtime
+from alexnet_jax import config_checks, datasets, ema, ensemble, models, optim, parallel, runtime
 from alexnet_jax.datasets import ArraySplit, StreamSplit
 from alexnet_jax.distributed import is_main_process
 from alexnet_jax.feeds import host_views
 from alexnet_jax.parallel import DataParallel
-from alexnet_jax.train_step import StepConstants, create_train_state, state_variables
-
-
-def step_constants(config, num_classes: int) -> StepConstants:
-    return StepConstants(
-        num_classes=num_classes,
-        label_smoothing=config.optimizer.label_smoothing,
-        crop_padding=config.augment.crop_padding,
-        crop_size=config.augment.crop_size,
-        flip=config.augment.flip,
-        pca_noise=config.augment.pca_noise,
-        normalization=config.dataset.normalization,
-        eval_crops=config.eval_crops,
-        eval_flip=config.eval_flip,
-        grad_accum_steps=config.get("grad_accum_steps", 1),
-        ensemble_size=ensemble.size(config),
-        ema_decay=config.get("ema_decay", 0.0),
-        custom_augmentation=config.augment.get("custom", ""),
-        loss_term=config.get("loss_term", ""),
-        eval_scores=tuple(config.get("eval_scores", ())),
-    )
+from alexnet_jax.train_step import create_train_state
 
 
 def model_input_shape(config, image_shape) -> tuple[int, ...]:
@@ -46,36 +25,14 @@ def model_input_shape(config, image_shape) -> tuple[int, ...]:
 
 
 def create_state(config, num_classes: int, image_shape, steps_per_epoch: int):
-    """Model, optimizer and freshly initialised train state; returns (state, schedule).
-
-    ``model.dtype=float64`` keeps the parameters and the optimizer state in float64 too (for
-    numerical checks: results that differ only in the order of sums then agree to ~1e-15)."""
+    """The freshly initialised train state of ``config``'s model and optimizer (an ensemble's
+    members stacked), with its moving average if it keeps one."""
     model = models.create_model(config.model, num_classes)
     schedule = optim.create_schedule(config, steps_per_epoch)
-    members = ensemble.size(config)
-    tx = optim.create_optimizer(config, schedule, per_member=members > 1)
-    param_dtype = np.float64 if config.model.get("dtype") == "float64" else np.float32
-    shape = model_input_shape(config, image_shape)
-    # towers: the grouped model's parameters, applied by one tower's half of it (on its half of them)
-    apply_fn = (
-        models.create_model(config.model, num_classes, parallel.TOWER).apply if config.parallel == "towers" else None
-    )
-    if members == 1:
-        state = create_train_state(model, tx, shape, jax.random.key(config.seed), param_dtype, apply_fn)
-    else:
-        keys = jax.vmap(jax.random.key)(np.asarray(ensemble.member_seeds(config)))
-        state = create_train_state(model, tx, shape, keys, param_dtype, apply_fn)
-        state = ensemble.with_member_settings(state, config)
-    if config.get("ema_decay", 0.0) > 0:  # the average starts at the initial weights
-        state = state.replace(ema=jax.tree.map(jnp.copy, state_variables(state)))
-    return state, schedule
-
-
-def train_key(config) -> jax.Array:
-    """The run's key for augmentation and dropout (an ensemble's: one per member)."""
-    seeds = np.asarray(ensemble.member_seeds(config))
-    keys = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), 1))(seeds)
-    return keys if ensemble.size(config) > 1 else keys[0]
+    tx = optim.create_optimizer(config, schedule, per_member=ensemble.size(config) > 1)
+    shape, dtype = model_input_shape(config, image_shape), models.param_dtype(config.model)
+    state = ensemble.initialised(lambda key: create_train_state(model, tx, shape, key, dtype), config)
+    return ema.started(state, config)
 
 
 def say(message: str):
@@ -151,14 +108,14 @@ def load_run(config, workdir: pathlib.Path) -> Run:
     """Checks the config and the workdir and reads the data; raises ``UserError`` before writing anything."""
     config_checks.validate(config, jax.device_count())
     runtime.check_workdir(workdir)
-    towers = f"; {jax.device_count() // 2} pairs of towers" if config.parallel == "towers" else ""
-    say(runtime.platform_line() + towers)
+    data_parallel = parallel.create(config.parallel)
+    say(runtime.platform_line() + data_parallel.describe())
     train_split = load_split(config, config.dataset.train_split, train=True)
     val_split = load_split(config, config.dataset.eval_split, train=False)
-    config_checks.check_classes(config, len(train_split.class_names))
+    parallel.check_classes(config, len(train_split.class_names))
     if config.batch_size > len(train_split):
         raise config_checks.ConfigError(
             f"--config.batch_size={config.batch_size} exceeds the {len(train_split)} training examples; lower it"
         )
     steps_per_epoch = len(train_split) // config.batch_size
-    return Run(config, workdir, parallel.create(config.parallel), train_split, val_split, steps_per_epoch)
+    return Run(config, workdir, data_parallel, train_split, val_split, steps_per_epoch)

@@ -1,7 +1,7 @@
 """The activations of a named layer (``fc7`` by default), and the paper's Figure 4 from them.
 
-Layers are named as in the paper for every model: ``conv1`` ... ``conv5``, ``fc6``, ``fc7``,
-``fc8`` (the logits). A hidden fully connected layer gives its activations after the ReLU (the
+Layers are named as in the paper for every model (``models.LAYERS``): ``conv1`` ... ``conv5``,
+``fc6``, ``fc7``, ``fc8`` (the logits). A hidden fully connected layer gives its activations after the ReLU (the
 paper's "feature activations induced at the last, 4096-dimensional hidden layer"); a convolution,
 its output before the normalisation and ReLU that follow it, flattened. Images go through what
 evaluation's single view does (the centre ``crop_size`` crop, or the whole image), in batches on the
@@ -21,38 +21,33 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from alexnet_jax import augment, datasets, ensemble, files, input_pipeline
+from alexnet_jax import augment, datasets, files, input_pipeline, models
 from alexnet_jax.errors import UserError
 from alexnet_jax.feeds import host_views
 from alexnet_jax.input_pipeline import ProcessShare
 from alexnet_jax.predict import in_fixed_batches
 
-PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 HIDDEN = ("fc6", "fc7")  # followed by a ReLU
 
 
-def module_name(model_name: str, layer: str) -> str:
-    """The Flax module of ``layer`` (a paper name) in model ``model_name``."""
-    if layer not in PAPER_LAYERS:
-        raise UserError(f"--layer={layer} is not one of {', '.join(PAPER_LAYERS)}")
-    if model_name == "alexnet2012":
-        return layer
-    index = PAPER_LAYERS.index(layer)
-    return f"Conv_{index}" if index < 5 else f"Dense_{index - 5}"
+def check_layer(variables: dict, layer: str):
+    """Raises ``UserError`` unless ``layer`` is one of the model's layers (``models.LAYERS``)."""
+    held = [name for name in models.LAYERS if name in variables["params"]]
+    if layer not in held:
+        raise UserError(f"--layer={layer} is not one of this model's layers: {', '.join(held)}")
 
 
-def layer_features(apply_fn, variables: dict, pixels: jax.Array, model_name: str, layer: str) -> jax.Array:
+def layer_features(apply_fn, variables: dict, pixels: jax.Array, layer: str) -> jax.Array:
     """``layer``'s activations [N, features] of normalised images [N, H, W, C] (a pure function:
     jit it, vmap it, differentiate it)."""
-    name = module_name(model_name, layer)
     _, captured = apply_fn(
         variables,
         pixels,
         train=False,
-        capture_intermediates=lambda module, method: module.name == name and method == "__call__",
+        capture_intermediates=lambda module, method: module.name == layer and method == "__call__",
         mutable=["intermediates"],
     )
-    (output,) = captured["intermediates"][name]["__call__"]
+    (output,) = captured["intermediates"][layer]["__call__"]
     output = jax.nn.relu(output) if layer in HIDDEN else output
     return output.reshape(output.shape[0], -1).astype(jnp.float32)
 
@@ -64,12 +59,12 @@ class FeatureExtractor:
     def __init__(self, predictor, layer: str):
         config = predictor.config
         self.config, self.batch, self.layer, self.input = config, predictor.batch, layer, predictor.input
-        crop, stats, name = config.augment.get("crop_size"), config.dataset.normalization, config.model.name
-        module_name(name, layer)  # a bad name fails before anything is read
+        crop, stats = config.augment.get("crop_size"), config.dataset.normalization
+        check_layer(predictor.variables, layer)  # a bad name fails before anything is read
 
         def features(variables, images):
             images = images if crop is None else augment.centre_crop(images, crop)
-            return layer_features(predictor.apply_fn, variables, augment.normalize(images, stats), name, layer)
+            return layer_features(predictor.apply_fn, variables, augment.normalize(images, stats), layer)
 
         self._features, self._variables = jax.jit(features), predictor.variables
 
@@ -177,8 +172,3 @@ def plot_neighbours(extractor: FeatureExtractor, queries: int, count: int, outpu
             images.append(neighbours["image"][at])
             texts.append(f"{distances[row, column]:.3g}\n{names[neighbours['label'][at]]}")
     return plots.plot_labelled_grid(images, texts, output, columns=count + 1)
-
-
-def member_for(config, member: int | None) -> int | None:
-    """The ensemble member features are taken from: ``member``, or an ensemble's first."""
-    return 0 if member is None and ensemble.size(config) > 1 else member

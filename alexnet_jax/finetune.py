@@ -10,14 +10,12 @@ with ``--mode=convert``. The update scales per layer (frozen, pretrained, head) 
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from alexnet_jax import models
 from alexnet_jax.checkpointing import CheckpointError, Checkpoints, read_variables
 from alexnet_jax.torchvision_weights import readable_class_names
-from alexnet_jax.train_step import state_variables
 
 
 def _checkpoint_folder(init_from: str) -> pathlib.Path:
@@ -26,18 +24,16 @@ def _checkpoint_folder(init_from: str) -> pathlib.Path:
     if (path / "state").is_dir() and path.name.isdigit():
         return path
     directory = path / "checkpoints"
-    checkpoints = Checkpoints(directory, keep=1, async_save=False) if directory.is_dir() else None
-    step = None
-    if checkpoints is not None:
-        step = checkpoints.best_step()
-        step = checkpoints.latest_step() if step is None else step
-        checkpoints.close()
-    if step is None:
+    if not (directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())):
         raise CheckpointError(
             f"--config.init_from={init_from}: no checkpoint there; give a workdir of a run or of --mode=convert, "
             "or one of its checkpoints/<step> folders"
         )
-    return directory / str(step)
+    checkpoints = Checkpoints(directory, keep=1, async_save=False)
+    try:
+        return directory / str(checkpoints.resolve("best", best_or_latest=True))
+    finally:
+        checkpoints.close()
 
 
 def read_pretrained(init_from: str) -> tuple[dict, dict | None, dict, pathlib.Path]:
@@ -96,7 +92,7 @@ def initialise_from(config, state, class_names):
             f"--config.init_from={config.init_from} holds {saved_model}, this config trains {config.model.name}; "
             f"use --config.model.name={saved_model} and its settings"
         )
-    head = models.HEADS[config.model.name]
+    head = models.HEAD
     saved_names = data.get("class_names")
     new_head = saved_names is not None and not same_classes(saved_names, class_names)
     merged, afresh = merge(jax.device_get(state.params), params, head, folder, new_head)
@@ -104,8 +100,6 @@ def initialise_from(config, state, class_names):
     if state.batch_stats is not None and batch_stats is not None:
         stats, _ = merge(jax.device_get(state.batch_stats), batch_stats, head, folder, new_head)
         state = state.replace(batch_stats=jax.device_put(stats))
-    if state.ema is not None:  # the moving average starts at the weights the run starts from
-        state = state.replace(ema=jax.tree.map(jnp.copy, state_variables(state)))
     line = f"initialised from {folder}: every layer"
     if afresh:
         there = f"{len(saved_names)} other classes" if new_head else f"{data.get('num_classes', 'other')} classes"

@@ -19,12 +19,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from alexnet_jax.errors import UserError
-from alexnet_jax.train_step import AXIS
+from alexnet_jax.parallel import AXIS
 
 PAPER_INPUT_SIZE = 227
 NORMS = ("none", "batch")
+# Every model names its layers as the paper does: conv1 ... conv5, fc6, fc7, and the classifier
+# fc8, which fine-tuning starts afresh for other classes; alexnet_cifar's batch norms bn1 ... bn5.
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+HEAD = "fc8"
 
 
 def _check_input_size(model: str, size: int, smallest: int, largest: int | None = None):
@@ -126,8 +131,7 @@ class AlexNet2012(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate  # an ensemble member's
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         weights = nn.initializers.normal(stddev=0.01)
         zeros, ones = nn.initializers.zeros, nn.initializers.ones
         towers = 1 if self.tower_axis is None else 2  # this module's share of each layer: 1 / towers
@@ -164,9 +168,9 @@ class AlexNet2012(nn.Module):
         x = _max_pool(nn.relu(conv(256, 3, ones, grouped=True, name="conv5")(x)))
         x = gather(x).reshape(x.shape[0], -1)  # the fully connected layers read both GPUs
         # The paper drops out the outputs of the first two fully connected layers.
-        x = Dropout(rate)(gather(nn.relu(dense(size(4096), ones, "fc6")(x))), not train)
-        x = Dropout(rate)(gather(nn.relu(dense(size(4096), ones, "fc7")(x))), not train)
-        x = dense(self.num_classes, zeros, "fc8")(x)
+        x = Dropout(self.dropout_rate)(gather(nn.relu(dense(size(4096), ones, "fc6")(x))), not train)
+        x = Dropout(self.dropout_rate)(gather(nn.relu(dense(size(4096), ones, "fc7")(x))), not train)
+        x = dense(self.num_classes, zeros, HEAD)(x)
         x = x if towers == 1 else gather_replicated(x, self.tower_axis)
         return x.astype(at_least_float32(self.dtype))
 
@@ -194,25 +198,23 @@ class AlexNetOWT(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate  # an ensemble member's
-
-        def conv(features, kernel, strides=1, padding=1):
-            return nn.Conv(features, (kernel, kernel), strides, padding=padding, dtype=self.dtype)
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        def conv(features, kernel, name, strides=1, padding=1):
+            return nn.Conv(features, (kernel, kernel), strides, padding=padding, dtype=self.dtype, name=name)
 
         _check_input_size("alexnet_owt", x.shape[1], 63)  # smaller inputs pool down to nothing
         x = x.astype(self.dtype)
-        x = _max_pool(nn.relu(conv(64, 11, strides=4, padding=2)(x)))
-        x = _max_pool(nn.relu(conv(192, 5, padding=2)(x)))
-        x = nn.relu(conv(384, 3)(x))
-        x = nn.relu(conv(256, 3)(x))
-        x = _max_pool(nn.relu(conv(256, 3)(x)))
+        x = _max_pool(nn.relu(conv(64, 11, "conv1", strides=4, padding=2)(x)))
+        x = _max_pool(nn.relu(conv(192, 5, "conv2", padding=2)(x)))
+        x = nn.relu(conv(384, 3, "conv3")(x))
+        x = nn.relu(conv(256, 3, "conv4")(x))
+        x = _max_pool(nn.relu(conv(256, 3, "conv5")(x)))
         x = adaptive_avg_pool(x, 6).reshape(x.shape[0], -1)
-        x = Dropout(rate)(x, not train)
-        x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
-        x = Dropout(rate)(x, not train)
-        x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(at_least_float32(self.dtype))
+        x = Dropout(self.dropout_rate)(x, not train)
+        x = nn.relu(nn.Dense(4096, dtype=self.dtype, name="fc6")(x))
+        x = Dropout(self.dropout_rate)(x, not train)
+        x = nn.relu(nn.Dense(4096, dtype=self.dtype, name="fc7")(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name=HEAD)(x).astype(at_least_float32(self.dtype))
 
 
 class AlexNetCIFAR(nn.Module):
@@ -235,8 +237,7 @@ class AlexNetCIFAR(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, dropout_rate=None) -> jax.Array:
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate  # an ensemble member's
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         he = nn.initializers.he_normal()
         c1, c2, c3, c4, c5 = (max(1, round(c * self.width)) for c in self.channels)
         hidden = max(1, round(self.fc_features * self.width))
@@ -244,37 +245,89 @@ class AlexNetCIFAR(nn.Module):
             raise UserError(f"--config.model.norm={self.norm!r} is not one of {NORMS}")
         batch_norm = self.norm == "batch"
 
-        def conv_relu(x, features, lrn=False):
-            x = nn.Conv(features, (3, 3), padding=1, use_bias=not batch_norm, kernel_init=he, dtype=self.dtype)(x)
+        def conv_relu(x, features, layer: int, lrn=False):
+            conv = nn.Conv(features, (3, 3), padding=1, use_bias=not batch_norm, kernel_init=he, dtype=self.dtype,
+                           name=f"conv{layer}")  # fmt: skip
+            x = conv(x)
             if batch_norm:
-                x = nn.BatchNorm(not train, momentum=0.9, dtype=self.dtype, axis_name=AXIS if train else None)(x)
+                axis = AXIS if train else None
+                x = nn.BatchNorm(not train, momentum=0.9, dtype=self.dtype, axis_name=axis, name=f"bn{layer}")(x)
             x = nn.relu(x)
-            return LocalResponseNorm()(x) if lrn else x
+            return LocalResponseNorm(name=f"lrn{layer}")(x) if lrn else x
 
         x = x.astype(self.dtype)
-        x = _max_pool(conv_relu(x, c1, self.lrn), padding="SAME")
-        x = _max_pool(conv_relu(x, c2, self.lrn), padding="SAME")
-        x = conv_relu(x, c3)
-        x = conv_relu(x, c4)
-        x = _max_pool(conv_relu(x, c5), padding="SAME")
+        x = _max_pool(conv_relu(x, c1, 1, self.lrn), padding="SAME")
+        x = _max_pool(conv_relu(x, c2, 2, self.lrn), padding="SAME")
+        x = conv_relu(x, c3, 3)
+        x = conv_relu(x, c4, 4)
+        x = _max_pool(conv_relu(x, c5, 5), padding="SAME")
         x = x.reshape(x.shape[0], -1)
-        x = Dropout(rate)(x, not train)
-        x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype)(x))
-        x = Dropout(rate)(x, not train)
-        x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(at_least_float32(self.dtype))
+        x = Dropout(self.dropout_rate)(x, not train)
+        x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype, name="fc6")(x))
+        x = Dropout(self.dropout_rate)(x, not train)
+        x = nn.relu(nn.Dense(hidden, kernel_init=he, dtype=self.dtype, name="fc7")(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name=HEAD)(x).astype(at_least_float32(self.dtype))
 
 
 MODELS = {"alexnet2012": AlexNet2012, "alexnet_owt": AlexNetOWT, "alexnet_cifar": AlexNetCIFAR}
-HEADS = {"alexnet2012": "fc8", "alexnet_owt": "Dense_2", "alexnet_cifar": "Dense_2"}  # the classifier layer
 
 
 def is_dense(module_name: str) -> bool:
     """Whether a top-level module is a fully connected layer (else convolutional: a conv, its batch norm)."""
-    return module_name.startswith(("Dense", "fc"))
+    return module_name.startswith("fc")
+
+
+def renamed_from_flax(tree):
+    """A variable tree of an earlier version, whose models had Flax's automatic layer names
+    (``Conv_0`` ... ``Conv_4``, ``BatchNorm_0`` ..., ``Dense_0`` ... ``Dense_2``), with the paper's
+    (``conv1`` ... ``conv5``, ``bn1`` ..., ``fc6`` ... ``fc8``), wherever in ``tree`` (an optimizer
+    state's momentum, a moving average) they are keys; other keys are left as they are."""
+    return rename_keys(tree, _from_flax)
+
+
+def renamed_to_flax(tree):
+    """``renamed_from_flax``'s inverse: the tree an earlier version would hold."""
+    return rename_keys(tree, _to_flax)
+
+
+_FLAX_NAMES = {"Conv": ("conv", 1), "BatchNorm": ("bn", 1), "Dense": ("fc", 6)}
+
+
+def _from_flax(key):
+    prefix, _, number = str(key).partition("_")
+    if prefix in _FLAX_NAMES and number.isdigit():
+        name, first = _FLAX_NAMES[prefix]
+        return f"{name}{int(number) + first}"
+    return key
+
+
+def _to_flax(key):
+    for prefix, (name, first) in _FLAX_NAMES.items():
+        number = str(key).removeprefix(name)
+        if str(key).startswith(name) and number.isdigit():
+            return f"{prefix}_{int(number) - first}"
+    return key
+
+
+def rename_keys(tree, rename):
+    """``tree`` with every dict key ``k`` replaced by ``rename(k)``, through dicts, lists, tuples and
+    named tuples (Optax's states)."""
+    if isinstance(tree, dict):
+        return {rename(k): rename_keys(v, rename) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(rename_keys(v, rename) for v in tree))
+    if isinstance(tree, list | tuple):
+        return type(tree)(rename_keys(v, rename) for v in tree)
+    return tree
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}  # float64: JAX_ENABLE_X64=1
+
+
+def param_dtype(model_config):
+    """The dtype of the parameters and the optimizer state: float64 for ``dtype=float64`` (numerical
+    checks: results that differ only in the order of sums then agree to ~1e-15), else float32."""
+    return np.float64 if model_config.get("dtype") == "float64" else np.float32
 
 
 def first_layer_kernel(params):
@@ -298,9 +351,9 @@ def model_fields(name: str) -> set[str]:
     return set(MODELS[name].__dataclass_fields__) - {"parent", "name", "num_classes", "tower_axis"}
 
 
-def create_model(model_config, num_classes: int, tower_axis: str | None = None) -> nn.Module:
-    """Builds the model named by ``model_config.name`` from the config fields it takes; with
-    ``tower_axis``, one tower's half of ``alexnet2012`` (run under ``shard_map`` over that axis).
+def create_model(model_config, num_classes: int) -> nn.Module:
+    """Builds the model named by ``model_config.name`` from the config fields it takes (the towers'
+    half of ``alexnet2012``: ``parallel.TowerParallel.model``).
 
     Fields that only other models take are ignored, so one config can switch models with
     ``--config.model.name``.
@@ -308,6 +361,4 @@ def create_model(model_config, num_classes: int, tower_axis: str | None = None) 
     name = model_config.name
     fields = {k: v for k, v in model_config.items() if k in model_fields(name)}
     fields["dtype"] = DTYPES[fields.get("dtype", "float32")]
-    if tower_axis is not None:
-        fields["tower_axis"] = tower_axis
     return MODELS[name](num_classes=num_classes, **fields)

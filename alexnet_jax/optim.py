@@ -1,7 +1,6 @@
 """Learning-rate schedules, the paper's plateau rule and the paper's SGD, built from config values with Optax."""
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -22,7 +21,7 @@ def step_epochs(config) -> tuple[float, ...]:
     return tuple(epochs)
 
 
-def _constant(config, steps_per_epoch: int) -> optax.Schedule:
+def _constant_rate(config, steps_per_epoch: int) -> optax.Schedule:
     return optax.constant_schedule(config.optimizer.learning_rate)  # plateau: changed by the rule's decisions
 
 
@@ -54,11 +53,11 @@ def _onecycle(config, steps_per_epoch: int) -> optax.Schedule:
 # name -> (config, steps per epoch) -> Optax schedule of the step, peaking at optimizer.learning_rate
 # (ensembles scale it per member: keep it proportional to that peak). Research schedules: add one.
 SCHEDULES = {
-    "constant": _constant,
+    "constant": _constant_rate,
     "step": _step,
     "warmup_cosine": _warmup_cosine,
     "onecycle": _onecycle,
-    "plateau": _constant,
+    "plateau": _constant_rate,
 }
 
 
@@ -77,26 +76,19 @@ def _is_kernel(params):
 UPDATE_RULES = ("paper", "pytorch")
 
 
-def _constant(value, _):
-    return value
-
-
 def _finetune_scales(config) -> tuple[optax.GradientTransformation, ...]:
     """The per-layer update scales of ``config.finetune`` (none when it changes nothing)."""
     finetune = config.get("finetune")
     if finetune is None or (not finetune.freeze_convs and finetune.pretrained_lr_scale == 1):
         return ()
-    head = models.HEADS[config.model.name]
 
     def labels(params):
         def label(module):
-            if module == head:
+            if module == models.HEAD:
                 return "head"
             return "frozen" if finetune.freeze_convs and not models.is_dense(module) else "pretrained"
 
-        return {
-            module: jax.tree.map(functools.partial(_constant, label(module)), tree) for module, tree in params.items()
-        }
+        return {module: jax.tree.map(lambda _, m=module: label(m), tree) for module, tree in params.items()}
 
     scales = {"head": optax.identity(), "pretrained": optax.scale(finetune.pretrained_lr_scale)}
     return (optax.multi_transform({**scales, "frozen": optax.set_to_zero()}, labels),)
@@ -110,7 +102,7 @@ def create_optimizer(config, schedule: optax.Schedule, per_member: bool = False)
     * ``pytorch`` (``torch.optim.SGD``):  b <- momentum * b + grad + weight_decay * w;  w <- w - lr * b
       The same updates at a constant rate; a rate change rescales the whole buffer at once.
 
-    Fine-tuning (``config.finetune``) scales each update last, by layer: the head (``models.HEADS``)
+    Fine-tuning (``config.finetune``) scales each update last, by layer: the head (``models.HEAD``)
     by 1, the other layers by ``pretrained_lr_scale``, frozen convolutional layers by 0 (they stay
     bit-identical). Every step of both rules is linear in the rate, so scaling the update equals
     scaling the rate.
@@ -143,7 +135,7 @@ def create_optimizer(config, schedule: optax.Schedule, per_member: bool = False)
 
     # The hyperparameters in the parameters' dtype, whatever JAX makes of Python numbers (float64
     # where a user set JAX_ENABLE_X64=1 for float32 parameters).
-    dtype = jnp.float64 if config.model.get("dtype") == "float64" else jnp.float32
+    dtype = models.param_dtype(config.model)
     if config.schedule.name == "plateau":
         rate = opt.learning_rate
     else:

@@ -19,15 +19,73 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from alexnet_jax.errors import ConfigError
 from alexnet_jax.input_pipeline import ProcessShare
-from alexnet_jax.train_step import AXIS
 
 MODES = ("pmap", "shard_map", "towers")
+AXIS = "batch"  # the device axis the batch is split over; the steps' collectives name it
+TOWER = "tower"  # the axis of the paper's two GPUs (``towers``)
 # An argument or result is the same on every device (REPLICATED), split along its leading batch
 # axis (SHARDED), or a train state or model variables (MODEL): replicated under data parallelism,
 # split between the two towers under ``towers``.
 REPLICATED, SHARDED, MODEL = "replicated", "sharded", "model"
-TOWER = "tower"
+
+
+def _require(condition: bool, message: str):
+    if not condition:
+        raise ConfigError(message)
+
+
+def batch_devices(mode: str, num_devices: int) -> int:
+    """The number of shards the batch splits into: every device, or every pair of towers."""
+    return num_devices // TowerParallel.TOWERS if mode == "towers" else num_devices
+
+
+def check(config, num_devices: int):
+    """Raises ``ConfigError`` unless ``config.parallel`` fits ``num_devices`` devices (of every
+    process): batches split evenly, pmap in one process, towers on pairs of devices for alexnet2012."""
+    processes, mode = jax.process_count(), config.parallel
+    layout = f" ({processes} processes x {num_devices // processes})" if processes > 1 else ""
+    if mode == "towers":
+        _check_towers(config, num_devices)
+        layout = f" pairs of towers{layout}"
+    shards = batch_devices(mode, num_devices)
+    for key in ("batch_size", "eval_batch_size"):
+        value = config[key]
+        _require(
+            value % shards == 0,
+            f"--config.{key}={value} is not divisible by the {shards} devices{layout}; "
+            f"use a multiple of {shards}, e.g. {value + (-value % shards)}",
+        )
+    _require(
+        processes == 1 or mode != "pmap",
+        f"--config.parallel={mode} runs in one process; with {processes} use --config.parallel=shard_map",
+    )
+
+
+def _check_towers(config, num_devices: int):
+    """The paper's two-GPU split: alexnet2012 alone, on pairs of devices, one model."""
+    _require(
+        config.model.name == "alexnet2012",
+        f"--config.parallel=towers splits alexnet2012 as the paper did; --config.model.name={config.model.name} "
+        "has no towers (use shard_map)",
+    )
+    per_process = num_devices // jax.process_count()
+    _require(
+        per_process % 2 == 0, f"--config.parallel=towers needs an even number of devices per process, not {per_process}"
+    )
+    _require(
+        config.get("ensemble_size", 1) == 1, "--config.parallel=towers trains one model; use shard_map for ensembles"
+    )
+
+
+def check_classes(config, num_classes: int):
+    """The paper's towers split fc8's outputs, the classes, in two halves."""
+    _require(
+        config.parallel != "towers" or num_classes % 2 == 0,
+        f"--config.parallel=towers splits fc8's outputs between two towers, and the dataset's {num_classes} "
+        "classes do not halve; use --config.parallel=shard_map (the same model, data parallel)",
+    )
 
 
 def process_share() -> ProcessShare:
@@ -79,6 +137,18 @@ class DataParallel:
     def num_devices(self) -> int:
         """The devices the batch is split over."""
         return len(self.devices)
+
+    def describe(self) -> str:
+        """What the platform line adds about the layout."""
+        return ""
+
+    def model(self, module):
+        """The module that applies the parameters on each device: the model itself."""
+        return module
+
+    def compile_step(self, step: Callable) -> Callable:
+        """``step(state, batch, rng) -> (state, metrics)`` for all devices, the state donated."""
+        return self.wrap(step, (MODEL, SHARDED, REPLICATED), (MODEL, REPLICATED), donate_argnums=(0,))
 
     def place_model(self, tree):
         """Puts a train state or model variables on the devices (MODEL arguments)."""
@@ -174,6 +244,13 @@ class TowerParallel(DataParallel):
     @property
     def num_devices(self) -> int:
         return len(self.devices) // self.TOWERS
+
+    def describe(self) -> str:
+        return f"; {self.num_devices} pairs of towers"
+
+    def model(self, module):
+        """One tower's half of ``module`` (``alexnet2012``), applied to its half of the parameters."""
+        return module.clone(tower_axis=TOWER)
 
     @staticmethod
     def _model_spec(x) -> P:

@@ -9,6 +9,7 @@ through ``optax.contrib.differentially_private_aggregate``.
 """
 
 import functools
+import re
 
 import jax
 import optax
@@ -21,9 +22,13 @@ def per_example_grads(apply_fn, params, inputs: jax.Array, targets: jax.Array, k
     ``apply_fn``: the model's ``apply`` (``model.apply``); ``inputs``: float NHWC, normalised as
     the model takes them; ``targets``: one-hot (or smoothed) label distributions, N x classes;
     ``keys``: one dropout key per example, or None. Compiled once per model and shapes."""
-    if any("BatchNorm" in jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)):
+    if any(re.search(r"'(bn\d+|BatchNorm_\d+)'", jax.tree_util.keystr(path)) for path, _ in _leaves(params)):
         raise ValueError("per-example gradients need a model without batch norm (--config.model.norm=none)")
     return _per_example_grads(apply_fn, params, inputs, targets, keys)
+
+
+def _leaves(tree):
+    return jax.tree_util.tree_leaves_with_path(tree)
 
 
 @functools.partial(jax.jit, static_argnums=0)

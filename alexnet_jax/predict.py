@@ -26,12 +26,10 @@ import tqdm
 from PIL import Image
 
 from alexnet_jax import config_checks, cpus, ensemble, files, models, plots, runtime
-from alexnet_jax.checkpointing import CheckpointError, Checkpoints, read_variables
-from alexnet_jax.evaluate import resolve_checkpoint
-from alexnet_jax.experiment import step_constants
+from alexnet_jax.checkpointing import CheckpointError, read_model
+from alexnet_jax.evaluation import View, scorer
 from alexnet_jax.images import CentreSquare, Encoding, EvaluationInput
 from alexnet_jax.torchvision_weights import readable_class_names
-from alexnet_jax.train_step import ensemble_log_probabilities, model_variables
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 TOP = 5
@@ -97,29 +95,18 @@ class Predictor:
                 "--ten_crop needs a config that crops (augment.crop_size: the ImageNet configs); "
                 "this one scores whole images"
             )
-        checkpoints = Checkpoints(workdir / "checkpoints", keep=1, async_save=False)
-        if which == "best" and checkpoints.best_step() is None:  # converted weights, or never evaluated
-            which = "latest"
-        step = resolve_checkpoint(checkpoints, which, workdir / "checkpoints")
-        data = checkpoints.read_data(step)
+        _, data, variables = read_model(workdir, which, weights)  # the model's variables, not the optimizer's
         num_classes = data["num_classes"]
         self.class_names = readable_class_names(data.get("class_names") or [f"class {i}" for i in range(num_classes)])
         self.input = _evaluation_input(self.config, data)
-        checkpoints.close()
-        variables = model_variables(*read_variables(workdir / "checkpoints" / str(step), weights))  # no optimizer
         self.variables, members = ensemble.chosen(self.config, variables, member, workdir)
-        self.apply_fn = apply_fn = models.create_model(self.config.model, num_classes).apply
+        self.apply_fn = models.create_model(self.config.model, num_classes).apply
         self.batch = self.config.eval_batch_size
         # Centre crop, or the paper's ten crops (which hold the mirrors: no extra mirror then).
-        constants = step_constants(self.config, num_classes)
-        constants = dataclasses.replace(
-            constants,
-            eval_crops=10 if ten_crop else 1,
-            eval_flip=constants.eval_flip and not ten_crop,
-            ensemble_size=members,  # an ensemble's softmax averaged, or one member's
-        )
-        probabilities = lambda v, x: jax.numpy.exp(ensemble_log_probabilities(v, x, apply_fn, constants))  # noqa: E731
-        self._probabilities = jax.jit(probabilities)
+        view = View.from_config(self.config)
+        view = dataclasses.replace(view, crops=10, flip=False) if ten_crop else dataclasses.replace(view, crops=1)
+        scored = scorer(self.apply_fn, view, members)  # an ensemble's softmax averaged, or one member's
+        self._probabilities = jax.jit(lambda variables, images: jax.numpy.exp(scored(variables, images)[""]))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Probabilities [N, classes] of uint8 images [N, size, size, 3], in batches of fixed size."""

@@ -1,11 +1,7 @@
-"""What a run says about where it runs: the platform line, the CPU warning, a writable workdir
-that one run at a time trains in."""
+"""What a run says about where it runs: the platform line, the CPU warning, the compilation cache,
+a writable workdir."""
 
-import datetime
-import fcntl
-import os
 import pathlib
-import socket
 import sys
 import tempfile
 
@@ -81,35 +77,3 @@ def check_workdir(workdir: pathlib.Path):
             problem = f"{existing} is not writable ({e.strerror})"
     if problem:
         raise UserError(f"--workdir={workdir} cannot be used: {problem}; choose a directory you can write to")
-
-
-LOCK = "lock"  # the file in a workdir that the run training there holds locked
-
-
-class WorkdirInUse(UserError):
-    """Another run is training in the workdir."""
-
-
-def lock_workdir(workdir: pathlib.Path) -> int:
-    """Creates ``workdir`` and locks its file ``lock`` for this process (an advisory ``flock``, which
-    the kernel releases when the process ends, however it ends); returns the file descriptor to
-    close when done. Raises ``WorkdirInUse`` naming the holder (see ``sign_lock``) if another
-    process holds it."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(workdir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise WorkdirInUse(
-            f"{workdir} is in use by another run ({holder}); wait for it to end or stop it, or use another --workdir"
-        ) from None
-    return fd
-
-
-def sign_lock(fd: int):
-    """Writes who holds the lock ``fd`` into its file, for the message of a run refused by it."""
-    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, since {since}\n".encode(), 0)

@@ -21,16 +21,16 @@ import numpy as np
 
 from alexnet_jax.errors import UserError
 
-# torchvision's module names -> alexnet_owt's (Flax's automatic names, in order).
+# torchvision's module names -> alexnet_owt's (the paper's layer names).
 MODULES = {
-    "features.0": "Conv_0",
-    "features.3": "Conv_1",
-    "features.6": "Conv_2",
-    "features.8": "Conv_3",
-    "features.10": "Conv_4",
-    "classifier.1": "Dense_0",
-    "classifier.4": "Dense_1",
-    "classifier.6": "Dense_2",
+    "features.0": "conv1",
+    "features.3": "conv2",
+    "features.6": "conv3",
+    "features.8": "conv4",
+    "features.10": "conv5",
+    "classifier.1": "fc6",
+    "classifier.4": "fc7",
+    "classifier.6": "fc8",
 }
 FC6 = "classifier.1"
 POOLED_GRID = 6  # conv5's output is average-pooled to 6 x 6 before fc6
@@ -179,7 +179,7 @@ def convert(weights: str, config, workdir: str) -> dict:
         raise UserError(f"{workdir} holds checkpoints already; convert into a new --workdir")
     state_dict = read_state_dict(weights)
     size = config.input.eval_resize or 256
-    state, _ = create_state(config, 1000, (size, size, 3), steps_per_epoch=1)
+    state = create_state(config, 1000, (size, size, 3), steps_per_epoch=1)
     params = params_from_torchvision(state_dict, state.params)
     state = state.replace(params=jax.device_put(params))
     data = {"model": model_signature(config.model), **converted_data(weights)}

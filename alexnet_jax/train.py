@@ -1,4 +1,5 @@
-"""The training loop: a feed (resident or streamed data), data-parallel steps, evaluation, checkpoints, logs.
+"""The training loop: set up (the run, its state, its workdir), the steps with their periodic jobs,
+the finish (the final report and figures).
 
 After each step the loop runs its periodic jobs in order, each where its trigger reads
 (``itstime(step, every)``, as in big_vision's loop): check the step was finite, log, evaluate at
@@ -8,9 +9,8 @@ default the run then stops with ``TrainingDiverged``, saving nothing after the l
 checkpoint, or it goes on counting such steps (``nonfinite_updates``).
 A run is resumable at every checkpoint and ends, however often it was stopped, killed or run
 again, with what an uninterrupted run leaves: an evaluation at every evaluated epoch (logged
-once), the final report and the curves. One run at a time trains in a workdir (it holds its lock);
-damaged checkpoints are set aside and the newest intact one resumes; a full disk or a dead input
-worker stops the run in one line, saying what was saved.
+once), the final report and the curves. One run at a time trains in a workdir (``workdir.py``);
+a full disk or a dead input worker stops the run in one line, saying what was saved.
 
 With several processes every one runs this loop in step with the others; process 0 alone writes
 logs, plots and reports and prints, checkpoints are written by all together (Orbax), and a stop
@@ -19,7 +19,7 @@ requested on any process stops all of them at the same step.
 
 import contextlib
 import errno
-import json
+import functools
 import pathlib
 import signal
 import threading
@@ -29,25 +29,84 @@ import jax
 import numpy as np
 import tqdm
 
-from alexnet_jax import config_checks, distributed, ensemble, files, finetune, metrics_log, models, optim, runtime
-from alexnet_jax.checkpointing import CheckpointError, Checkpoints, DiskFull, check_signature, saved_parts
+from alexnet_jax import distributed, ema, ensemble, finetune, metrics_log, models, optim, runtime
+from alexnet_jax.augment import Augmentation
+from alexnet_jax.checkpointing import Checkpoints, DiskFull
 from alexnet_jax.distributed import AgreedStop, is_main_process
 from alexnet_jax.errors import InputWorkerDied, TrainingDiverged
 from alexnet_jax.evaluation import create_evaluator
-from alexnet_jax.experiment import Run, create_state, load_run, say, step_constants, train_key
+from alexnet_jax.experiment import Run, create_state, load_run, say
 from alexnet_jax.feeds import create_feed
-from alexnet_jax.parallel import DataParallel
 from alexnet_jax.report import write_report
-from alexnet_jax.train_step import state_variables
+from alexnet_jax.train_step import Training, state_variables, train_step
+from alexnet_jax.workdir import FILTERS, REPORT, finished, has_checkpoints, held, write_config
 
-REPORT = "validation"  # the final report's file prefix: validation_report.json, validation_confusion.png, ...
-FILTERS = "conv1_filters.png"  # the final model's first-layer filters (the paper's Figure 3)
+
+def train_and_evaluate(config, workdir: str, stop_after: int | None = None) -> dict:
+    """Trains (or resumes, or completes) the run in ``workdir``; returns a summary of its validation
+    results. A SIGINT or SIGTERM, or reaching step ``stop_after``, stops it at a step boundary
+    with a checkpoint (the same call resumes it). Refuses a workdir another run is training in."""
+    run = load_run(config, pathlib.Path(workdir))
+    state, loaded = _starting_state(run)  # pretrained weights are read before anything is written
+    with held(run) as checkpoints:
+        if is_main_process():
+            runtime.warn_if_accelerator_config_on_cpu(config, state.params)
+        if loaded:
+            say(loaded)
+        state, rng, saved = _restore_latest(checkpoints, state, ensemble.train_key(config), run)
+        if _finished_before(run, checkpoints, int(state.step)):
+            return _summary(run)
+        return _train(_Trainer(run, state, rng, saved, checkpoints), stop_after)
+
+
+def compose_train_step(parallel, config, num_classes: int, vectorize_members: bool | None = None):
+    """The run's train step for all devices, ``(state, batch, rng) -> (state, metrics)``: the pure
+    step, and each variant wrapped around it by the module that owns it (the identity when off)."""
+    model = parallel.model(models.create_model(config.model, num_classes))  # one tower's half under towers
+    augmentation, training = Augmentation.from_config(config), Training.from_config(config, num_classes)
+    step = functools.partial(train_step, model=model, augmentation=augmentation, training=training)
+    step = ema.averaging(step, config)  # a moving average of the weights
+    step = ensemble.over_members(step, config, vectorize_members)  # an ensemble's members, or one model
+    return parallel.compile_step(step)  # pmap | shard_map | towers
+
+
+def _starting_state(run: Run):
+    """The fresh train state, or ``init_from``'s weights in it (a run with checkpoints resumes from
+    them instead); returns (state, a line saying what was loaded, or None)."""
+    config = run.config
+    state = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
+    if not config.get("init_from") or has_checkpoints(run.workdir):
+        return state, None
+    state, line = finetune.initialise_from(config, state, run.train_split.class_names)
+    return ema.started(state, config), line  # the average starts at the loaded weights
+
+
+def _restore_latest(checkpoints: Checkpoints, state, rng, run: Run):
+    """The latest checkpoint's (state, rng, data), or the given ones and no data."""
+    latest = checkpoints.latest_step()
+    if latest is None:
+        return state, rng, {}
+    return checkpoints.restore(latest, state, rng, run.parallel.replicated_sharding)
+
+
+def _finished_before(run: Run, checkpoints: Checkpoints, step: int) -> bool:
+    """Writes ``config.json`` (kept if the run has finished); whether it has, saying so."""
+    done = step >= run.total_steps and distributed.agree(is_main_process() and finished(run))
+    with _disk_full_as_one_line(checkpoints):
+        if is_main_process():
+            write_config(run.workdir, run.config, replace=not done)
+    if done:
+        checkpoints.close()
+        say(f"{run.workdir} has finished all {run.total_steps} steps; nothing to train (--mode=evaluate scores it)")
+    elif step > 0:
+        say(f"resuming from step {step} of {run.total_steps} (epoch {step // run.steps_per_epoch})")
+    return done
 
 
 class StopRequests:
     """Turns SIGINT/SIGTERM into a request the loop honours between steps.
 
-    The loop asks ``poll(step)`` after each step; once a stop is requested it finishes the epoch's
+    The loop asks ``poll()`` after each step; once a stop is requested it finishes the epoch's
     evaluation if the step ends one, saves, and returns. A second signal stops at once. Handlers
     are installed only from the main thread and restored on exit.
     """
@@ -63,7 +122,7 @@ class StopRequests:
             raise KeyboardInterrupt
         self.requested = True
 
-    def poll(self, step: int) -> bool:
+    def poll(self) -> bool:
         return self.requested
 
     def __enter__(self):
@@ -76,105 +135,36 @@ class StopRequests:
             signal.signal(s, handler)
 
 
-def _summary(run: Run) -> dict:
-    evals = [r for r in metrics_log.read_metrics(run.workdir) if r["kind"] == "eval"]
-    last = evals[-1] if evals else {}
-    best = max(evals, key=lambda r: r["val_top1"]) if evals else {}
-    return {
-        "step": last.get("step", 0),
-        "total_steps": run.total_steps,
-        "val_top1": last.get("val_top1"),
-        "val_top5": last.get("val_top5"),
-        "best_val_top1": best.get("val_top1"),
-        "best_step": best.get("step"),
-    }
-
-
-def _report_is_complete(run: Run) -> bool:
-    """Whether the final report and curves were written (the last thing a run does); a damaged
-    report counts as not written, and is written again."""
-    report = run.workdir / f"{REPORT}_report.json"
-    if not (report.exists() and (run.workdir / "curves.png").exists()):
-        return False
-    try:
-        return json.loads(report.read_text()).get("step") == run.total_steps
-    except (ValueError, AttributeError):  # not JSON, or not a report
-        return False
-
-
-def _check_resumable(run: Run, checkpoints: Checkpoints):
-    """Refuses, before anything is built or written, a workdir holding another run's checkpoints,
-    or more steps than this run has (its report would name a step its parameters are not from)."""
-    latest = checkpoints.latest_step()
-    if latest is None:
-        return
-    remedy = "resume with the config it was trained with, or use a new --workdir"
-    check_signature(checkpoints.read_data(latest), run.signature(), run.workdir, remedy)
-    averaged = "ema" in saved_parts(pathlib.Path(checkpoints.manager.directory) / str(latest))
-    if averaged != (run.config.get("ema_decay", 0.0) > 0):
-        raise config_checks.ConfigError(
-            f"{run.workdir} was trained {'with' if averaged else 'without'} a moving average of the weights "
-            f"(--config.ema_decay={run.config.get('ema_decay', 0.0)} now); resume with the ema_decay it was "
-            "trained with, or use a new --workdir"
-        )
-    if latest > run.total_steps:
-        raise config_checks.ConfigError(
-            f"{run.workdir} has trained {latest} steps, more than this config's {run.total_steps} "
-            "(num_epochs, max_steps); --mode=evaluate scores it, a larger value goes on training it"
-        )
-
-
-def _set_aside_damaged(checkpoints: Checkpoints):
-    """Process 0 sets the newest damaged checkpoints aside (saying which), so that the run resumes
-    from the newest intact one; every process refuses if none is intact."""
-    error = None
-    if is_main_process():
-        try:
-            for note in checkpoints.set_aside_damaged():
-                say(note)
-        except CheckpointError as e:
-            error = e
-    if distributed.agree(error is not None):
-        raise error or CheckpointError(f"every checkpoint in {checkpoints.manager.directory} is damaged (process 0)")
-    if not is_main_process():  # process 0's manager reloaded after its renames
-        checkpoints.manager.reload()
-
-
-def _restore_latest(run: Run, checkpoints: Checkpoints, state, rng):
-    """The latest checkpoint's (state, rng, data), or the given ones and no data."""
-    latest = checkpoints.latest_step()
-    if latest is None:
-        return state, rng, {}
-    return checkpoints.restore(latest, state, rng, run.parallel.replicated_sharding)
-
-
 class _Trainer:
-    """The loop's moving parts on the devices: state, keys, the feed and its compiled step, the evaluator."""
+    """The loop's moving parts on the devices: state, keys, the feed, the compiled step, the evaluator."""
 
     def __init__(self, run: Run, state, rng, saved: dict, checkpoints: Checkpoints):
-        parallel, constants = run.parallel, step_constants(run.config, run.num_classes)
+        parallel, config = run.parallel, run.config
         self.run, self.checkpoints, self.rng = run, checkpoints, rng
-        plateau = run.config.schedule.name == "plateau"
-        self.plateau = optim.Plateau.from_config(run.config, saved.get("plateau")) if plateau else None
-        self.step = int(state.step)
-        self.last_saved = self.step
+        plateau = config.schedule.name == "plateau"
+        self.plateau = optim.Plateau.from_config(config, saved.get("plateau")) if plateau else None
+        self.step = self.last_saved = int(state.step)
         self.state = parallel.place_model(state)
         self.device_rng = parallel.replicate(rng)
-        steps = range(self.step, run.total_steps)
-        self.feed = create_feed(parallel, run.config, run.train_split, steps, run.steps_per_epoch, constants)
-        self.evaluator = create_evaluator(parallel, state.apply_fn, constants, run.val_split, run.config)
-        self._compiled = None
+        with _disk_full_as_one_line(checkpoints):
+            self.log = metrics_log.MetricsLog(run.workdir, resume_step=self.step, enabled=is_main_process())
+        self.feed = create_feed(parallel, config, run.train_split, run.total_steps, ensemble.data_seeds(config))
+        self.batches, self._batch = self.feed.batches(self.step), None
+        self._compiled = compose_train_step(parallel, config, run.num_classes)
+        model = parallel.model(models.create_model(config.model, run.num_classes))
+        self.evaluator = create_evaluator(parallel, model.apply, run.val_split, config, ensemble.size(config))
         self._unchecked = []  # (step, metrics) of steps whose skipped_updates flag has not been read
 
     def compile(self) -> float:
         """Compiles the train step ahead of time (so no throughput window includes it); returns seconds."""
         started = time.perf_counter()
-        inputs = self.feed.inputs(self.step)
-        self._compiled = self.feed.step_fn.lower(self.state, *inputs, self.device_rng).compile()
+        self._batch = next(self.batches)
+        self._compiled = self._compiled.lower(self.state, self._batch, self.device_rng).compile()
         return time.perf_counter() - started
 
     def train_step(self):
-        self.state, metrics = self._compiled(self.state, *self.feed.inputs(self.step), self.device_rng)
+        batch, self._batch = self._batch or next(self.batches), None
+        self.state, metrics = self._compiled(self.state, batch, self.device_rng)
         self.step += 1
         if self.run.config.nonfinite_updates == "stop":
             self._unchecked.append((self.step, metrics))
@@ -218,23 +208,22 @@ class _Trainer:
 
     def save(self, metrics: dict | None = None):
         self.check_finite(latest=True)  # a checkpoint never holds a step after a non-finite one
-        host_state = self.run.parallel.unreplicate(self.state)
         data = self.run.checkpoint_data(self.step)
         if self.plateau is not None:
             data["plateau"] = self.plateau.to_json()
-        self.checkpoints.save(host_state, self.rng, data, metrics, force=True)
+        self.checkpoints.save(self.run.parallel.unreplicate(self.state), self.rng, data, metrics, force=True)
         self.last_saved = self.step
 
     def evaluate(self, log: metrics_log.MetricsLog | None):
         """Scores the current parameters (and their moving average, ``ema_*``); logs the result
-        unless ``log`` is None.
-
-        Returns (metrics, predictions, labels)."""
-        self.feed.pause()  # the training workers stop while the evaluation's run
+        unless ``log`` is None. A streaming feed's workers stop meanwhile (two sets of workers
+        never hold memory at once). Returns (metrics, predictions, labels)."""
+        self.batches.close()
         metrics, predictions, labels = self.evaluator(state_variables(self.state))
         if self.state.ema is not None:  # the moving average too, as ema_top1, ...
             averaged, _, _ = self.evaluator(self.state.ema)
             metrics = {**metrics, **{f"ema_{key}": value for key, value in averaged.items()}}
+        self.batches = self.feed.batches(self.step)
         if log is not None:
             epoch = self.step / self.run.steps_per_epoch
             log.write("eval", self.step, {"epoch": epoch, **{f"val_{k}": v for k, v in metrics.items()}})
@@ -262,8 +251,8 @@ def validation_line(epoch: float, num_epochs: int, step: int, metrics: dict) -> 
 class _ThroughputWindow:
     """Sums train metrics between log lines and measures images/s over training steps only."""
 
-    def __init__(self, parallel: DataParallel, batch_size: int):
-        self.parallel, self.batch_size = parallel, batch_size
+    def __init__(self, run: Run):
+        self.parallel, self.batch_size = run.parallel, run.config.batch_size
         self.restart()
 
     def restart(self):
@@ -312,22 +301,25 @@ class _Profile:
             self.tracing = False
 
 
-def _log_train(trainer: "_Trainer", log: metrics_log.MetricsLog, window: _ThroughputWindow, bar: tqdm.tqdm):
+def _log_train(trainer: _Trainer, window: _ThroughputWindow, bar: tqdm.tqdm):
     """The window's means and the rate to the log and the progress bar; a new window."""
     step, run = trainer.step, trainer.run
     values = {"epoch": step / run.steps_per_epoch, **window.means()}
-    record = log.write("train", step, {**values, **ensemble.flatten({"learning_rate": trainer.learning_rate()})})
+    record = trainer.log.write(
+        "train", step, {**values, **ensemble.flatten({"learning_rate": trainer.learning_rate()})}
+    )
     postfix = {"epoch": f"{record['epoch']:.2f}", "loss": f"{record['loss']:.3f}"}
     bar.set_postfix(**postfix, img_s=f"{record['images_per_s']:.0f}")
     window.restart()
 
 
-def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple | None:
-    """Trains until the end or a stop request (agreed by all processes), each periodic job after
-    the step that triggers it; returns the last evaluation (metrics, predictions, labels)."""
-    run, config, stop = trainer.run, trainer.run.config, AgreedStop(stop, trainer.run.parallel)
+def _train_loop(trainer: _Trainer, stop: AgreedStop, stop_after: int | None) -> tuple | None:
+    """Trains until the end, a stop request (agreed by all processes) or ``stop_after``, each
+    periodic job after the step that triggers it; returns the last evaluation (metrics, predictions,
+    labels)."""
+    run, config = trainer.run, trainer.run.config
     say(f"compiled the train step in {trainer.compile():.1f} s")
-    window = _ThroughputWindow(run.parallel, config.batch_size)
+    window = _ThroughputWindow(run)
     hidden = None if is_main_process() else True  # None: shown on a terminal
     bar = tqdm.tqdm(total=run.total_steps, initial=trainer.step, desc="train", unit="step", disable=hidden)
     last_eval, profile = None, _Profile(run.workdir, config.get("profile_steps"))
@@ -335,13 +327,14 @@ def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple |
     while trainer.step < run.total_steps:
         window.add(trainer.train_step())
         bar.update(1)
-        step, stopping = trainer.step, stop.poll(trainer.step)
+        step = trainer.step
+        stopping = stop.poll() or (stop_after is not None and step >= stop_after)
         profile.after(step, trainer.state)  # starts or ends the trace of profile_steps
         trainer.check_finite(latest=False)  # stops at a non-finite step (its flag read one step late)
         if itstime(step, config.log_every_steps, run.total_steps) or itstime(step, run.steps_per_epoch):
-            _log_train(trainer, log, window, bar)
+            _log_train(trainer, window, bar)
         if run.evaluates_at(step):  # even when stopping, so that no evaluated epoch is skipped
-            last_eval = trainer.evaluate(log)
+            last_eval = trainer.evaluate(trainer.log)
             trainer.follow_plateau_rule(last_eval[0]["top1"])
             trainer.save({"val_top1": last_eval[0]["top1"]})
             window.restart()  # evaluation time is not training throughput
@@ -354,13 +347,38 @@ def _train_loop(trainer: _Trainer, log: metrics_log.MetricsLog, stop) -> tuple |
     return last_eval
 
 
-def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | None):
-    """The final report and curves; evaluates only if this process has not just done so."""
+def _train(trainer: _Trainer, stop_after: int | None) -> dict:
+    """Trains, or completes, the run from the trainer's state; returns a summary of its validation results."""
+    run, checkpoints, log = trainer.run, trainer.checkpoints, trainer.log
+    with StopRequests() as requests:
+        try:
+            last_eval = _train_loop(trainer, AgreedStop(requests, run.parallel), stop_after)
+            trainer.check_finite(latest=True)
+            if trainer.last_saved != trainer.step:
+                trainer.save()
+            checkpoints.close()  # waits for the save
+        except (TrainingDiverged, InputWorkerDied, DiskFull, OSError) as e:
+            raise _stopped_by(e, trainer) from None
+        finally:
+            trainer.batches.close()  # stops the streaming workers
+        if trainer.step < run.total_steps:
+            log.close()
+            asked = stop_after is not None and trainer.step >= stop_after
+            why = f"as asked (stop_after={stop_after})" if asked else "by a signal"  # on any process
+            say(f"\nstopped {why} at step {trainer.step}; checkpoint saved, run the same command to resume")
+            return {**_summary(run), "step": trainer.step, "stopped": True}
+        _finish(trainer, last_eval)
+    log.close()
+    return _summary(run)
+
+
+def _finish(trainer: _Trainer, last_eval: tuple | None):
+    """The final report and figures; evaluates only if this process has not just done so."""
     run = trainer.run
     if last_eval is None:
         records = metrics_log.read_metrics(run.workdir) if is_main_process() else []
         logged = any(r["kind"] == "eval" and r["step"] == run.total_steps for r in records)
-        last_eval = trainer.evaluate(None if distributed.agree(logged) else log)
+        last_eval = trainer.evaluate(None if distributed.agree(logged) else trainer.log)
     params = run.parallel.unreplicate(trainer.state.params)
     params = ensemble.member(params, 0) if ensemble.size(run.config) > 1 else params  # an ensemble's first
     kernel = run.parallel.fetch(models.first_layer_kernel(params))  # whole, from every device and process
@@ -379,97 +397,24 @@ def _finish(trainer: _Trainer, log: metrics_log.MetricsLog, last_eval: tuple | N
 
 def _weights_note(config) -> str:
     """What the report's metrics are of (its figures are of the trained weights)."""
-    note = "loss, top1, top5 and the figures: the trained weights"
-    if config.get("ema_decay", 0.0) > 0:
-        note += f"; ema_*: their exponential moving average (decay {config.ema_decay})"
+    note = "loss, top1, top5 and the figures: the trained weights" + ema.note(config)
     if ensemble.size(config) > 1:
         note += "; an ensemble's: its members' softmax averaged, each member's as member<k>_*"
     return note
 
 
-def _start(config, workdir: str, held: contextlib.ExitStack):
-    """Checks and reads everything a run needs, then holds the workdir (in ``held``); returns (run,
-    checkpoints, state, rng, saved data), the state and key restored from the latest checkpoint if
-    there is one."""
-    run = load_run(config, pathlib.Path(workdir))
-    state, _ = create_state(config, run.num_classes, run.train_split.image_shape, run.steps_per_epoch)
-    initialised = None  # pretrained weights are read before anything is written; a resumed run has its own
-    if config.get("init_from") and not _has_checkpoints(run.workdir):
-        state, initialised = finetune.initialise_from(config, state, run.train_split.class_names)
-    sign_lock = held.enter_context(distributed.exclusive_workdir(run.workdir))  # before anything is written
-    checkpoints = Checkpoints(run.workdir / "checkpoints", config.keep_checkpoints, config.async_checkpointing)
-    _set_aside_damaged(checkpoints)
-    _check_resumable(run, checkpoints)
-    sign_lock()
-    if is_main_process():
-        runtime.warn_if_accelerator_config_on_cpu(config, state.params)
-    if initialised:
-        say(initialised)
-    rng = train_key(config)
-    return run, checkpoints, *_restore_latest(run, checkpoints, state, rng)
-
-
-def _write_config(workdir: pathlib.Path, config, replace: bool):
-    """Writes ``config.json`` (what predict reads); a finished run's is kept, unless it is damaged."""
-    path = workdir / "config.json"
-    if not replace:
-        try:
-            json.loads(path.read_text())
-            return
-        except (OSError, ValueError):
-            pass
-    files.write_text(path, config.to_json_best_effort(indent=1))
-
-
-def _has_checkpoints(workdir: pathlib.Path) -> bool:
-    """Whether ``workdir`` holds a committed checkpoint (Orbax names them by their step)."""
-    directory = workdir / "checkpoints"
-    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
-
-
-def train_and_evaluate(config, workdir: str, stop: StopRequests | None = None) -> dict:
-    """Trains (or resumes, or completes) the run in ``workdir``; returns a summary of its validation results.
-
-    ``stop`` defaults to SIGINT/SIGTERM handling; anything with ``poll(step) -> bool`` and the
-    context-manager methods can stand in for it. Refuses a workdir another run is training in.
-    """
-    with contextlib.ExitStack() as held:
-        return _train(*_start(config, workdir, held), stop)
-
-
-def _train(run: Run, checkpoints: Checkpoints, state, rng, saved: dict, stop) -> dict:
-    """Trains, or completes, the run from ``state``; returns a summary of its validation results."""
-    step = int(state.step)
-    finished = step >= run.total_steps and distributed.agree(is_main_process() and _report_is_complete(run))
-    with _disk_full_as_one_line(checkpoints):
-        if is_main_process():
-            _write_config(run.workdir, run.config, replace=not finished)
-        log = None if finished else metrics_log.MetricsLog(run.workdir, resume_step=step, enabled=is_main_process())
-    if finished:
-        checkpoints.close()
-        say(f"{run.workdir} has finished all {run.total_steps} steps; nothing to train (--mode=evaluate scores it)")
-        return _summary(run)
-    if 0 < step < run.total_steps:
-        say(f"resuming from step {step} of {run.total_steps} (epoch {step // run.steps_per_epoch})")
-    trainer = _Trainer(run, state, rng, saved, checkpoints)
-    with stop or StopRequests() as stop:
-        try:
-            last_eval = _train_loop(trainer, log, stop) if step < run.total_steps else None
-            trainer.check_finite(latest=True)
-            if trainer.last_saved != trainer.step:
-                trainer.save()
-            checkpoints.close()  # waits for the save
-        except (TrainingDiverged, InputWorkerDied, DiskFull, OSError) as e:
-            raise _stopped_by(e, trainer, log) from None
-        finally:
-            trainer.feed.close()  # stops the streaming workers
-        if trainer.step < run.total_steps:
-            log.close()
-            say(f"\nstopped by a signal at step {trainer.step}; checkpoint saved, run the same command to resume")
-            return {**_summary(run), "step": trainer.step, "stopped": True}
-        _finish(trainer, log, last_eval)
-    log.close()
-    return _summary(run)
+def _summary(run: Run) -> dict:
+    evals = [r for r in metrics_log.read_metrics(run.workdir) if r["kind"] == "eval"]
+    last = evals[-1] if evals else {}
+    best = max(evals, key=lambda r: r["val_top1"]) if evals else {}
+    return {
+        "step": last.get("step", 0),
+        "total_steps": run.total_steps,
+        "val_top1": last.get("val_top1"),
+        "val_top5": last.get("val_top5"),
+        "best_val_top1": best.get("val_top1"),
+        "best_step": best.get("step"),
+    }
 
 
 @contextlib.contextmanager
@@ -486,12 +431,12 @@ def _disk_full_as_one_line(checkpoints: Checkpoints):
         raise error from None
 
 
-def _stopped_by(error: Exception, trainer: _Trainer, log: metrics_log.MetricsLog) -> Exception:
+def _stopped_by(error: Exception, trainer: _Trainer) -> Exception:
     """What a run stopped by ``error`` raises, once it has saved what it can: a divergence keeps the
     last good checkpoint; a dead input worker saves the last completed step (unless its evaluation
     is not done: the checkpoint before it stands); a full disk (``DiskFull``, or ``ENOSPC`` from any
     other file) says how much space to make."""
-    checkpoints, run = trainer.checkpoints, trainer.run
+    checkpoints, run, log = trainer.checkpoints, trainer.run, trainer.log
     if isinstance(error, OSError) and error.errno != errno.ENOSPC:
         return error
     if isinstance(error, (DiskFull, OSError)):

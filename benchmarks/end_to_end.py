@@ -14,6 +14,8 @@ images/s over the timed steps' wall time (waiting for input included), the media
 rate as a fraction of the bare step's. Prints a Markdown table.
 """
 
+import contextlib
+import itertools
 import statistics
 import sys
 import time
@@ -26,8 +28,9 @@ from ml_collections import config_flags
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alexnet_jax import feeds, runtime  # noqa: E402
-from alexnet_jax.experiment import create_state, load_split, step_constants  # noqa: E402
+from alexnet_jax.experiment import create_state, load_split  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
+from alexnet_jax.train import compose_train_step  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar10_cpu.py", "Config to run.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Grain worker processes for the streaming rows.")
@@ -35,18 +38,19 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per row.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 
 
-def run_steps(step_fn, fresh_state, inputs, rng, warmup: int, steps: int) -> dict:
+def run_steps(step_fn, fresh_state, batches, rng, warmup: int, steps: int) -> dict:
     """Compiles, warms up, then times ``steps`` steps from ``fresh_state()`` (the step donates its
-    state); ``inputs(step)`` gives the step's inputs."""
-    state = fresh_state()
-    compiled = step_fn.lower(state, *inputs(0), rng).compile()
+    state) on the batches the iterator ``batches`` gives."""
+    state, batch = fresh_state(), next(batches)
+    compiled = step_fn.lower(state, batch, rng).compile()
     times = []
     for step in range(warmup + steps):
         started = time.perf_counter()
-        state, metrics = compiled(state, *inputs(step), rng)
+        state, metrics = compiled(state, batch if step == 0 else next(batches), rng)
         jax.block_until_ready(metrics)
         if step >= warmup:
             times.append(time.perf_counter() - started)
+    batches.close()
     return {"total_s": sum(times), "median_ms": 1e3 * statistics.median(times)}
 
 
@@ -54,26 +58,24 @@ def measure_rows(config, parallel: DataParallel, warmup: int, steps: int, worker
     """(label, timing) for the bare step, the resident feed and the streaming feed with each worker count."""
     total = warmup + steps
     stream_split = load_split(config, config.dataset.train_split, train=True)
-    constants = step_constants(config, len(stream_split.class_names))
-    steps_per_epoch = len(stream_split) // config.batch_size
-    state, _ = create_state(config, constants.num_classes, stream_split.image_shape, steps_per_epoch)
+    num_classes, steps_per_epoch = len(stream_split.class_names), len(stream_split) // config.batch_size
+    state = create_state(config, num_classes, stream_split.image_shape, steps_per_epoch)
     host_state = jax.device_get(state)  # host copies: each row's step donates (deletes) its device state
     fresh, rng = (lambda: parallel.replicate(host_state)), parallel.replicate(jax.random.key(0))
-    rows = []
+    step_fn, seed, rows = compose_train_step(parallel, config, num_classes), config.seed, []
     for count in workers:
-        config.input.workers = count
-        feed = feeds.StreamingFeed(parallel, config, stream_split, total, 0, constants)
-        rows.append((f"streaming, {count} workers", run_steps(feed.step_fn, fresh, feed.inputs, rng, warmup, steps)))
+        feed = feeds.StreamingFeed(parallel, stream_split, config.batch_size, seed, total, count)
+        rows.append((f"streaming, {count} workers", run_steps(step_fn, fresh, feed.batches(0), rng, warmup, steps)))
         if count == workers[0]:
-            batch = feed.inputs(total - 1)
-            timing = run_steps(feed.step_fn, fresh, lambda step, batch=batch: batch, rng, warmup, steps)
+            with contextlib.closing(feed.batches(total - 1)) as last:
+                batch = next(last)
+            timing = run_steps(step_fn, fresh, (batch for _ in itertools.count()), rng, warmup, steps)
             rows.insert(0, ("bare step (one batch on the devices)", timing))
-        feed.close()
     if config.input.random_resized_crop is None:  # the resident path holds images as stored
         config.input.pipeline = "resident"
         resident_split = load_split(config, config.dataset.train_split, train=True)
-        feed = feeds.ResidentFeed(parallel, config, resident_split, steps_per_epoch, constants)
-        rows.insert(1, ("resident", run_steps(feed.step_fn, fresh, feed.inputs, rng, warmup, steps)))
+        feed = feeds.ResidentFeed(parallel, resident_split, config.batch_size, [seed])
+        rows.insert(1, ("resident", run_steps(step_fn, fresh, feed.batches(0), rng, warmup, steps)))
     return rows
 
 

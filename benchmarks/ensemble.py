@@ -1,5 +1,5 @@
 """Images/s per model of an ensemble trained in one compiled step, for several ensemble sizes,
-with the members vmap-ed and one after another (``feeds.VECTORIZE_MEMBERS``) side by side.
+with the members vmap-ed and one after another (``ensemble.over_members``' ``vectorize``) side by side.
 
   python benchmarks/ensemble.py --config=configs/cifar10_cpu.py --sizes=1,2,4,8
 
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import time_steps  # noqa: E402
 from train_step import setup  # noqa: E402
 
-from alexnet_jax import feeds  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
+from alexnet_jax.train import compose_train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -39,10 +39,9 @@ def define_flags():
 
 def measure(config, members: int, way: str, steps: int, warmup: int) -> dict:
     config.ensemble_size = members
-    feeds.VECTORIZE_MEMBERS = way == "vmap"
     parallel = DataParallel(config.parallel)
-    train_fn, args = setup(config, parallel, steps + warmup)
-    state, *inputs = args
+    _, (state, *inputs) = setup(config, parallel, steps + warmup)
+    train_fn = compose_train_step(parallel, config, config.dataset.synthetic_classes, vectorize_members=way == "vmap")
 
     def step():
         nonlocal state

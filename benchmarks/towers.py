@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from timing import time_steps  # noqa: E402
 
-from alexnet_jax.experiment import create_state, step_constants, train_key  # noqa: E402
-from alexnet_jax.feeds import compile_batch_step  # noqa: E402
+from alexnet_jax import ensemble  # noqa: E402
+from alexnet_jax.experiment import create_state  # noqa: E402
 from alexnet_jax.parallel import create  # noqa: E402
+from alexnet_jax.train import compose_train_step  # noqa: E402
 from configs import imagenet2012_paper  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -82,12 +83,12 @@ def program(mode: str, batch: int):
     config = imagenet2012_paper.get_config()
     config.parallel, config.batch_size = mode, batch
     parallel = create(mode, jax.devices()[:2])
-    state, _ = create_state(config, 1000, (256, 256, 3), steps_per_epoch=1)
-    step = compile_batch_step(parallel, config, step_constants(config, 1000))
+    state = create_state(config, 1000, (256, 256, 3), steps_per_epoch=1)
+    step = compose_train_step(parallel, config, 1000)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8)
     data = parallel.shard({"image": images, "label": rng.integers(0, 1000, batch).astype(np.int32)})
-    args = (parallel.place_model(state), data, parallel.replicate(train_key(config)))
+    args = (parallel.place_model(state), data, parallel.replicate(ensemble.train_key(config)))
     compiled = step.lower(*args).compile()
     return compiled, args, collectives(compiled.as_text())
 

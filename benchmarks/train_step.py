@@ -3,8 +3,9 @@
   python benchmarks/train_step.py --config=configs/cifar10_cpu.py
   python benchmarks/train_step.py --config=configs/cifar10.py --config.model.dtype=float32
 
-Times the same compiled step the training loop runs (gather + augment + forward + backward +
-update); warm-up steps first, then the median of ``--steps`` timed steps, each synchronised.
+Times the same compiled step the training loop runs (augment + forward + backward + update), on
+a batch the resident feed gathered on the devices; warm-up steps first, then the median of
+``--steps`` timed steps, each synchronised.
 FLOPs per image come from XLA's cost analysis of the compiled step. Prints a Markdown table.
 """
 
@@ -19,11 +20,11 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alexnet_jax import datasets  # noqa: E402
-from alexnet_jax.experiment import create_state, step_constants, train_key  # noqa: E402
-from alexnet_jax.feeds import compile_train_step  # noqa: E402
-from alexnet_jax.input_pipeline import epoch_order  # noqa: E402
+from alexnet_jax import datasets, ensemble  # noqa: E402
+from alexnet_jax.experiment import create_state  # noqa: E402
+from alexnet_jax.feeds import ResidentFeed  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
+from alexnet_jax.train import compose_train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -47,18 +48,18 @@ def synthetic_image_size(config) -> int:
 
 
 def setup(config, parallel: DataParallel, num_steps: int):
-    """The compiled step and its device-resident arguments, on synthetic data of the size the config is fed."""
+    """The step and its arguments on the devices (state, a batch, key), on synthetic data of the
+    size the config is fed."""
     config.dataset.name = datasets.SYNTHETIC
     config.dataset.synthetic_image_size = synthetic_image_size(config)
     config.dataset.synthetic_examples = config.batch_size * (num_steps + 1)
     split = datasets.synthetic_split(config.dataset, "train")
     steps_per_epoch = len(split) // config.batch_size
-    state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch)
-    train_fn = compile_train_step(parallel, config, steps_per_epoch, step_constants(config, len(split.class_names)))
-    data = parallel.replicate({"image": split.images, "label": split.labels})
-    rng = parallel.replicate(train_key(config))  # an ensemble's: one per member
-    order = parallel.replicate(epoch_order(config.seed, 0, len(split)))
-    return train_fn, (parallel.replicate(state), data, order, rng)
+    state = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch)
+    train_fn = compose_train_step(parallel, config, len(split.class_names))
+    batch = next(ResidentFeed(parallel, split, config.batch_size, ensemble.data_seeds(config)).batches(0))
+    rng = parallel.replicate(ensemble.train_key(config))  # an ensemble's: one per member
+    return train_fn, (parallel.place_model(state), batch, rng)
 
 
 def flops_per_image(config) -> float:
@@ -70,15 +71,15 @@ def flops_per_image(config) -> float:
 
 def measure(config, mode: str, steps: int, warmup: int, flops_per_img: float) -> dict:
     parallel = DataParallel(mode)
-    train_fn, (device_state, data, order, rng) = setup(config, parallel, steps + warmup)
+    train_fn, (device_state, batch, rng) = setup(config, parallel, steps + warmup)
     started = time.perf_counter()
-    train_fn.lower(device_state, data, order, rng).compile()
+    train_fn.lower(device_state, batch, rng).compile()
     compile_s = time.perf_counter() - started
 
     times = []
     for i in range(warmup + steps):
         started = time.perf_counter()
-        device_state, metrics = train_fn(device_state, data, order, rng)
+        device_state, metrics = train_fn(device_state, batch, rng)
         jax.block_until_ready(metrics)
         if i >= warmup:
             times.append(time.perf_counter() - started)

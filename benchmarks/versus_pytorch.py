@@ -8,7 +8,7 @@ device, forward, cross-entropy, backward, SGD with momentum 0.9 and weight decay
 kernels) in both frameworks: warm-up steps first, then the median of ``--steps`` steps, each
 synchronised with the device. Inputs are random (never zeros), resident on the device.
 
-* JAX: the codebase's own step (``feeds.compile_batch_step``: ``train_step`` under
+* JAX: the codebase's own step (``train.compose_train_step``: ``train_step`` under
   ``jit(shard_map)`` on one device, float32 parameters, compute in ``dtype``, state donated).
 * PyTorch: ``torchvision.models.alexnet`` for ``alexnet_owt``; for ``alexnet2012`` and
   ``alexnet_cifar`` the same layers written below (the paper's LRN within each group, grouped
@@ -43,9 +43,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import configs.cifar10  # noqa: E402
 from alexnet_jax import models  # noqa: E402
-from alexnet_jax.experiment import create_state, step_constants  # noqa: E402
-from alexnet_jax.feeds import compile_batch_step  # noqa: E402
+from alexnet_jax.experiment import create_state  # noqa: E402
 from alexnet_jax.parallel import DataParallel  # noqa: E402
+from alexnet_jax.train import compose_train_step  # noqa: E402
 from benchmarks.timing import time_steps  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", ["alexnet_owt", "alexnet2012", "alexnet_cifar"], "Networks to time.")
@@ -141,8 +141,8 @@ def jax_row(model: str, batch: int, dtype: str, warmup: int, steps: int, width: 
     config = jax_config(model, batch, dtype, width)
     parallel = DataParallel("shard_map", jax.devices()[:1])
     images, labels = random_batch(model, batch)
-    state, _ = create_state(config, CLASSES[model], images.shape[1:], steps_per_epoch=1)
-    step_fn = compile_batch_step(parallel, config, step_constants(config, CLASSES[model]))
+    state = create_state(config, CLASSES[model], images.shape[1:], steps_per_epoch=1)
+    step_fn = compose_train_step(parallel, config, CLASSES[model])
     state = parallel.replicate(state)
     data, rng = parallel.shard({"image": images, "label": labels}), parallel.replicate(jax.random.key(0))
     started = time.perf_counter()

@@ -124,7 +124,7 @@ def float64_state(config, split, steps_per_epoch):
     from alexnet_jax.experiment import create_state
 
     assert config.model.dtype == "float64"  # create_state then keeps parameters and optimizer state in float64
-    state, _ = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch)
+    state = create_state(config, len(split.class_names), split.images.shape[1:], steps_per_epoch)
     return jax.device_get(state)  # on the host: never donated
 
 
@@ -169,22 +169,6 @@ def input_blind_cross_entropy(workdir) -> float:
     counts = confusion_from_report(report).sum(1)
     frequencies = counts[counts > 0] / counts.sum()
     return float(-(frequencies * np.log(frequencies)).sum())
-
-
-class StopAt:
-    """Stands in for the signal handler: requests a stop once ``step`` is reached."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def poll(self, step):
-        return step >= self.step
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 @pytest.fixture(scope="session")

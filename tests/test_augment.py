@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import augment, models
-from alexnet_jax.train_step import StepConstants, eval_log_probabilities
+from alexnet_jax.evaluation import View
 
 
 def test_random_crops_stay_inside_and_reach_every_position():
@@ -49,9 +49,9 @@ def test_ten_crop_and_mirror_scores_are_the_mean_softmax_of_the_views_one_by_one
         model = models.AlexNetCIFAR(num_classes=5, width=0.125, fc_features=64, dropout_rate=0.0, dtype=jnp.float64)
         params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
         params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
-        constants = StepConstants(num_classes=5, crop_size=16, normalization="imagenet", eval_crops=10)
-        scores = jax.jit(eval_log_probabilities, static_argnums=(2, 3))
-        got = np.asarray(scores({"params": params}, jnp.asarray(images), model.apply, constants))
+        view = View(crop_size=16, crops=10, normalization="imagenet")
+        scores = jax.jit(lambda variables, x, view: view.log_probabilities(model.apply, variables, x), static_argnums=2)
+        got = np.asarray(scores({"params": params}, jnp.asarray(images), view))
 
         apply = jax.jit(model.apply)
 
@@ -61,10 +61,10 @@ def test_ten_crop_and_mirror_scores_are_the_mean_softmax_of_the_views_one_by_one
 
         crops = numpy_ten_crops(images, 16)
         per_crop = [probabilities(crop) for crop in crops]
-        centre_constants = StepConstants(num_classes=5, crop_size=16, normalization="imagenet")
-        centre = np.asarray(scores({"params": params}, jnp.asarray(images), model.apply, centre_constants))
-        mirror_constants = dataclasses.replace(centre_constants, eval_flip=True)
-        mirrored = np.asarray(scores({"params": params}, jnp.asarray(images), model.apply, mirror_constants))
+        centre_view = View(crop_size=16, normalization="imagenet")
+        centre = np.asarray(scores({"params": params}, jnp.asarray(images), centre_view))
+        mirror_view = dataclasses.replace(centre_view, flip=True)
+        mirrored = np.asarray(scores({"params": params}, jnp.asarray(images), mirror_view))
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, np.log(np.mean(per_crop, axis=0)), rtol=1e-12, atol=1e-12)
     assert not np.allclose(
@@ -85,8 +85,8 @@ def test_ten_crops_are_scored_in_the_memory_of_one_crop_batch():
     images = jnp.zeros((64, 36, 36, 3), jnp.uint8)
 
     def scratch_bytes(eval_crops: int) -> int:
-        constants = StepConstants(num_classes=5, crop_size=32, normalization="imagenet", eval_crops=eval_crops)
-        scores = jax.jit(lambda p, x: eval_log_probabilities({"params": p}, x, model.apply, constants))
+        view = View(crop_size=32, crops=eval_crops, normalization="imagenet")
+        scores = jax.jit(lambda p, x: view.log_probabilities(model.apply, {"params": p}, x))
         return scores.lower(params, images).compile().memory_analysis().temp_size_in_bytes
 
     one, ten = scratch_bytes(1), scratch_bytes(10)

@@ -4,18 +4,22 @@ test_train_step.py: the two compute the same sums, batched or not), on the resid
 streaming path. The ensemble's evaluation scores every member and their averaged softmax (the
 weights' moving average, which ensembles stack like the weights: test_research.py)."""
 
+import contextlib
+import itertools
+
 import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
 from test_train_step import ATOL, RTOL, agreement_config
 
-from alexnet_jax import augment, config_checks, datasets, ensemble, feeds
+from alexnet_jax import augment, config_checks, datasets, ensemble
 from alexnet_jax.evaluation import create_evaluator
-from alexnet_jax.experiment import create_state, step_constants, train_key
+from alexnet_jax.experiment import create_state
 from alexnet_jax.feeds import ResidentFeed, create_feed
 from alexnet_jax.input_pipeline import epoch_order
 from alexnet_jax.parallel import DataParallel
+from alexnet_jax.train import compose_train_step
 from alexnet_jax.train_step import TrainState, state_variables
 
 STEPS = 2
@@ -54,35 +58,32 @@ def single_run_of_member_1(data_order: str):
     return single
 
 
-def train(config, split, parallel):
-    """``STEPS`` steps through the run's own feed; returns (start state, host state, losses)."""
+def train(config, split, parallel, vectorize=None):
+    """``STEPS`` steps through the run's own feed and step; returns (start state, host state, losses)."""
     steps_per_epoch = len(split) // config.batch_size
-    start = jax.device_get(create_state(config, len(split.class_names), split.image_shape, steps_per_epoch)[0])
-    constants = step_constants(config, len(split.class_names))
-    feed = create_feed(parallel, config, split, range(STEPS), steps_per_epoch, constants)
-    state, rng, losses = parallel.replicate(start), parallel.replicate(train_key(config)), []
-    try:
-        for step in range(STEPS):
-            state, metrics = feed.step_fn(state, *feed.inputs(step), rng)
+    start = jax.device_get(create_state(config, len(split.class_names), split.image_shape, steps_per_epoch))
+    feed = create_feed(parallel, config, split, STEPS, ensemble.data_seeds(config))
+    step = compose_train_step(parallel, config, len(split.class_names), vectorize)
+    state, rng, losses = parallel.replicate(start), parallel.replicate(ensemble.train_key(config)), []
+    with contextlib.closing(feed.batches(0)) as batches:
+        for batch in itertools.islice(batches, STEPS):
+            state, metrics = step(state, batch, rng)
             losses.append(np.asarray(jax.device_get(parallel.unreplicate(metrics))["loss"]))
-    finally:
-        feed.close()
     return start, jax.device_get(parallel.unreplicate(state)), np.stack(losses)
 
 
 @pytest.mark.parametrize("pipeline, vectorize", [("streaming", True), ("resident", False)])
-def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparameters(pipeline, vectorize, monkeypatch):
+def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparameters(pipeline, vectorize):
     """On the streaming path with the members vmap-ed, as on accelerators, and on the resident
     path with the members one after another, as on CPUs; the first also checks the evaluation."""
     split = datasets.load_split(tiny_config().dataset, "train")
     parallel = DataParallel("shard_map", jax.devices()[:1])
-    monkeypatch.setattr(feeds, "VECTORIZE_MEMBERS", vectorize)
     config = sweep_config(pipeline, "shared")
     single_config = single_run_of_member_1("shared")
     single_config.input.pipeline = pipeline
     with jax.enable_x64(True):
         _, single, single_losses = train(single_config, split, parallel)
-        start, trained, losses = train(config, split, parallel)
+        start, trained, losses = train(config, split, parallel, vectorize)
         if vectorize:
             assert_scored_as_the_mean_of_the_members_softmax(config, trained, parallel)
     assert losses.shape == (STEPS, 2) and int(trained.step) == STEPS
@@ -98,15 +99,15 @@ def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparamete
     assert all(float(np.max(np.abs(a - b).reshape(2, -1), axis=1).min()) > 0 for a, b in moved)
 
 
-def test_members_one_after_another_compute_what_vmap_computes(monkeypatch):
-    """``feeds.over_members`` both ways on a step of the same form as the train step (a state with
-    a shared step count, a shared and a per-member input, a key per member): the same states and
+def test_members_one_after_another_compute_what_vmap_computes():
+    """``ensemble.over_members`` both ways on a step of the train step's form (a state with a shared
+    step count, a batch per member, a key and hyperparameters per member): the same states and
     metrics, in float64 to a few units of rounding (two programs may fuse a multiply-add in one and
     round twice in the other)."""
 
-    def step(state, shared, own, key):
-        noise = jax.random.normal(key, (3,))
-        params = {"w": state.params["w"] * shared + own + noise}
+    def step(state, batch, key, hyper):
+        noise = jax.random.normal(key, (3,)) * hyper["dropout_rate"]
+        params = {"w": state.params["w"] * hyper["label_smoothing"] + batch["x"][0] + noise}
         return state.replace(step=state.step + 1, params=params), {"loss": params["w"].sum()}
 
     state = TrainState(
@@ -116,13 +117,13 @@ def test_members_one_after_another_compute_what_vmap_computes(monkeypatch):
         tx=None,
         opt_state={"m": np.ones(2)},
     )
-    inputs = (np.float64(2.0), np.array([[1.0, 1, 1], [2, 2, 2]]), jax.random.split(jax.random.key(0), 2))
+    batch = {"x": np.array([[[1.0, 1, 1], [2, 2, 2]]])}  # one example, each member's own (axis 1)
+    inputs = (batch, jax.random.split(jax.random.key(0), 2))
     config = sweep_config("resident", "own")
     results = []
     with jax.enable_x64(True):
         for vectorized in (True, False):
-            monkeypatch.setattr(feeds, "VECTORIZE_MEMBERS", vectorized)
-            results.append(jax.device_get(jax.jit(feeds.over_members(step, config, (None, 0)))(state, *inputs)))
+            results.append(jax.device_get(jax.jit(ensemble.over_members(step, config, vectorized))(state, *inputs)))
     (vmapped, vmapped_metrics), (unrolled, unrolled_metrics) = results
     assert int(unrolled.step) == 6 and unrolled.params["w"].shape == (2, 3) and unrolled.opt_state["m"].shape == (2,)
     assert unrolled.params["w"].dtype == np.float64
@@ -137,9 +138,10 @@ def test_members_with_their_own_data_order_read_their_own_seeds_orders():
     split = datasets.load_split(config.dataset, "train")
     parallel = DataParallel("shard_map", jax.devices()[:1])
     steps_per_epoch = len(split) // config.batch_size
-    feed = ResidentFeed(parallel, config, split, steps_per_epoch, step_constants(config, 10))
+    feed = ResidentFeed(parallel, split, config.batch_size, ensemble.data_seeds(config))
+    assert feed.steps_per_epoch == steps_per_epoch
     for epoch in (0, 1):
-        _, order = feed.inputs(epoch * steps_per_epoch)
+        order = feed.order(epoch)
         for k in range(2):  # member k's is the single run's of data seed k (ensemble.member_config)
             want = epoch_order(ensemble.member_config(config, k).data_seed, epoch, len(split))
             np.testing.assert_array_equal(jax.device_get(order)[k], want)
@@ -152,8 +154,7 @@ def test_members_with_their_own_data_order_read_their_own_seeds_orders():
 def assert_scored_as_the_mean_of_the_members_softmax(config, trained, parallel):
     """Evaluation scores every member, and the ensemble as the mean of their softmax (float64)."""
     validation = datasets.load_split(tiny_config().dataset, "validation")
-    constants = step_constants(config, len(validation.class_names))
-    evaluate = create_evaluator(parallel, trained.apply_fn, constants, validation, config)
+    evaluate = create_evaluator(parallel, trained.apply_fn, validation, config, members=2)
     variables = state_variables(trained)
     metrics, predictions, labels = evaluate(parallel.place_model(variables))
     pixels = np.asarray(augment.normalize(validation.images, config.dataset.normalization), np.float64)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY, StopAt, tiny_run_config, write_image_folder
+from conftest import ROOT, TINY, tiny_run_config, write_image_folder
 
 from alexnet_jax.train import train_and_evaluate
 
@@ -26,7 +26,7 @@ def snapshot(*folders: pathlib.Path) -> dict:
 def unevaluated_run(tmp_path_factory):
     """A run stopped at step 2: one checkpoint, saved between evaluations."""
     workdir = tmp_path_factory.mktemp("unevaluated")
-    train_and_evaluate(tiny_run_config(), str(workdir), stop=StopAt(2))
+    train_and_evaluate(tiny_run_config(), str(workdir), stop_after=2)
     return workdir
 
 
@@ -227,7 +227,7 @@ CASES = [
     (
         "init_from another shape",
         lambda p: [*TINY, f"--config.init_from={p['trained'][-1][10:]}", "--config.model.fc_features=128"],
-        "Dense_0/bias has shape (32,) there, (16,) in this model",
+        "fc6/bias has shape (32,) there, (16,) in this model",
     ),
     ("convert without weights", lambda p: ["--mode=convert", f"--workdir={p['new']}"], "needs --weights=FILE.pth"),
     (

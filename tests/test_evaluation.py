@@ -4,13 +4,14 @@ Compared in float64 (JAX's x64 mode): the per-device and the whole-batch logits 
 ~1e-15 relative, so an argmax cannot flip on a near-tie on any CPU, as it could in float32.
 """
 
+import functools
+
 import jax
 import numpy as np
 from conftest import float64_state
 
 from alexnet_jax import augment, datasets
-from alexnet_jax.evaluation import ResidentEvaluator
-from alexnet_jax.experiment import step_constants
+from alexnet_jax.evaluation import ResidentEvaluator, View, eval_step, scorer
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.report import confusion_matrix
 from alexnet_jax.train_step import state_variables
@@ -24,7 +25,8 @@ def test_every_example_is_scored_exactly_once(config):
     with jax.enable_x64(True):
         state = float64_state(config, split, steps_per_epoch=1)
         parallel = DataParallel("pmap")
-        evaluator = ResidentEvaluator(parallel, state.apply_fn, step_constants(config, 10), split, global_batch=16)
+        step = functools.partial(eval_step, scored=scorer(state.apply_fn, View.from_config(config)))
+        evaluator = ResidentEvaluator(parallel, step, split, global_batch=16)
         assert evaluator.num_batches == 7  # 100 examples -> 7 batches of 16, the last one 12 short
         metrics, predictions, labels = evaluator(parallel.replicate(state_variables(state)))
         images = augment.normalize(split.images, config.dataset.normalization).astype(np.float64)

@@ -6,9 +6,11 @@ import tracemalloc
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from alexnet_jax import augment, features
+from alexnet_jax.errors import UserError
 from alexnet_jax.predict import Predictor
 
 
@@ -41,20 +43,19 @@ def test_the_features_and_neighbours_commands(straight_run, cli, tmp_path):
     # n terms is within n * eps * (|fc7| @ |kernel| + |bias|) of the exact one (computed in float64).
     predictor = Predictor(workdir, "latest", False)
     both = jax.jit(
-        lambda v, x: [features.layer_features(predictor.apply_fn, v, x, "alexnet_cifar", n) for n in ("fc7", "fc8")]
+        lambda v, x: [features.layer_features(predictor.apply_fn, v, x, n) for n in ("fc7", "fc8")]
     )
     pixels = augment.normalize(shown["image"][:16], extractor.config.dataset.normalization)
     fc7, fc8 = (np.asarray(x) for x in both(predictor.variables, pixels))
     np.testing.assert_array_equal(fc7.shape, (16, 32))
     assert fc7.min() >= 0 and fc7.max() > 0 and np.any(fc7 == 0)  # after a ReLU
-    head = jax.tree.map(np.asarray, predictor.variables["params"]["Dense_2"])
+    head = jax.tree.map(np.asarray, predictor.variables["params"]["fc8"])
     exact = fc7.astype(np.float64) @ head["kernel"].astype(np.float64) + head["bias"]
     terms = fc7.shape[1] + 1
     bound = terms * np.finfo(np.float32).eps * (np.abs(fc7) @ np.abs(head["kernel"]) + np.abs(head["bias"]))
     assert np.all(np.abs(fc8 - exact) <= bound)
-    assert (
-        features.module_name("alexnet2012", "fc7") == "fc7" and features.module_name("alexnet_owt", "conv2") == "Conv_1"
-    )
+    with pytest.raises(UserError, match="--layer=fc9 is not one of this model's layers: conv1, conv2, conv3, conv4"):
+        features.check_layer(predictor.variables, "fc9")
 
     train = features.open_split(extractor.config, "train")
     chosen = np.array([5, 100, 250])  # in the first, second and last batch of 64

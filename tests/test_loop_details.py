@@ -97,7 +97,7 @@ def test_a_gpu_config_on_the_cpu_warns_once_and_names_the_faster_choice(capsys):
 def test_the_first_stop_signal_is_a_request_the_second_stops_at_once():
     with StopRequests() as stop:
         os.kill(os.getpid(), signal.SIGINT)
-        assert stop.poll(0)
+        assert stop.poll()
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

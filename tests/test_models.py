@@ -60,7 +60,7 @@ def test_cifar_model_output_shape_width_and_dtypes():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
     logits = jax.jit(small.apply)(variables, x)
     assert logits.shape == (3, 10) and logits.dtype == jnp.float32
-    assert variables["params"]["Conv_0"]["kernel"].shape == (3, 3, 3, 16)
+    assert variables["params"]["conv1"]["kernel"].shape == (3, 3, 3, 16)
     assert count_params(small, 32) < count_params(models.AlexNetCIFAR(num_classes=10, width=0.5), 32)
 
 

@@ -15,7 +15,7 @@ import signal
 import jax
 import numpy as np
 import pytest
-from conftest import STEPS_PER_EPOCH, TINY, StopAt, tiny_run_config
+from conftest import STEPS_PER_EPOCH, TINY, tiny_run_config
 from harness import distributed_run, final_arrays, run_forked
 
 from alexnet_jax import metrics_log
@@ -60,7 +60,7 @@ def test_two_processes_train_in_step_stop_together_and_resume_in_one(tmp_path, c
     assert [r["step"] for r in records(tmp_path / "two", "eval")] == [STEPS_PER_EPOCH]  # logged once
 
     one_process = tiny_run_config(*FLOAT64, f"--config.num_epochs={EPOCHS}")
-    train_and_evaluate(one_process, str(tmp_path / "one"), stop=StopAt(STEPS_PER_EPOCH))
+    train_and_evaluate(one_process, str(tmp_path / "one"), stop_after=STEPS_PER_EPOCH)
     for kind in ("train", "eval"):
         assert [r["step"] for r in records(tmp_path / "two", kind)] == [
             r["step"] for r in records(tmp_path / "one", kind)
@@ -99,7 +99,7 @@ def test_towers_across_two_processes_train_as_one_process_does(tmp_path, x64, cl
     for i, process in enumerate(two):
         assert process["status"] == 0, f"process {i}: {process['err'][-3000:]}"
     assert "4 x cpu (cpu), 2 processes; 2 pairs of towers" in two[0]["out"]
-    train_and_evaluate(tiny_run_config(*towers), str(tmp_path / "one"), stop=StopAt(2))  # saved, not evaluated
+    train_and_evaluate(tiny_run_config(*towers), str(tmp_path / "one"), stop_after=2)  # saved, not evaluated
     assert_same_checkpoint(tmp_path / "two", tmp_path / "one", 2)
 
     filters = tmp_path / "filters.png"

@@ -99,15 +99,15 @@ def _assert_scaled_by_layer(config):
     config.init_from, config.finetune.freeze_convs, config.finetune.pretrained_lr_scale = "w", True, 0.25
     tuned = optim.create_optimizer(config, schedule)
     layer = lambda seed: {"kernel": jax.random.normal(jax.random.key(seed), (3, 2)), "bias": jnp.ones(2)}  # noqa: E731
-    params = {"Conv_0": layer(0), "BatchNorm_0": {"scale": jnp.ones(2)}, "Dense_0": layer(1), "Dense_2": layer(2)}
+    params = {"conv1": layer(0), "bn1": {"scale": jnp.ones(2)}, "fc6": layer(1), "fc8": layer(2)}
     plain_state, tuned_state = plain.init(params), tuned.init(params)
     for step in range(3):
         grads = jax.tree.map(lambda p, step=step: jnp.cos(p + step), params)
         want, plain_state = plain.update(grads, plain_state, params)
         got, tuned_state = tuned.update(grads, tuned_state, params)
-        for module, scale in (("Dense_2", 1.0), ("Dense_0", 0.25)):
+        for module, scale in (("fc8", 1.0), ("fc6", 0.25)):
             for key in params[module]:
                 assert got[module][key].dtype == np.float64
                 np.testing.assert_allclose(got[module][key], scale * want[module][key], rtol=RTOL, atol=ATOL)
-        for frozen in jax.tree.leaves((got["Conv_0"], got["BatchNorm_0"])):
+        for frozen in jax.tree.leaves((got["conv1"], got["bn1"])):
             np.testing.assert_array_equal(frozen, 0.0)

@@ -2,7 +2,7 @@
 lives in checkpoints, so a resumed run decides as an uninterrupted one."""
 
 import pytest
-from conftest import StopAt, tiny_run_config
+from conftest import tiny_run_config
 from harness import final_arrays
 
 from alexnet_jax import metrics_log, optim
@@ -32,7 +32,7 @@ def plateau_config():
 def plateau_run(tmp_path_factory):
     """The run, stopped at step 10 (after one lowering) and resumed to the end (step 12)."""
     workdir = tmp_path_factory.mktemp("plateau")
-    assert train_and_evaluate(plateau_config(), str(workdir), stop=StopAt(10))["stopped"]
+    assert train_and_evaluate(plateau_config(), str(workdir), stop_after=10)["stopped"]
     train_and_evaluate(plateau_config(), str(workdir))
     return workdir
 

@@ -65,7 +65,7 @@ def test_the_guides_research_pieces_run_together_as_written(tmp_path, cli):
         grey = augment.CUSTOM["cutout"](np.full((4, 32, 32, 3), 255.0), jax.random.split(jax.random.key(0), 4))
         uniform = train_step.LOSS_TERMS["confidence_penalty"](None, np.zeros((2, 10)), None)
         config = main.parse_args(["main.py", *run]).config
-        initial = create_state(config, 10, (32, 32, 3), steps_per_epoch=4)[0].params
+        initial = create_state(config, 10, (32, 32, 3), steps_per_epoch=4).params
     records = metrics_log.read_metrics(tmp_path)
     train, evaluation = records[-2], records[-1]
     assert train["learning_rate"] == pytest.approx(0.005 * 3 / 4, rel=1e-6)  # linear over 4 steps, at the 2nd
@@ -73,7 +73,7 @@ def test_the_guides_research_pieces_run_together_as_written(tmp_path, cli):
     assert all(0 < ((image == 127.5).all(-1)).sum() <= 64 for image in grey)  # one square of at most 8 x 8
     assert float(uniform) == pytest.approx(-0.1 * np.log(10), rel=1e-6)
     (first, _), (second, _) = (read_variables(tmp_path / "checkpoints" / str(step)) for step in (1, 2))
-    assert sorted(second) == ["Conv_0", "Conv_1", "Conv_2", "Conv_3", "Conv_4", "Dense_0"]  # alexnet_gap's
+    assert sorted(second) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc8"]  # alexnet_gap's
     average, _ = read_variables(tmp_path / "checkpoints" / "2", "ema")
     for got, *weights in zip(*(jax.tree.leaves(t) for t in (average, initial, first, second)), strict=True):
         want = 0.75 * (0.75 * weights[0] + 0.25 * weights[1]) + 0.25 * weights[2]
@@ -123,9 +123,10 @@ def test_per_example_gradients_are_each_examples_own_in_float64():
             alone_grads = alone(params, images[i], targets[i])
             for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(alone_grads), strict=True):
                 np.testing.assert_allclose(got[i], want, rtol=1e-10, atol=1e-12)  # sums in another order only
-        with_batch_norm = {**params, "BatchNorm_0": {"scale": np.ones(4), "bias": np.zeros(4)}}
-        with pytest.raises(ValueError, match="without batch norm"):
-            per_example_grads(model.apply, with_batch_norm, images, targets)
+        for name in ("bn1", "BatchNorm_0"):  # the project's models' batch norms, and Flax's own names
+            with_batch_norm = {**params, name: {"scale": np.ones(4), "bias": np.zeros(4)}}
+            with pytest.raises(ValueError, match="without batch norm"):
+                per_example_grads(model.apply, with_batch_norm, images, targets)
 
 
 def test_dp_sgds_aggregate_clips_each_example_sums_and_averages():

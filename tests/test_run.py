@@ -6,7 +6,7 @@ import json
 import statistics
 
 import pytest
-from conftest import EPOCHS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, StopAt, input_blind_cross_entropy, tiny_run_config
+from conftest import EPOCHS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, input_blind_cross_entropy, tiny_run_config
 from harness import assert_same_final_state, assert_survived_the_kills, kill_and_restart, kill_plan
 
 from alexnet_jax import metrics_log, plots
@@ -77,7 +77,7 @@ def test_stops_and_a_death_during_the_report_then_resumes_end_as_an_uninterrupte
     straight_run, tmp_path, monkeypatch
 ):
     # A stop at an epoch's end evaluates that epoch first.
-    summary = train_and_evaluate(tiny_run_config(), str(tmp_path), stop=StopAt(STEPS_PER_EPOCH))
+    summary = train_and_evaluate(tiny_run_config(), str(tmp_path), stop_after=STEPS_PER_EPOCH)
     assert summary["stopped"] and summary["step"] == STEPS_PER_EPOCH
     assert [r["step"] for r in records(tmp_path, "eval")] == [STEPS_PER_EPOCH]
 
@@ -88,7 +88,7 @@ def test_stops_and_a_death_during_the_report_then_resumes_end_as_an_uninterrupte
     with monkeypatch.context() as patch:
         patch.setattr(plots, "plot_curves", die)
         with pytest.raises(RuntimeError, match="killed while plotting"):
-            train_and_evaluate(tiny_run_config(), str(tmp_path), stop=StopAt(TOTAL_STEPS))
+            train_and_evaluate(tiny_run_config(), str(tmp_path), stop_after=TOTAL_STEPS)
     assert saved_steps(tmp_path)[-1] == TOTAL_STEPS and not (tmp_path / "validation_report.json").exists()
 
     # Running again completes the report, logging the final evaluation once, not again.

@@ -1,6 +1,8 @@
 """The streaming input pipeline: batches are a function of (seed, step) alone, the same as the
 resident path's, split between processes without overlap, and a streamed run resumes exactly after SIGKILLs."""
 
+import contextlib
+import itertools
 import json
 import re
 import signal
@@ -13,13 +15,11 @@ from conftest import TINY, tiny_run_config
 from harness import assert_survived_the_kills, kill_plan, run_forked
 
 from alexnet_jax import datasets, input_pipeline, metrics_log
-from alexnet_jax.experiment import step_constants
 from alexnet_jax.feeds import ResidentFeed, StreamingFeed
 from alexnet_jax.input_pipeline import ProcessShare, TrainBatch
-from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
+from alexnet_jax.parallel import DataParallel
 from alexnet_jax.report import confusion_from_report
 from alexnet_jax.train import train_and_evaluate
-from alexnet_jax.train_step import resident_batch
 
 
 def synthetic(examples=40):
@@ -94,19 +94,17 @@ def test_streaming_and_resident_feeds_give_the_same_batches(prepared):
     resident_split = datasets.load_split(config.dataset, "train")
     stream_split = datasets.load_split(config.dataset, "train", stream=True)
     assert len(resident_split) == len(stream_split) == 27  # 3 steps of 8 per epoch
-    parallel, constants = DataParallel("shard_map"), step_constants(config, 3)
-    resident = ResidentFeed(parallel, config, resident_split, 3, constants)
-    streaming = StreamingFeed(parallel, config, stream_split, total_steps=6, start_step=0, constants=constants)
-    gather = parallel.wrap(lambda data, order, start: resident_batch(data, order, start, 1), (REPLICATED,) * 3, SHARDED)
-    try:
-        for step in range(6):
-            data, order = resident.inputs(step)
-            want = gather(data, order, parallel.replicate(np.int32(step % 3 * 8)))
-            (got,) = streaming.inputs(step)
+    parallel, seed = DataParallel("shard_map"), config.seed
+    resident = ResidentFeed(parallel, resident_split, config.batch_size, [seed])
+    streaming = StreamingFeed(parallel, stream_split, config.batch_size, seed, 6, config.input.workers)
+    with contextlib.closing(streaming.batches(0)) as streamed:
+        for want, got in zip(itertools.islice(resident.batches(0), 6), streamed, strict=True):
             for key in ("image", "label"):
                 np.testing.assert_array_equal(jax.device_get(got[key]), jax.device_get(want[key]))
-    finally:
-        streaming.close()
+    # The order and the batches from a later step on (a resumed run's) are those of the same steps.
+    with contextlib.closing(streaming.batches(4)) as streamed:
+        for want, got in zip(itertools.islice(resident.batches(4), 2), streamed, strict=True):
+            np.testing.assert_array_equal(jax.device_get(got["label"]), jax.device_get(want["label"]))
 
 
 @pytest.fixture(scope="module")

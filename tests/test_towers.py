@@ -6,7 +6,7 @@ import jax
 from conftest import float64_state, tiny_config
 from test_train_step import agreement_config, assert_agree, host_batch_steps
 
-from alexnet_jax import config_checks, datasets, models, parallel
+from alexnet_jax import config_checks, datasets
 from alexnet_jax.parallel import DataParallel, TowerParallel
 
 
@@ -28,8 +28,6 @@ def test_two_towers_by_two_batch_shards_equal_the_grouped_model_in_float64():
         grouped = host_batch_steps(config, DataParallel("shard_map", jax.devices()[:2]), split, grouped_start)
         config.parallel = "towers"
         config_checks.validate(config, num_devices=4)
-        # The same parameters, applied by one tower's half of the model (create_state's choice).
-        tower_apply = models.create_model(config.model, len(split.class_names), parallel.TOWER).apply
-        towers_start = grouped_start.replace(apply_fn=tower_apply)
-        towers = host_batch_steps(config, TowerParallel("towers", jax.devices()[:4]), split, towers_start)
+        # The same parameters, applied by one tower's half of the model (TowerParallel.model).
+        towers = host_batch_steps(config, TowerParallel("towers", jax.devices()[:4]), split, grouped_start)
     assert_agree(grouped_start, grouped, {"2 batch shards x 2 towers": towers})

@@ -13,6 +13,7 @@ machine-dependent.
 """
 
 import importlib
+import itertools
 import pathlib
 
 import jax
@@ -20,13 +21,15 @@ import numpy as np
 import pytest
 from conftest import ROOT, float64_state, tiny_config
 
-from alexnet_jax import augment, config_checks, datasets
+from alexnet_jax import augment, config_checks, datasets, ensemble
+from alexnet_jax.augment import Augmentation
 from alexnet_jax.checkpointing import Checkpoints
-from alexnet_jax.experiment import create_state, step_constants, train_key
-from alexnet_jax.feeds import compile_batch_step, compile_train_step
-from alexnet_jax.input_pipeline import epoch_order
+from alexnet_jax.evaluation import View
+from alexnet_jax.experiment import create_state
+from alexnet_jax.feeds import ResidentFeed
 from alexnet_jax.parallel import REPLICATED, SHARDED, DataParallel
-from alexnet_jax.train_step import StepConstants, state_variables
+from alexnet_jax.train import compose_train_step
+from alexnet_jax.train_step import Training, state_variables
 
 STEPS = 3
 RTOL, ATOL = 1e-10, 1e-13  # see the module docstring
@@ -49,7 +52,7 @@ def agreement_config(config):
 def host_batch_steps(config, parallel: DataParallel, split, start_state, steps=STEPS):
     """Trains ``steps`` steps on consecutive host batches (the streaming path's step); returns host
     params and per-step losses."""
-    step = compile_batch_step(parallel, config, step_constants(config, len(split.class_names)))
+    step = compose_train_step(parallel, config, len(split.class_names))
     state, rng, losses = parallel.place_model(start_state), parallel.replicate(jax.random.key(7)), []
     for i in range(steps):
         rows = slice(i * config.batch_size, (i + 1) * config.batch_size)
@@ -60,14 +63,12 @@ def host_batch_steps(config, parallel: DataParallel, split, start_state, steps=S
 
 def resident_steps(config, parallel: DataParallel, split, start_state):
     """The path training runs: each device gathers its block of the epoch's order on device."""
-    steps_per_epoch = len(split) // config.batch_size
-    train_fn = compile_train_step(parallel, config, steps_per_epoch, step_constants(config, len(split.class_names)))
-    data = parallel.replicate({"image": split.images, "label": split.labels})
+    feed = ResidentFeed(parallel, split, config.batch_size, [config.seed])  # epoch_order(config.seed, ...)
+    train_fn = compose_train_step(parallel, config, len(split.class_names))
     rng = parallel.replicate(jax.random.key(3))
-    order = parallel.replicate(epoch_order(config.seed, 0, len(split)))
     state, losses = parallel.replicate(start_state), []
-    for _ in range(STEPS):
-        state, metrics = train_fn(state, data, order, rng)
+    for batch in itertools.islice(feed.batches(0), STEPS):
+        state, metrics = train_fn(state, batch, rng)
         losses.append(float(jax.device_get(parallel.unreplicate(metrics))["loss"]))
     return jax.device_get(state_variables(parallel.unreplicate(state))), losses
 
@@ -138,10 +139,13 @@ def test_batch_norm_statistics_are_taken_over_the_global_batch_and_checkpointed(
         np.testing.assert_array_equal(a, b)
 
 
-def test_step_constants_are_hashable_constants_not_a_pytree():
-    constants = StepConstants(num_classes=10, label_smoothing=0.1)
+@pytest.mark.parametrize("owner", [Training, Augmentation, View])
+def test_the_steps_constants_are_hashable_constants_not_a_pytree(owner, config):
+    """Each owner's constants (training's, augmentation's, evaluation's), built where they are used."""
+    constants = owner.from_config(config, 10) if owner is Training else owner.from_config(config)
     assert jax.tree.leaves(constants) == [constants]  # a leaf: jit can never trace its fields
-    assert hash(constants) == hash(StepConstants(num_classes=10, label_smoothing=0.1))
+    again = owner.from_config(tiny_config(), 10) if owner is Training else owner.from_config(tiny_config())
+    assert hash(constants) == hash(again) and constants == again
 
 
 @pytest.mark.parametrize("key", ["batch_size", "eval_batch_size"])
@@ -188,10 +192,10 @@ def test_jax_x64_mode_leaves_every_shipped_configs_step_as_it_is(name):
     shape = (256, 256, 3) if config.augment.crop_size else (32, 32, 3)
     shape = (224, 224, 3) if config.input.get("random_resized_crop") else shape
     with jax.enable_x64(True):
-        state = jax.eval_shape(lambda: create_state(config, 10, shape, 10)[0])
-        step = compile_batch_step(DataParallel("shard_map", jax.devices()[:1]), config, step_constants(config, 10))
+        state = jax.eval_shape(lambda: create_state(config, 10, shape, 10))
+        step = compose_train_step(DataParallel("shard_map", jax.devices()[:1]), config, 10)
         batch = {"image": jax.ShapeDtypeStruct((2, *shape), np.uint8), "label": jax.ShapeDtypeStruct((2,), np.int32)}
-        after, _ = jax.eval_shape(step, state, batch, jax.eval_shape(lambda: train_key(config)))
+        after, _ = jax.eval_shape(step, state, batch, jax.eval_shape(lambda: ensemble.train_key(config)))
     dtypes = lambda tree: [x.dtype for x in jax.tree.leaves(tree)]
     assert dtypes(after.params) == dtypes(state.params) and np.float32 in dtypes(after.params)
     assert dtypes(after.opt_state) == dtypes(state.opt_state)

@@ -19,10 +19,6 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
     }
 
 
-def take_arguments(values: dict, positional: list[str]) -> list[str]:
-    return positional
-
-
 def run(args) -> int:
     from alexnet_jax.runtime import use_compilation_cache
     from alexnet_jax.torchvision_weights import convert

@@ -19,23 +19,18 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
     }
 
 
-def take_arguments(values: dict, positional: list[str]) -> list[str]:
-    return positional
-
-
 def extractor(args):
     """The workdir's model as a features function (``--checkpoint``; ``--member``, by default an
     ensemble's first; ``--ema``)."""
-    from alexnet_jax.features import FeatureExtractor, member_for
-    from alexnet_jax.predict import Predictor, saved_config
+    from alexnet_jax.features import FeatureExtractor
+    from alexnet_jax.predict import Predictor
     from alexnet_jax.runtime import use_compilation_cache
 
     if not args.workdir:
         raise UserError(f"--mode={args.mode} needs --workdir=DIR")
     use_compilation_cache(args.compilation_cache)
-    workdir = pathlib.Path(args.workdir)
-    member = member_for(saved_config(workdir), args.member)
-    predictor = Predictor(workdir, args.checkpoint, False, member, "ema" if args.ema else "raw")
+    member = 0 if args.member is None else args.member  # an ensemble's first by default
+    predictor = Predictor(pathlib.Path(args.workdir), args.checkpoint, False, member, "ema" if args.ema else "raw")
     return FeatureExtractor(predictor, args.layer)
 
 

@@ -17,10 +17,6 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
     }
 
 
-def take_arguments(values: dict, positional: list[str]) -> list[str]:
-    return positional
-
-
 def run(args) -> int:
     from alexnet_jax.cli.features import extractor
     from alexnet_jax.features import plot_neighbours

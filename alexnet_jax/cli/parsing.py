@@ -35,7 +35,31 @@ def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
         "mode": flags.DEFINE_enum("mode", "train", MODES, "What to do.", **fv),
         "workdir": flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints, plots.", **fv),
         "checkpoint": flags.DEFINE_string(
-            "checkpoint", "best", "evaluate, predict: 'best', 'latest' or a step number.", **fv
+            "checkpoint",
+            "best",
+            "evaluate, predict, filters, features, neighbours: 'best', 'latest' or a step number.",
+            **fv,
+        ),
+        "member": flags.DEFINE_integer(
+            "member",
+            None,
+            "evaluate, predict, filters, features, neighbours: one member of an ensemble (0 to N-1); default: "
+            "the ensemble (filters, features, neighbours: member 0).",
+            **fv,
+        ),
+        "ema": flags.DEFINE_bool(
+            "ema",
+            False,
+            "evaluate, predict, filters, features, neighbours: the weights' moving average (--config.ema_decay), "
+            "not the weights.",
+            **fv,
+        ),
+        "output": flags.DEFINE_string(
+            "output",
+            None,
+            "predict: also write the top-5 to this .csv or .jsonl; filters, neighbours: the PNG to write; "
+            "features: the .npy to write.",
+            **fv,
         ),
         "compilation_cache": flags.DEFINE_string(
             "compilation_cache",
@@ -47,7 +71,8 @@ def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
         "verbosity": flags.DEFINE_integer("verbosity", -1, "absl logging level: -1 warnings, 0 info, 1 debug.", **fv),
     }
     for module in MODULES.values():
-        holders.update(module.define_flags(flag_values))
+        if hasattr(module, "define_flags"):  # a mode's own flags, where it has any
+            holders.update(module.define_flags(flag_values))
     return holders
 
 
@@ -116,7 +141,8 @@ def parse_args(argv: list[str]) -> types.SimpleNamespace:
     except (flags.Error, TypeError, ValueError) as e:  # bad flag name or value: absl names the flag
         raise UserError(f"{str(e).splitlines()[0]}; see python main.py --help") from None
     values = {name: holder.value for name, holder in holders.items() if name != "verbosity"}
-    positional = MODULES[values["mode"]].take_arguments(values, positional)
+    take_arguments = getattr(MODULES[values["mode"]], "take_arguments", None)  # predict's: the shell's expansion
+    positional = take_arguments(values, positional) if take_arguments else positional
     if len(positional) > 1:
         raise UserError(f"unexpected arguments {positional[1:]}; flags take the form --name=value")
     logging.set_verbosity(holders["verbosity"].value)

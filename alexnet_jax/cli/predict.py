@@ -12,24 +12,7 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
         "images": flags.DEFINE_multi_string(
             "images", [], "predict: image files, folders or globs (repeat the flag, or list them after it).", **fv
         ),
-        "output": flags.DEFINE_string(
-            "output", None, "predict: also write the top-5 to this .csv or .jsonl; filters: the PNG to write.", **fv
-        ),
         "ten_crop": flags.DEFINE_bool("ten_crop", False, "predict: the paper's ten crops instead of the centre.", **fv),
-        "member": flags.DEFINE_integer(
-            "member",
-            None,
-            "evaluate, predict, filters, features, neighbours: one member of an ensemble (0 to N-1); default: "
-            "the ensemble (filters, features, neighbours: member 0).",
-            **fv,
-        ),
-        "ema": flags.DEFINE_bool(
-            "ema",
-            False,
-            "evaluate, predict, filters, features, neighbours: the weights' moving average (--config.ema_decay), "
-            "not the weights.",
-            **fv,
-        ),
         "grid": flags.DEFINE_string(
             "grid", None, "predict: the PNG grid of images (default WORKDIR/predictions.png).", **fv
         ),

@@ -46,10 +46,6 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
     }
 
 
-def take_arguments(values: dict, positional: list[str]) -> list[str]:
-    return positional
-
-
 def run(args) -> int:
     from alexnet_jax import prepare
     from alexnet_jax.errors import UserError

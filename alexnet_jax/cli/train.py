@@ -35,10 +35,6 @@ def define_flags(flag_values: flags.FlagValues) -> dict:
     }
 
 
-def take_arguments(values: dict, positional: list[str]) -> list[str]:
-    return positional
-
-
 def join_processes(args):
     """Checks the config and workdir are given, sets up the compilation cache, joins the other
     processes if any, and checks that all run the same thing on equal devices and share the workdir."""

@@ -1,0 +1,41 @@
+"""An exponential moving average of the weights (``--config.ema_decay``): after every step,
+``ema = decay * ema + (1 - decay) * weights`` (batch statistics included), starting from the weights
+the run starts from (freshly initialised, or loaded by ``init_from``). It lives in the train state
+(``TrainState.ema``), is checkpointed beside the weights and evaluated beside them; ``decay`` 0
+keeps none, and every function here is then the identity."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from alexnet_jax.train_step import state_variables
+
+
+def decay(config) -> float:
+    return config.get("ema_decay", 0.0)
+
+
+def started(state, config):
+    """``state`` with its average set to its current weights (or none, ``decay`` 0)."""
+    if not decay(config):
+        return state.replace(ema=None)
+    return state.replace(ema=jax.tree.map(jnp.copy, state_variables(state)))
+
+
+def averaging(step, config):
+    """``step(state, *inputs) -> (state, metrics)`` that also moves the state's average towards the
+    new weights; ``step`` itself without an average."""
+    rate = 1.0 - decay(config)
+    if not decay(config):
+        return step
+
+    def step_and_average(state, *inputs):
+        new, metrics = step(state, *inputs)
+        return new.replace(ema=optax.incremental_update(state_variables(new), state.ema, rate)), metrics
+
+    return step_and_average
+
+
+def note(config) -> str:
+    """What a report's ``ema_*`` metrics are of."""
+    return f"; ema_*: their exponential moving average (decay {decay(config)})" if decay(config) else ""
