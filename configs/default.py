@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
     # averaged: the same step with less memory (k devices' numbers on one). Not with batch norm.
     config.grad_accum_steps = 1
     config.loss_term = ""  # a research loss term: a name in train_step.LOSS_TERMS (docs/research.md)
-    config.eval_scores = ()  # research scores evaluation reports: names in train_step.EVAL_SCORES
+    config.eval_scores = ()  # research scores evaluation reports: names in evaluation.EVAL_SCORES
     # > 0: also keep an exponential moving average of the weights (and batch statistics), updated
     # after every step with this decay (e.g. 0.999), checkpointed and evaluated beside them.
     config.ema_decay = 0.0
@@ -123,8 +123,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Fine-tuning: start a new run from the weights of a workdir (its best checkpoint, else its latest)
     # or of one checkpoint folder (.../checkpoints/<step>): a run of this code or torchvision's weights
-    # converted with --mode=convert. The classifier head (alexnet_owt and alexnet_cifar: Dense_2;
-    # alexnet2012: fc8) starts afresh when the number of classes differs; every other layer must fit.
+    # converted with --mode=convert. The classifier head (every model's fc8) starts afresh when the
+    # classes differ; every other layer must fit.
     config.init_from = ""
     config.finetune = ml_collections.ConfigDict()
     config.finetune.freeze_convs = False  # keep the convolutional layers (and their batch norm) as loaded

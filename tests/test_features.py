@@ -42,9 +42,7 @@ def test_the_features_and_neighbours_commands(straight_run, cli, tmp_path):
     # Both from one program, so fc8 is computed from these very fc7 values; a float32 dot product of
     # n terms is within n * eps * (|fc7| @ |kernel| + |bias|) of the exact one (computed in float64).
     predictor = Predictor(workdir, "latest", False)
-    both = jax.jit(
-        lambda v, x: [features.layer_features(predictor.apply_fn, v, x, n) for n in ("fc7", "fc8")]
-    )
+    both = jax.jit(lambda v, x: [features.layer_features(predictor.apply_fn, v, x, n) for n in ("fc7", "fc8")])
     pixels = augment.normalize(shown["image"][:16], extractor.config.dataset.normalization)
     fc7, fc8 = (np.asarray(x) for x in both(predictor.variables, pixels))
     np.testing.assert_array_equal(fc7.shape, (16, 32))
