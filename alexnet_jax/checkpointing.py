@@ -214,7 +214,7 @@ class Checkpoints:
         The arrays come back with ``sharding`` (e.g. on every device of every process), or on this
         process's first device."""
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        as_target = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)  # noqa: E731
+        as_target = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
         target = _items(state, rng)
         abstract = {**jax.tree.map(as_target, target), "step": target["step"], "rng": target["rng"]}
         legacy = _has_flax_names(pathlib.Path(self.manager.directory) / str(step))

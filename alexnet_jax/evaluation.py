@@ -61,7 +61,7 @@ class View:
 def scorer(apply_fn, view: View, members: int = 1):
     """``(variables, images) -> {name: log probabilities}``: the model's under "", and for an
     ensemble of ``members`` stacked models its members' too (``ensemble.averaged``)."""
-    one = lambda variables, images: {"": view.log_probabilities(apply_fn, variables, images)}  # noqa: E731
+    one = lambda variables, images: {"": view.log_probabilities(apply_fn, variables, images)}
     return ensemble.averaged(one, members)
 
 
@@ -97,7 +97,7 @@ def _scores(log_probs: jax.Array, labels: jax.Array, mask: jax.Array, extra: tup
 def pad_to_batches(split: ArraySplit, global_batch: int) -> dict[str, np.ndarray]:
     """Pads a split to whole global batches; ``mask`` is 1 for real examples, 0 for padding."""
     padding = -len(split) % global_batch
-    pad = lambda x: np.concatenate([x, np.zeros((padding, *x.shape[1:]), x.dtype)])  # noqa: E731
+    pad = lambda x: np.concatenate([x, np.zeros((padding, *x.shape[1:]), x.dtype)])
     mask = np.concatenate([np.ones(len(split), np.int32), np.zeros(padding, np.int32)])
     return {"image": pad(split.images), "label": pad(split.labels), "mask": mask}
 

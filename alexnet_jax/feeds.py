@@ -56,7 +56,7 @@ class ResidentFeed:
         self.steps_per_epoch = len(split) // global_batch
         self.data = parallel.replicate({"image": split.images, "label": split.labels})
         local = global_batch // parallel.num_devices
-        gather = lambda data, order, start: resident_batch(data, order, start, local)  # noqa: E731
+        gather = lambda data, order, start: resident_batch(data, order, start, local)
         self._gather = parallel.wrap(gather, (REPLICATED,) * 3, SHARDED)
         self._starts = [parallel.replicate(np.int32(i * global_batch)) for i in range(self.steps_per_epoch)]
 

@@ -135,8 +135,8 @@ class AlexNet2012(nn.Module):
         weights = nn.initializers.normal(stddev=0.01)
         zeros, ones = nn.initializers.zeros, nn.initializers.ones
         towers = 1 if self.tower_axis is None else 2  # this module's share of each layer: 1 / towers
-        size = lambda features: max(2, 2 * round(features * self.width / 2))  # noqa: E731  (even: two halves)
-        gather = lambda x: x if towers == 1 else jax.lax.all_gather(x, self.tower_axis, axis=x.ndim - 1, tiled=True)  # noqa: E731
+        size = lambda features: max(2, 2 * round(features * self.width / 2))  # even: two halves
+        gather = lambda x: x if towers == 1 else jax.lax.all_gather(x, self.tower_axis, axis=x.ndim - 1, tiled=True)
 
         def conv(features, kernel, bias_init, grouped=False, strides=1, padding=1, name=None):
             return nn.Conv(

@@ -126,7 +126,7 @@ class DataParallel:
         self._whole = NamedSharding(self.mesh, P())
         # pmap layouts, each one program per tree (not one per leaf shape): a copy per device
         # stacked on a leading axis, and the copy on the first device.
-        stack = lambda x: jnp.broadcast_to(x, (self.num_devices, *jnp.shape(x)))  # noqa: E731
+        stack = lambda x: jnp.broadcast_to(x, (self.num_devices, *jnp.shape(x)))
         self._stack = jax.jit(lambda tree: jax.tree.map(stack, tree), out_shardings=self._split)
         self._first = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))
 
@@ -176,7 +176,7 @@ class DataParallel:
 
         With several processes, ``tree`` is this process's block of the global batch."""
         if self.mode == "pmap":
-            split = lambda x: x.reshape(self.num_devices, -1, *x.shape[1:])  # noqa: E731
+            split = lambda x: x.reshape(self.num_devices, -1, *x.shape[1:])
             return jax.device_put(jax.tree.map(split, tree), self._split)
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split, x), tree)
 
@@ -259,7 +259,7 @@ class TowerParallel(DataParallel):
     def place_model(self, tree):
         place = lambda x: (
             self._put_whole(x) if not np.ndim(x) else jax.device_put(x, NamedSharding(self.mesh, self._model_spec(x)))
-        )  # noqa: E731
+        )
         return jax.tree.map(place, tree)
 
     def wrap(self, per_device_fn, in_kinds, out_kinds, donate_argnums=()) -> Callable:

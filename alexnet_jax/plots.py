@@ -6,11 +6,11 @@ import pathlib
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
 
-from alexnet_jax import files  # noqa: E402
+from alexnet_jax import files
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:

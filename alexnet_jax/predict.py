@@ -174,7 +174,7 @@ def readable_batches(paths: list[pathlib.Path], evaluation_input, batch: int, de
     """(paths, uint8 images) of the readable files among ``paths``, ``batch`` files at a time, read on
     all cores as evaluation reads them, so memory stays flat however many there are. Unreadable
     files are reported on stderr and skipped."""
-    load = lambda path: load_image(path, evaluation_input)  # noqa: E731
+    load = lambda path: load_image(path, evaluation_input)
     with (
         concurrent.futures.ThreadPoolExecutor(cpus.usable_cpus()) as pool,
         tqdm.tqdm(total=len(paths), desc=description, unit="image", leave=False, disable=None) as bar,
@@ -198,7 +198,7 @@ def _top(path: str, probabilities: np.ndarray, class_names) -> dict:
 
 def _table(rows: list[dict], max_width: int = 60) -> str:
     """One line per image: its path (long ones shortened from the left) and the top 5 with probabilities."""
-    shorten = lambda path: path if len(path) <= max_width else "..." + path[3 - max_width :]  # noqa: E731
+    shorten = lambda path: path if len(path) <= max_width else "..." + path[3 - max_width :]
     width = max(len(shorten(r["image"])) for r in rows)
     header = f"{'image':<{width}}  " + "  ".join(f"{'top-' + str(k + 1):<24}" for k in range(TOP))
     lines = [header.rstrip()]

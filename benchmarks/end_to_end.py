@@ -27,10 +27,10 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alexnet_jax import feeds, runtime  # noqa: E402
-from alexnet_jax.experiment import create_state, load_split  # noqa: E402
-from alexnet_jax.parallel import DataParallel  # noqa: E402
-from alexnet_jax.train import compose_train_step  # noqa: E402
+from alexnet_jax import feeds, runtime
+from alexnet_jax.experiment import create_state, load_split
+from alexnet_jax.parallel import DataParallel
+from alexnet_jax.train import compose_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cifar10_cpu.py", "Config to run.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Grain worker processes for the streaming rows.")

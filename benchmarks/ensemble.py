@@ -20,11 +20,11 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import time_steps  # noqa: E402
-from train_step import setup  # noqa: E402
+from timing import time_steps
+from train_step import setup
 
-from alexnet_jax.parallel import DataParallel  # noqa: E402
-from alexnet_jax.train import compose_train_step  # noqa: E402
+from alexnet_jax.parallel import DataParallel
+from alexnet_jax.train import compose_train_step
 
 FLAGS = flags.FLAGS
 

@@ -369,7 +369,7 @@ def research_stages(root: pathlib.Path, main: list[str], train) -> dict:
 
 
 def row(m: Measured) -> str:
-    mb = lambda n: f"{n / 2**20:,.0f}"  # noqa: E731
+    mb = lambda n: f"{n / 2**20:,.0f}"
     return (
         f"| {m.stage} | {m.exit_code} | {m.seconds:,.1f} | {mb(m.peak_rss)} | {mb(m.peak_disk - m.start_disk)}, "
         f"{mb(m.final_disk - m.start_disk)} | {m.files_created:,} |"

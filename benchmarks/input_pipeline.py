@@ -23,9 +23,9 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from alexnet_jax import datasets, input_pipeline  # noqa: E402
-from alexnet_jax.images import CentreSquare, Encoding, RandomResizedCrop, example_rng  # noqa: E402
-from alexnet_jax.prepare import prepare_image_folder  # noqa: E402
+from alexnet_jax import datasets, input_pipeline
+from alexnet_jax.images import CentreSquare, Encoding, RandomResizedCrop, example_rng
+from alexnet_jax.prepare import prepare_image_folder
 
 _FOLDER = flags.DEFINE_string("folder", None, "Folder of JPEG photos; unset: generated stand-ins.")
 _COUNT = flags.DEFINE_integer("count", 500, "Photos to use (stand-ins to generate).")

@@ -29,7 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alexnet_jax.images import centre_square  # noqa: E402
+from alexnet_jax.images import centre_square
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("folder", None, "Folder of JPEG photos.")

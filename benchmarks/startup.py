@@ -27,7 +27,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alexnet_jax import datasets  # noqa: E402
+from alexnet_jax import datasets
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", None, "TFDS dataset to read (e.g. cifar10_png, prepared with --mode=prepare).")

@@ -104,7 +104,7 @@ def create(model: str, width: float = 1.0) -> nn.Module:
         return torchvision.models.alexnet(weights=None)
     if model == "alexnet2012":
         return AlexNet2012()
-    scaled = lambda n: max(1, round(n * width))  # noqa: E731
+    scaled = lambda n: max(1, round(n * width))
     return AlexNetCIFAR(channels=tuple(scaled(c) for c in (64, 192, 384, 256, 256)), hidden=scaled(2048))
 
 

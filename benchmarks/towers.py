@@ -26,13 +26,13 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import time_steps  # noqa: E402
+from timing import time_steps
 
-from alexnet_jax import ensemble  # noqa: E402
-from alexnet_jax.experiment import create_state  # noqa: E402
-from alexnet_jax.parallel import create  # noqa: E402
-from alexnet_jax.train import compose_train_step  # noqa: E402
-from configs import imagenet2012_paper  # noqa: E402
+from alexnet_jax import ensemble
+from alexnet_jax.experiment import create_state
+from alexnet_jax.parallel import create
+from alexnet_jax.train import compose_train_step
+from configs import imagenet2012_paper
 
 FLAGS = flags.FLAGS
 BYTES = {"f32": 4, "f64": 8, "bf16": 2, "s32": 4, "u32": 4, "pred": 1, "u8": 1}

@@ -20,11 +20,11 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alexnet_jax import datasets, ensemble  # noqa: E402
-from alexnet_jax.experiment import create_state  # noqa: E402
-from alexnet_jax.feeds import ResidentFeed  # noqa: E402
-from alexnet_jax.parallel import DataParallel  # noqa: E402
-from alexnet_jax.train import compose_train_step  # noqa: E402
+from alexnet_jax import datasets, ensemble
+from alexnet_jax.experiment import create_state
+from alexnet_jax.feeds import ResidentFeed
+from alexnet_jax.parallel import DataParallel
+from alexnet_jax.train import compose_train_step
 
 FLAGS = flags.FLAGS
 

@@ -41,12 +41,12 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-import configs.cifar10  # noqa: E402
-from alexnet_jax import models  # noqa: E402
-from alexnet_jax.experiment import create_state  # noqa: E402
-from alexnet_jax.parallel import DataParallel  # noqa: E402
-from alexnet_jax.train import compose_train_step  # noqa: E402
-from benchmarks.timing import time_steps  # noqa: E402
+import configs.cifar10
+from alexnet_jax import models
+from alexnet_jax.experiment import create_state
+from alexnet_jax.parallel import DataParallel
+from alexnet_jax.train import compose_train_step
+from benchmarks.timing import time_steps
 
 _MODELS = flags.DEFINE_list("models", ["alexnet_owt", "alexnet2012", "alexnet_cifar"], "Networks to time.")
 _BATCHES = flags.DEFINE_list("batches", ["128", "256", "512"], "Batch sizes for the 224x224 networks.")
@@ -275,7 +275,7 @@ def main(argv):
     torch_bench = None
     if "torch" in _FRAMEWORKS.value:
         with contextlib.suppress(ImportError):
-            from benchmarks import torch_alexnets as torch_bench  # noqa: PLC0415
+            from benchmarks import torch_alexnets as torch_bench
     on_gpu = jax.devices()[0].platform == "gpu"
     size = _MATMUL_SIZE.value or (8192 if on_gpu else 2048)
     peaks = {"jax": jax_matmul_tflops(size)}

@@ -41,9 +41,9 @@ import traceback
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
+import jax
 
-import main  # noqa: E402
+import main
 
 
 def _after(cls, name: str, fires):
@@ -119,7 +119,7 @@ def _arm(moment: str, step: int, signum: int):
 
     from alexnet_jax import checkpointing, train
 
-    send = lambda: os.kill(os.getpid(), signum)  # noqa: E731
+    send = lambda: os.kill(os.getpid(), signum)
     if moment == "step":
         _after(train._Trainer, "train_step", lambda trainer: trainer.step == step and send())
     elif moment == "evaluation":

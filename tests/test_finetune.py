@@ -54,7 +54,7 @@ def best_step(workdir) -> int:
 
 
 def test_the_head_starts_afresh_for_other_classes_only(tmp_path):
-    layer = lambda value, classes=3: {"kernel": np.full((4, classes), value), "bias": np.full(classes, value)}  # noqa: E731
+    layer = lambda value, classes=3: {"kernel": np.full((4, classes), value), "bias": np.full(classes, value)}
     fresh = {"fc6": layer(0.0), "fc8": layer(0.0)}
     same = {"fc6": layer(1.0), "fc8": layer(1.0)}
     merged, afresh = finetune.merge(fresh, same, "fc8", tmp_path, new_head=False)

@@ -19,7 +19,7 @@ from configs import smoke
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import report_size  # noqa: E402
+import report_size
 
 # Writing a 1,000-class report took 190 MB above the process's memory where this bound was set
 # (the confusion figure's old design needed about 200 GB); what it measures is a fixed-size figure

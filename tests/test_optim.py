@@ -94,11 +94,11 @@ def test_fine_tuning_scales_updates_by_layer(config, rule):
 
 def _assert_scaled_by_layer(config):
     rates = [0.1, 0.05, 0.025]
-    schedule = lambda step: jnp.asarray(rates)[step]  # noqa: E731
+    schedule = lambda step: jnp.asarray(rates)[step]
     plain = optim.create_optimizer(config, schedule)
     config.init_from, config.finetune.freeze_convs, config.finetune.pretrained_lr_scale = "w", True, 0.25
     tuned = optim.create_optimizer(config, schedule)
-    layer = lambda seed: {"kernel": jax.random.normal(jax.random.key(seed), (3, 2)), "bias": jnp.ones(2)}  # noqa: E731
+    layer = lambda seed: {"kernel": jax.random.normal(jax.random.key(seed), (3, 2)), "bias": jnp.ones(2)}
     params = {"conv1": layer(0), "bn1": {"scale": jnp.ones(2)}, "fc6": layer(1), "fc8": layer(2)}
     plain_state, tuned_state = plain.init(params), tuned.init(params)
     for step in range(3):
