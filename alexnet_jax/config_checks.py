@@ -114,6 +114,7 @@ def _check_ensemble(config, num_devices: int):
         "--config.ensemble_data_order=own needs --config.input.pipeline=resident (streamed members share batches)",
     )
     _require(not config.get("init_from"), "--config.init_from starts one model; train ensembles from scratch")
+    _require(config.parallel != "towers", "--config.parallel=towers trains one model; use shard_map for ensembles")
     for k in range(members):
         try:
             validate(ensemble.member_config(config, k), num_devices)

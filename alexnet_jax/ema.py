@@ -36,6 +36,11 @@ def averaging(step, config):
     return step_and_average
 
 
+def described(metrics: dict) -> str:
+    """What the validation line adds: the average's top-1, where it was scored."""
+    return f" (moving average: top-1 {metrics['ema_top1']:.4f})" if "ema_top1" in metrics else ""
+
+
 def note(config) -> str:
     """What a report's ``ema_*`` metrics are of."""
     return f"; ema_*: their exponential moving average (decay {decay(config)})" if decay(config) else ""

@@ -200,6 +200,31 @@ def diverged(metrics: dict) -> list[int]:
     return sorted(int(m.group(1)) for m in members if m and not np.isfinite(metrics[m.group(0)]))
 
 
+def first(tree, config):
+    """An ensemble's first member of stacked values; one model's values as they are."""
+    return member(tree, 0) if size(config) > 1 else tree
+
+
+def described(metrics: dict) -> str:
+    """What the validation line adds for an ensemble: each member's top-1, and the members that
+    diverged (left out of the ensemble's numbers); nothing for one model."""
+    tops = [f"{metrics[key]:.4f}" for key in metrics if re.fullmatch(r"member\d+_top1", key)]
+    diverging = ", ".join(map(str, diverged(metrics)))
+    return (f" (members' top-1: {' '.join(tops)})" if tops else "") + (
+        f" (diverged, left out of the ensemble: member {diverging})" if diverging else ""
+    )
+
+
+def note(config) -> str:
+    """What a report's metrics are of, for an ensemble."""
+    return "; an ensemble's: its members' softmax averaged, each member's as member<k>_*" if size(config) > 1 else ""
+
+
+def report_fields(config, metrics: dict) -> dict:
+    """What an ensemble's final report adds: the members left out of its average."""
+    return {"diverged_members": diverged(metrics)} if size(config) > 1 else {}
+
+
 def signature(config) -> dict:
     """What an ensemble adds to a checkpoint's signature: its size (1: a single model), its data
     order, and the seed of the data order in effect (``data_seed``, or the seed where it is unset)."""

@@ -53,7 +53,7 @@ def layer_features(apply_fn, variables: dict, pixels: jax.Array, layer: str) -> 
 
 
 class FeatureExtractor:
-    """A predictor's model (``predict.Predictor``: a workdir's checkpoint, one ensemble member) as a
+    """A predictor's model (``predict.Predictor``: a workdir's checkpoint, one model of it) as a
     function of uint8 images -> ``layer``'s features, in batches of the config's ``eval_batch_size``."""
 
     def __init__(self, predictor, layer: str):

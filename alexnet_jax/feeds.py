@@ -39,8 +39,7 @@ def resident_batch(data: dict[str, jax.Array], order: jax.Array, start: jax.Arra
 
     ``order`` lists example indices (an epoch's permutation, or 0..N-1 for evaluation); the
     global batch is ``order[..., start : start + global batch]`` and device i takes its i-th block.
-    Orders stacked on a leading axis (an ensemble's members, each its own) give each example's
-    batch on axis 1: [local batch, orders, ...].
+    Several orders stacked on a leading axis give a batch per order on axis 1: [local batch, orders, ...].
     """
     offset = start + jax.lax.axis_index(AXIS) * local_batch
     indices = jax.lax.dynamic_slice_in_dim(order, offset, local_batch, axis=order.ndim - 1)
@@ -49,7 +48,7 @@ def resident_batch(data: dict[str, jax.Array], order: jax.Array, start: jax.Arra
 
 class ResidentFeed:
     """The training split on every device, batches gathered in the current epoch's order (with
-    several ``seeds``, each member of an ensemble in its own order: batches [batch, members, ...])."""
+    several ``seeds``, a batch in each seed's order: batches [batch, seeds, ...])."""
 
     def __init__(self, parallel: DataParallel, split, global_batch: int, seeds: list[int]):
         self.parallel, self.split, self.seeds = parallel, split, seeds
@@ -91,7 +90,7 @@ class StreamingFeed:
 
 
 def create_feed(parallel: DataParallel, config, split, total_steps: int, seeds: list[int]):
-    """The feed for ``config.input.pipeline`` (``seeds``: the data orders', ``ensemble.data_seeds``)."""
+    """The feed for ``config.input.pipeline``; ``seeds``: of the data orders read (several: a batch in each)."""
     if config.input.pipeline == "streaming":
         return StreamingFeed(parallel, split, config.batch_size, seeds[0], total_steps, config.input.workers)
     return ResidentFeed(parallel, split, config.batch_size, seeds)

@@ -79,7 +79,7 @@ class LocalResponseNorm(nn.Module):
 
 class Dropout(nn.Module):
     """Flax's ``nn.Dropout`` (the same masks from the same keys) whose rate may also be a traced
-    value: each member of an ensemble has its own (``ensemble.py``)."""
+    value (the step's ``hyper`` input: ``train_step.hyperparameters``)."""
 
     rate: Any
 

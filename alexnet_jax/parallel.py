@@ -64,7 +64,7 @@ def check(config, num_devices: int):
 
 
 def _check_towers(config, num_devices: int):
-    """The paper's two-GPU split: alexnet2012 alone, on pairs of devices, one model."""
+    """The paper's two-GPU split: alexnet2012 alone, on pairs of devices."""
     _require(
         config.model.name == "alexnet2012",
         f"--config.parallel=towers splits alexnet2012 as the paper did; --config.model.name={config.model.name} "
@@ -73,9 +73,6 @@ def _check_towers(config, num_devices: int):
     per_process = num_devices // jax.process_count()
     _require(
         per_process % 2 == 0, f"--config.parallel=towers needs an even number of devices per process, not {per_process}"
-    )
-    _require(
-        config.get("ensemble_size", 1) == 1, "--config.parallel=towers trains one model; use shard_map for ensembles"
     )
 
 

@@ -66,7 +66,7 @@ def compose_train_step(parallel, config, num_classes: int, vectorize_members: bo
     augmentation, training = Augmentation.from_config(config), Training.from_config(config, num_classes)
     step = functools.partial(train_step, model=model, augmentation=augmentation, training=training)
     step = ema.averaging(step, config)  # a moving average of the weights
-    step = ensemble.over_members(step, config, vectorize_members)  # an ensemble's members, or one model
+    step = ensemble.over_members(step, config, vectorize_members)  # several models, or one
     return parallel.compile_step(step)  # pmap | shard_map | towers
 
 
@@ -191,12 +191,11 @@ class _Trainer:
         )
 
     def learning_rate(self) -> np.ndarray:
-        """The rate of the last update (an ensemble's: one per member)."""
+        """The rate of the last update (one per model of an ensemble)."""
         return np.asarray(jax.device_get(self.run.parallel.unreplicate(optim.learning_rate(self.state.opt_state))))
 
     def follow_plateau_rule(self, top1: float):
-        """With the plateau rule: divides the rate if this evaluation (an ensemble's: of the
-        ensemble) says so."""
+        """With the plateau rule: divides the rate if this evaluation says so."""
         if self.plateau is None or not self.plateau.observe(1.0 - top1):
             return
         parallel, opt_state = self.run.parallel, self.state.opt_state
@@ -233,18 +232,13 @@ class _Trainer:
 
 def validation_line(epoch: float, num_epochs: int, step: int, metrics: dict) -> str:
     """What the loop prints after each evaluation (benchmarks/time_to_accuracy.py reads it): the
-    epoch (a fraction where ``max_steps`` ends a run inside one); an ensemble's top-1, then each
-    member's."""
-    members = [f"{metrics[key]:.4f}" for key in metrics if key.startswith("member") and key.endswith("_top1")]
-    diverged = ", ".join(map(str, ensemble.diverged(metrics)))
+    epoch (a fraction where ``max_steps`` ends a run inside one), the scores, and what the
+    variants add (``ensemble.described``, ``ema.described``)."""
     return (
-        (
-            f"epoch {epoch:.2f}".rstrip("0").rstrip(".") + f"/{num_epochs} step {step}: validation top-1 "
-            f"{metrics['top1']:.4f} top-5 {metrics['top5']:.4f} cross-entropy {metrics['loss']:.4f}"
-        )
-        + (f" (members' top-1: {' '.join(members)})" if members else "")
-        + (f" (diverged, left out of the ensemble: member {diverged})" if diverged else "")
-        + (f" (moving average: top-1 {metrics['ema_top1']:.4f})" if "ema_top1" in metrics else "")
+        f"epoch {epoch:.2f}".rstrip("0").rstrip(".") + f"/{num_epochs} step {step}: validation top-1 "
+        f"{metrics['top1']:.4f} top-5 {metrics['top5']:.4f} cross-entropy {metrics['loss']:.4f}"
+        + ensemble.described(metrics)
+        + ema.described(metrics)
     )
 
 
@@ -263,8 +257,8 @@ class _ThroughputWindow:
         self.steps += 1
 
     def means(self) -> dict:
-        """Means over the window's steps, and ``skipped_updates`` as a count (an ensemble's: the
-        members' mean, and each member's, ``ensemble.flatten``)."""
+        """Means over the window's steps, and ``skipped_updates`` as a count, as plain numbers
+        (``ensemble.flatten``)."""
         sums = jax.device_get(self.parallel.unreplicate(self.sums))
         elapsed = time.perf_counter() - self.started
         values = {k: v if k == "skipped_updates" else v / self.steps for k, v in sums.items()}
@@ -379,8 +373,7 @@ def _finish(trainer: _Trainer, last_eval: tuple | None):
         records = metrics_log.read_metrics(run.workdir) if is_main_process() else []
         logged = any(r["kind"] == "eval" and r["step"] == run.total_steps for r in records)
         last_eval = trainer.evaluate(None if distributed.agree(logged) else trainer.log)
-    params = run.parallel.unreplicate(trainer.state.params)
-    params = ensemble.member(params, 0) if ensemble.size(run.config) > 1 else params  # an ensemble's first
+    params = ensemble.first(run.parallel.unreplicate(trainer.state.params), run.config)  # an ensemble's first
     kernel = run.parallel.fetch(models.first_layer_kernel(params))  # whole, from every device and process
     if not is_main_process():
         return
@@ -389,18 +382,10 @@ def _finish(trainer: _Trainer, last_eval: tuple | None):
     metrics, predictions, labels = last_eval
     plots.plot_curves(metrics_log.read_metrics(run.workdir), run.workdir / "curves.png")
     plots.plot_first_layer(kernel, run.workdir / FILTERS, models.towers(run.config.model.name))
-    header = {"step": run.total_steps, "weights": _weights_note(run.config)}
-    if ensemble.size(run.config) > 1:
-        header["diverged_members"] = ensemble.diverged(metrics)  # left out of the ensemble's average
+    weights = "loss, top1, top5 and the figures: the trained weights" + ema.note(run.config)
+    header = {"step": run.total_steps, "weights": weights + ensemble.note(run.config)}
+    header.update(ensemble.report_fields(run.config, metrics))
     write_report(run.workdir, REPORT, run.val_split, predictions, labels, {**header, **metrics})
-
-
-def _weights_note(config) -> str:
-    """What the report's metrics are of (its figures are of the trained weights)."""
-    note = "loss, top1, top5 and the figures: the trained weights" + ema.note(config)
-    if ensemble.size(config) > 1:
-        note += "; an ensemble's: its members' softmax averaged, each member's as member<k>_*"
-    return note
 
 
 def _summary(run: Run) -> dict:
