@@ -15,8 +15,27 @@ def _one_of(key: str, value, choices):
     _require(value in choices, f"--config.{key}={value!r} is not one of {tuple(choices)}")
 
 
+WHOLE_NUMBERS = ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "checkpoint_every_steps",
+                 "keep_checkpoints", "eval_every_epochs")  # fmt: skip
+
+
 def validate(config, num_devices: int):
     """Raises ``ConfigError`` for the first invalid value in ``config``."""
+    _check_choices(config)
+    _check_counts(config)
+    parallel.check(config, num_devices)
+    _check_accumulation(config, config.batch_size // parallel.batch_devices(config.parallel, num_devices))
+    _check_optimizer(config.optimizer, config.get("ema_decay", 0.0))
+    _check_augmentation(config)
+    _check_host_views(config.input)
+    _check_model_and_schedule(config)
+    _check_finetune(config)
+    _check_ensemble(config, num_devices)
+    _check_research_hooks(config)
+
+
+def _check_choices(config):
+    """Every named choice is one the code has."""
     _one_of("model.name", config.model.name, models.MODELS)
     _one_of("model.dtype", config.model.get("dtype", "float32"), models.DTYPES)
     _require(
@@ -29,20 +48,16 @@ def validate(config, num_devices: int):
     _one_of("input.pipeline", config.input.pipeline, feeds.PIPELINES)
     _one_of("optimizer.update_rule", config.optimizer.update_rule, optim.UPDATE_RULES)
     _one_of("nonfinite_updates", config.nonfinite_updates, optim.NONFINITE_UPDATES)
+
+
+def _check_counts(config):
+    """Sizes, counts and intervals are whole numbers in their ranges."""
     workers = config.input.workers
     _require(
         workers is None or (isinstance(workers, int) and workers >= 0),
         f"--config.input.workers={workers!r} must be a whole number >= 0 (0: decode in the training process)",
     )
-    for key in (
-        "batch_size",
-        "eval_batch_size",
-        "num_epochs",
-        "log_every_steps",
-        "checkpoint_every_steps",
-        "keep_checkpoints",
-        "eval_every_epochs",
-    ):
+    for key in WHOLE_NUMBERS:
         value = config[key]
         _require(isinstance(value, int) and value >= 1, f"--config.{key}={value!r} must be a whole number >= 1")
     max_steps = config.get("max_steps")
@@ -51,26 +66,20 @@ def validate(config, num_devices: int):
         f"--config.max_steps={max_steps!r} must be a whole number >= 1 (or unset: num_epochs decides)",
     )
     _check_profile(config.get("profile_steps"))
-    decay = config.get("ema_decay", 0.0)
-    _require(
-        0 <= decay < 1,
-        f"--config.ema_decay={decay} must be in [0, 1): 0 keeps no moving average, e.g. 0.999 keeps one",
-    )
-    parallel.check(config, num_devices)
-    _check_accumulation(config, config.batch_size // parallel.batch_devices(config.parallel, num_devices))
-    opt = config.optimizer
+
+
+def _check_optimizer(opt, ema_decay: float):
+    """The optimizer's values, and the moving average's decay, in their ranges."""
     _require(opt.learning_rate > 0, f"--config.optimizer.learning_rate={opt.learning_rate} must be > 0")
     _require(0 <= opt.momentum < 1, f"--config.optimizer.momentum={opt.momentum} must be in [0, 1)")
     _require(opt.weight_decay >= 0, f"--config.optimizer.weight_decay={opt.weight_decay} must be >= 0")
     _require(
         0 <= opt.label_smoothing < 1, f"--config.optimizer.label_smoothing={opt.label_smoothing} must be in [0, 1)"
     )
-    _check_augmentation(config)
-    _check_host_views(config.input)
-    _check_model_and_schedule(config)
-    _check_finetune(config)
-    _check_ensemble(config, num_devices)
-    _check_research_hooks(config)
+    _require(
+        0 <= ema_decay < 1,
+        f"--config.ema_decay={ema_decay} must be in [0, 1): 0 keeps no moving average, e.g. 0.999 keeps one",
+    )
 
 
 def _check_research_hooks(config):

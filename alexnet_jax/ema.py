@@ -1,8 +1,9 @@
 """An exponential moving average of the weights (``--config.ema_decay``): after every step,
 ``ema = decay * ema + (1 - decay) * weights`` (batch statistics included), starting from the weights
 the run starts from (freshly initialised, or loaded by ``init_from``). It lives in the train state
-(``TrainState.ema``), is checkpointed beside the weights and evaluated beside them; ``decay`` 0
-keeps none, and every function here is then the identity."""
+(``TrainState.ema``), moved by the step as it updates the state (``updater``), is checkpointed
+beside the weights and evaluated beside them; ``decay`` 0 keeps none, and every function here then
+leaves the state as it is."""
 
 import jax
 import jax.numpy as jnp
@@ -22,18 +23,22 @@ def started(state, config):
     return state.replace(ema=jax.tree.map(jnp.copy, state_variables(state)))
 
 
-def averaging(step, config):
-    """``step(state, *inputs) -> (state, metrics)`` that also moves the state's average towards the
-    new weights; ``step`` itself without an average."""
+def updater(config):
+    """The train step's last update of the state, ``(new state, state before the step) -> new
+    state``: its average moved towards the new weights; the new state as it is without an average."""
     rate = 1.0 - decay(config)
     if not decay(config):
-        return step
+        return keep
 
-    def step_and_average(state, *inputs):
-        new, metrics = step(state, *inputs)
-        return new.replace(ema=optax.incremental_update(state_variables(new), state.ema, rate)), metrics
+    def moved(new, before):
+        return new.replace(ema=optax.incremental_update(state_variables(new), before.ema, rate))
 
-    return step_and_average
+    return moved
+
+
+def keep(new, before):
+    """The new state as it is (no moving average)."""
+    return new
 
 
 def described(metrics: dict) -> str:

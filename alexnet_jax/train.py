@@ -61,11 +61,11 @@ def train_and_evaluate(config, workdir: str, stop_after: int | None = None) -> d
 
 def compose_train_step(parallel, config, num_classes: int, vectorize_members: bool | None = None):
     """The run's train step for all devices, ``(state, batch, rng) -> (state, metrics)``: the pure
-    step, and each variant wrapped around it by the module that owns it (the identity when off)."""
+    step, with what each variant's module makes of it (nothing, when the variant is off)."""
     model = parallel.model(models.create_model(config.model, num_classes))  # one tower's half under towers
     augmentation, training = Augmentation.from_config(config), Training.from_config(config, num_classes)
-    step = functools.partial(train_step, model=model, augmentation=augmentation, training=training)
-    step = ema.averaging(step, config)  # a moving average of the weights
+    update = ema.updater(config)  # the weights' moving average moved, or nothing
+    step = functools.partial(train_step, model=model, augmentation=augmentation, training=training, update=update)
     step = ensemble.over_members(step, config, vectorize_members)  # several models, or one
     return parallel.compile_step(step)  # pmap | shard_map | towers
 

@@ -3,10 +3,11 @@
 ``train_step`` sees one device's share of the global batch; ``jax.lax.pmean`` over ``'batch'``
 makes the gradients and metrics global. It runs unchanged under ``jax.pmap`` or
 ``jax.jit(jax.shard_map(...))`` (``parallel.py``), on one device or many, on one host or many.
-Each variant of a run is a wrapper of it, owned by its module and the identity when off: a moving
-average of the weights (``ema.averaging``), an ensemble's members (``ensemble.over_members``),
-the parallelism (``parallel.DataParallel.compile_step``); gradient accumulation is a wrapper of
-the gradient inside it (``accumulated``). ``train.py`` composes them.
+Each variant of a run is owned by its module and leaves the step as it is when off: an ensemble's
+members (``ensemble.over_members``) and the parallelism (``parallel.DataParallel.compile_step``)
+wrap it; gradient accumulation wraps the gradient inside it (``accumulated``); a moving average of
+the weights is an update of the state it makes (``ema.updater``). ``train.compose_train_step``
+composes them.
 """
 
 import dataclasses
@@ -86,10 +87,11 @@ def _global_positions(local_batch: int) -> jax.Array:
     return jax.lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, hyper: dict, *, model, augmentation, training: Training):
+def train_step(state: TrainState, batch: dict, rng: jax.Array, hyper: dict, *, model, augmentation, training, update):
     """One SGD step on the global batch: ``batch['image']`` uint8 NHWC, ``batch['label']`` int;
     ``hyper`` as ``hyperparameters`` makes it; ``model`` the module that applies the parameters (one
-    tower's half of it under ``parallel=towers``), ``augmentation`` an ``augment.Augmentation``.
+    tower's half of it under ``parallel=towers``), ``augmentation`` an ``augment.Augmentation``,
+    ``training`` a ``Training``; ``update(new state, state)`` the state's last update (``ema.updater``).
 
     ``rng`` is the run's base key; the step folds in ``state.step``, so the same key is passed
     every step. Returns the new state and global means: ``loss`` (the objective, with label
@@ -124,7 +126,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, hyper: dict, *, m
             batch_stats=jax.tree.map(functools.partial(jnp.where, finite), batch_stats, state.batch_stats)
         )
     metrics["skipped_updates"] = 1.0 - finite.astype(jnp.float32)
-    return applied, metrics
+    return update(applied, state), metrics
 
 
 def _loss(params, inputs, targets, shard, *, model, batch_stats, term: str, key):
