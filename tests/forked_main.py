@@ -194,8 +194,11 @@ def _ended(run: dict, status: int) -> dict:
 
 def run_all(spec: dict, outdir: pathlib.Path) -> list[dict]:
     preload = spec.get("preload", True)  # what training imports; runs refused at start need none of it
-    if preload:
-        importlib.import_module("alexnet_jax.train" if preload is True else preload)
+    if preload is True:  # training, and the figures of a run that ends (matplotlib: ~1 s a process)
+        importlib.import_module("alexnet_jax.train")
+        importlib.import_module("alexnet_jax.plots")
+    elif preload:
+        importlib.import_module(preload)
     runs = spec["runs"]
     if spec.get("together"):
         pids = [_start(run, outdir, i) for i, run in enumerate(runs)]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT, TINY
 from harness import MAIN, distributed_run, free_port, launch_processes, process_env
 
@@ -90,6 +91,7 @@ def test_processes_started_with_different_configs_refuse_to_start(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+@pytest.mark.tier2  # the first tier: different configs, the same check of the processes' descriptions
 def test_processes_running_different_code_refuse_to_start(tmp_path):
     other = tmp_path / "other_checkout"  # process 1 runs a copy of the code with one file changed
     for package in ("alexnet_jax", "configs"):
@@ -107,6 +109,7 @@ def test_processes_running_different_code_refuse_to_start(tmp_path):
     assert "error: process 1 was started differently from process 0: alexnet_jax/optim.py is " in started[0].stderr
 
 
+@pytest.mark.tier2  # the first tier: one process's device count (test_train_step.py)
 def test_a_process_count_that_does_not_divide_the_batch_is_refused(tmp_path):
     flags = [*TINY, f"--workdir={tmp_path / 'run'}"]  # batches of 64
     started = refused([flags, flags], tmp_path, devices=3, preload=True)
@@ -116,6 +119,7 @@ def test_a_process_count_that_does_not_divide_the_batch_is_refused(tmp_path):
     )
 
 
+@pytest.mark.tier2  # the first tier: different configs, refused the same way before any collective
 def test_processes_with_different_numbers_of_devices_refuse_to_start(tmp_path):
     flags = [*TINY, f"--workdir={tmp_path / 'run'}"]
     started = refused([flags, flags], tmp_path, devices=[2, 3])
@@ -128,6 +132,7 @@ def test_a_workdir_that_not_every_process_sees_is_refused(tmp_path):
     assert not list((tmp_path / "a").iterdir())  # the check leaves nothing behind
 
 
+@pytest.mark.tier2  # the first tier: a dead peer, the other bounded wait (above)
 def test_a_coordinator_that_does_not_answer_is_a_clear_error_within_the_timeout(tmp_path):
     command = [*MAIN, *TINY, f"--workdir={tmp_path}", f"--coordinator_address=127.0.0.1:{free_port()}"]
     started = time.monotonic()

@@ -77,6 +77,7 @@ def test_two_processes_train_in_step_stop_together_and_resume_in_one(tmp_path, c
     assert json.loads((tmp_path / "two" / "validation_report.json").read_text())["step"] == STEPS
 
 
+@pytest.mark.tier2  # the first tier: towers in one process (test_towers.py) and shard_map across two (above)
 def test_towers_across_two_processes_train_as_one_process_does(tmp_path, x64, cli):
     """The paper's towers composed with several hosts: 2 processes x 1 pair of towers train an epoch
     of alexnet2012 (1/32 of its width, on few 224x224 images) and evaluate it; their checkpoint of

@@ -118,6 +118,7 @@ def test_real_top1_counts_only_images_with_real_labels():
     assert real_top1(predictions, real) == (2 / 3, 3)
 
 
+@pytest.mark.tier2  # the first tier: imagenet2012 prepared from TFDS above, ReaL top-1 against its definition
 def test_imagenet_v2_and_real_labels_prepare_and_evaluate(tmp_path, cli):
     """TFDS's imagenet_v2 and imagenet2012_real (mocked by TFDS: random photos, labels and ReaL
     lists) prepared in the paper's format; a checkpoint trained a step, then --mode=evaluate on

@@ -66,9 +66,12 @@ def test_running_a_finished_run_again_only_reports(straight_run, cli):
     assert (workdir / "metrics.jsonl").read_text() == before
 
 
-def test_sigkills_at_random_moments_then_restarts_end_as_an_uninterrupted_run(straight_run, tmp_path):
+@pytest.mark.parametrize("moments", [("save",), pytest.param(("save", "evaluation", "step"), marks=pytest.mark.tier2)])
+def test_sigkills_at_random_moments_then_restarts_end_as_an_uninterrupted_run(moments, straight_run, tmp_path):
+    """A SIGKILL inside a checkpoint write (the second tier: then right after an evaluation, and
+    after a step too), each restarted, ends as the uninterrupted run did."""
     saves, evaluations = range(2, TOTAL_STEPS + 1, 2), range(STEPS_PER_EPOCH, TOTAL_STEPS + 1, STEPS_PER_EPOCH)
-    plan = kill_plan(0, list(saves), list(evaluations), TOTAL_STEPS)
+    plan = [moment for moment in kill_plan(0, list(saves), list(evaluations), TOTAL_STEPS) if moment[0] in moments]
     runs = kill_and_restart(plan, tmp_path / "run", TINY)
     assert_survived_the_kills(runs, tmp_path / "run", straight_run[0], TOTAL_STEPS)
 

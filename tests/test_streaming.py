@@ -121,16 +121,17 @@ def test_a_streamed_run_trains_evaluates_and_reports(straight_stream_run):
     assert [r["step"] for r in metrics_log.read_metrics(workdir) if r["kind"] == "eval"] == [3, 6]
 
 
+@pytest.mark.parametrize("kills", [0, pytest.param(2, marks=pytest.mark.tier2)])
 def test_a_dead_input_worker_then_sigkills_at_random_moments_end_as_an_uninterrupted_run(
-    prepared, straight_stream_run, tmp_path
+    kills, prepared, straight_stream_run, tmp_path
 ):
     """First an input worker dies (one worker process, which sends itself SIGKILL, as the
     out-of-memory killer would, when asked for batch 2): one line, the last step saved, no hang.
-    Then SIGKILLs at seeded moments (checkpoints every 2 steps and at the epoch ends; the kill
-    after a step is test_run.py's), and a last run to the end."""
+    In the second tier, then SIGKILLs at seeded moments (checkpoints every 2 steps and at the epoch
+    ends; the kill after a step is test_run.py's); a last run to the end."""
     workdir, flags = tmp_path / "run", [*stream_flags(prepared), f"--workdir={tmp_path / 'run'}"]
     dying = {"argv": [*flags, "--config.input.workers=1"], "signal": ["input_worker", 2, signal.SIGKILL]}
-    plan = kill_plan(1, [2, 3, 4, 6], [3, 6], 6, after_a_step=False)  # after step 2: save 3, evaluation 3
+    plan = kill_plan(1, [2, 3, 4, 6], [3, 6], 6, after_a_step=False)[:kills]  # after step 2: save 3, evaluation 3
     killed = [{"argv": flags, "signal": [moment, step, signal.SIGKILL]} for moment, step in plan]
     died, *runs = run_forked([dying, *killed, {"argv": flags}], tmp_path / "outputs", timeout=180)
     said = re.fullmatch(

@@ -3,7 +3,7 @@ as over the paper's two GPUs, composed with data parallelism, computes what the 
 one device per batch shard computes, in float64 (test_train_step.py's bound), dropout included."""
 
 import jax
-from conftest import float64_state, tiny_config
+from conftest import TINY, float64_state, tiny_config
 from test_train_step import agreement_config, assert_agree, host_batch_steps
 
 from alexnet_jax import config_checks, datasets
@@ -31,3 +31,18 @@ def test_two_towers_by_two_batch_shards_equal_the_grouped_model_in_float64():
         # The same parameters, applied by one tower's half of the model (TowerParallel.model).
         towers = host_batch_steps(config, TowerParallel("towers", jax.devices()[:4]), split, grouped_start)
     assert_agree(grouped_start, grouped, {"2 batch shards x 2 towers": towers})
+
+
+def test_a_towers_run_draws_both_towers_filters(tmp_path, cli):
+    """The run's filter figure shows both towers' filters, whole, as --mode=filters draws them from
+    its checkpoint (a process of one device evaluating a towers run: test_multihost.py, second tier)."""
+    flags = [*TINY, "--config.parallel=towers", "--config.model.name=alexnet2012", "--config.model.width=0.03125",
+             "--config.dataset.synthetic_image_size=224", "--config.dataset.synthetic_examples=32",
+             "--config.batch_size=8", "--config.eval_batch_size=8", "--config.augment.crop_padding=0",
+             "--config.num_epochs=1", f"--workdir={tmp_path / 'run'}"]  # fmt: skip
+    code, out, err = cli(*flags)
+    assert code == 0 and "4 pairs of towers" in out, err[-3000:]
+    filters, workdir = tmp_path / "filters.png", tmp_path / "run"
+    code, out, err = cli("--mode=filters", f"--workdir={workdir}", "--checkpoint=latest", f"--output={filters}")
+    assert code == 0, err[-3000:]
+    assert filters.read_bytes() == (workdir / "conv1_filters.png").read_bytes()

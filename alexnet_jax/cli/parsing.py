@@ -24,16 +24,9 @@ MODES = list(MODULES)
 _CONFIG_MODULE = "config_config"  # where ml_collections loads the --config file (sys.modules key)
 
 
-def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
-    """Defines the shared flags, then each mode's, on ``flag_values`` (fresh, so that a command line
-    can be parsed more than once); returns name -> holder."""
-    fv = {"flag_values": flag_values}
-    holders = {
-        "config": config_flags.DEFINE_config_file(
-            "config", None, "Config file, e.g. configs/cifar10_cpu.py.", sys_argv=argv, **fv
-        ),
-        "mode": flags.DEFINE_enum("mode", "train", MODES, "What to do.", **fv),
-        "workdir": flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints, plots.", **fv),
+def _reading_flags(fv: dict) -> dict:
+    """The flags of the modes that read a workdir's checkpoint: which one, which weights, where to write."""
+    return {
         "checkpoint": flags.DEFINE_string(
             "checkpoint",
             "best",
@@ -61,6 +54,19 @@ def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
             "features: the .npy to write.",
             **fv,
         ),
+    }
+
+
+def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
+    """Defines the shared flags, then each mode's, on ``flag_values`` (fresh, so that a command line
+    can be parsed more than once); returns name -> holder."""
+    fv = {"flag_values": flag_values}
+    holders = {
+        "config": config_flags.DEFINE_config_file(
+            "config", None, "Config file, e.g. configs/cifar10_cpu.py.", sys_argv=argv, **fv
+        ),
+        "mode": flags.DEFINE_enum("mode", "train", MODES, "What to do.", **fv),
+        "workdir": flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints, plots.", **fv),
         "compilation_cache": flags.DEFINE_string(
             "compilation_cache",
             "~/.cache/alexnet_jax/xla",
@@ -69,6 +75,7 @@ def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> dict:
             **fv,
         ),
         "verbosity": flags.DEFINE_integer("verbosity", -1, "absl logging level: -1 warnings, 0 info, 1 debug.", **fv),
+        **_reading_flags(fv),
     }
     for module in MODULES.values():
         if hasattr(module, "define_flags"):  # a mode's own flags, where it has any
