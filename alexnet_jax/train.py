@@ -346,7 +346,8 @@ def _train(trainer: _Trainer, stop_after: int | None) -> dict:
     run, checkpoints, log = trainer.run, trainer.checkpoints, trainer.log
     with StopRequests() as requests:
         try:
-            last_eval = _train_loop(trainer, AgreedStop(requests, run.parallel), stop_after)
+            finishing = trainer.step >= run.total_steps  # trained: only the report is left to write
+            last_eval = None if finishing else _train_loop(trainer, AgreedStop(requests, run.parallel), stop_after)
             trainer.check_finite(latest=True)
             if trainer.last_saved != trainer.step:
                 trainer.save()

@@ -5,6 +5,7 @@ import contextlib
 import itertools
 import json
 import re
+import shutil
 import signal
 
 import jax
@@ -113,12 +114,19 @@ def straight_stream_run(prepared, tmp_path_factory):
     return workdir, train_and_evaluate(stream_config(prepared), str(workdir))
 
 
-def test_a_streamed_run_trains_evaluates_and_reports(straight_stream_run):
+def test_a_streamed_run_trains_evaluates_and_reports(straight_stream_run, prepared, tmp_path):
     workdir, summary = straight_stream_run
     assert summary["step"] == summary["total_steps"] == 6
     report = json.loads((workdir / "validation_report.json").read_text())
     assert report["examples"] == 15 and confusion_from_report(report).sum() == 15
     assert [r["step"] for r in metrics_log.read_metrics(workdir) if r["kind"] == "eval"] == [3, 6]
+    # Trained to the end, its report not written (a death while writing it): run again, it writes it
+    # and streams nothing more.
+    again = tmp_path / "run"
+    shutil.copytree(workdir, again)
+    (again / "validation_report.json").unlink()
+    assert train_and_evaluate(stream_config(prepared), str(again))["step"] == 6
+    assert json.loads((again / "validation_report.json").read_text()) == report
 
 
 @pytest.mark.parametrize("kills", [0, pytest.param(2, marks=pytest.mark.tier2)])
