@@ -64,6 +64,7 @@ def test_an_earlier_versions_checkpoint_restores_under_the_papers_names(legacy):
         np.testing.assert_array_equal(np.asarray(value), renamed[key], err_msg=key)
 
 
+@pytest.mark.tier2  # the first tier: the checkpoint restores under the paper's names (above), momentum and EMA included
 def test_an_earlier_versions_workdir_evaluates_resumes_and_fine_tunes(legacy, cli, tmp_path):
     logged = [json.loads(line) for line in (legacy / "metrics.jsonl").read_text().splitlines()][-1]
     code, out, err = cli(*LEGACY, f"--workdir={legacy}", "--mode=evaluate", "--checkpoint=2")
