@@ -82,8 +82,10 @@ def initialize(launch: Launch):
             )
         try:
             jax.distributed.initialize(**timeouts)
-        except RuntimeError:  # JAX already ran in this process (a caller of main()): it stays one process
-            return
+        except RuntimeError as e:
+            if ALREADY_RUNNING in str(e):  # JAX already ran in this process (a caller of main()): one process
+                return
+            raise _not_joined(e, "the cluster it detected") from None
         except ValueError as e:
             if "coordinator_address" in str(e):  # no cluster detected: one process
                 return
@@ -93,8 +95,26 @@ def initialize(launch: Launch):
             raise UserError(f"--process_id={launch.process_id} must be in 0..{launch.num_processes - 1}")
         if launch.process_id != 0:
             _wait_for_coordinator(launch.coordinator_address, launch.initialization_timeout)
-        jax.distributed.initialize(*given, **timeouts)
+        try:
+            jax.distributed.initialize(*given, **timeouts)
+        except RuntimeError as e:  # e.g. process 0 cannot bind the coordinator's port
+            raise _not_joined(e, launch.coordinator_address) from None
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+
+
+# The one RuntimeError of jax.distributed.initialize that leaves a run of one process: JAX has run
+# in this process already. Any other (a port that cannot be bound, a deadline exceeded, a TPU
+# detector that cannot find its coordinator) must not become a silent run of one process.
+ALREADY_RUNNING = "must be called before any JAX calls"
+
+
+def _not_joined(error: RuntimeError, where: str) -> UserError:
+    """The one line for a process that could not join the others."""
+    reason = " ".join(str(error).split())[:300]
+    return UserError(
+        f"JAX could not join {where}: {reason}; check that every process started and that the coordinator's "
+        "port is free and open between the hosts, or raise --initialization_timeout"
+    )
 
 
 def is_main_process() -> bool:
