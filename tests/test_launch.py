@@ -70,3 +70,42 @@ def test_local_sh_refuses_gpus_that_do_not_divide_between_its_processes(tmp_path
                           capture_output=True, timeout=30)  # fmt: skip
     assert done.returncode == 2 and not list(pathlib.Path(tmp_path / "records").iterdir())
     assert done.stderr == "error: 4 GPUs do not divide between 3 processes; start a divisor of 4\n"
+
+
+FAKE_GCLOUD = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$RECORDS/gcloud"
+for arg in "$@"; do
+  case "$arg" in --command=*) cd "$HOME" && bash -c "${arg#--command=}" ;; esac
+done
+"""
+
+FAKE_WORKER_PYTHON = """#!/usr/bin/env bash
+{ echo "activated=${ACTIVATED-no} session_leader=$([ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && echo yes)"
+  printf '%s\\n' "$@"; } > "$RECORDS/worker"
+"""
+
+
+def test_tpu_pod_sh_gives_every_worker_the_arguments_as_given_detached_in_the_environment(tmp_path):
+    """What ``gcloud ... ssh --worker=all --command=...`` runs on a worker, run here by a stand-in
+    gcloud in a stand-in home: the README's environment activated, the arguments as they were
+    given (spaces and quotes included), the run in a session of its own (it outlives ssh)."""
+    env = _stand_ins(tmp_path, 0)
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    for name, text in (("gcloud", FAKE_GCLOUD), ("python", FAKE_WORKER_PYTHON)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    (home / "alexnet_jax" / ".venv" / "bin").mkdir(parents=True)
+    (home / "alexnet_jax" / ".venv" / "bin" / "activate").write_text("export ACTIVATED=yes\n")
+    args = ["--config=configs/cifar10.py", "--workdir=/shared/my runs/a", "--config.augment.custom=it's"]
+    done = subprocess.run(["bash", "launch/tpu-pod.sh", "my-tpu", "us-central2-b", *args], cwd=ROOT,
+                          env={**env, "HOME": str(home)}, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "--worker=all" in (tmp_path / "records" / "gcloud").read_text().splitlines()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "records" / "worker").exists():
+        assert time.monotonic() < deadline, (home / "alexnet_jax" / "run.log").read_text()
+        time.sleep(0.05)
+    time.sleep(0.2)
+    recorded = (tmp_path / "records" / "worker").read_text().splitlines()
+    assert recorded == ["activated=yes session_leader=yes", "main.py", *args]
+    assert (home / "alexnet_jax" / "run.log").exists()
