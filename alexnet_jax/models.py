@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.errors import UserError
+from alexnet_jax.layers import Conv, max_pool
 from alexnet_jax.parallel import AXIS
 
 PAPER_INPUT_SIZE = 227
@@ -93,7 +94,7 @@ class Dropout(nn.Module):
 
 def _max_pool(x: jax.Array, padding: str = "VALID") -> jax.Array:
     """The paper's overlapping pooling: 3x3 windows, stride 2."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)
+    return max_pool(x, (3, 3), (2, 2), padding)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -139,7 +140,7 @@ class AlexNet2012(nn.Module):
         gather = lambda x: x if towers == 1 else jax.lax.all_gather(x, self.tower_axis, axis=x.ndim - 1, tiled=True)
 
         def conv(features, kernel, bias_init, grouped=False, strides=1, padding=1, name=None):
-            return nn.Conv(
+            return Conv(
                 size(features) // towers,
                 (kernel, kernel),
                 strides=strides,
@@ -200,7 +201,7 @@ class AlexNetOWT(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def conv(features, kernel, name, strides=1, padding=1):
-            return nn.Conv(features, (kernel, kernel), strides, padding=padding, dtype=self.dtype, name=name)
+            return Conv(features, (kernel, kernel), strides, padding=padding, dtype=self.dtype, name=name)
 
         _check_input_size("alexnet_owt", x.shape[1], 63)  # smaller inputs pool down to nothing
         x = x.astype(self.dtype)
@@ -246,7 +247,7 @@ class AlexNetCIFAR(nn.Module):
         batch_norm = self.norm == "batch"
 
         def conv_relu(x, features, layer: int, lrn=False):
-            conv = nn.Conv(features, (3, 3), padding=1, use_bias=not batch_norm, kernel_init=he, dtype=self.dtype,
+            conv = Conv(features, (3, 3), padding=1, use_bias=not batch_norm, kernel_init=he, dtype=self.dtype,
                            name=f"conv{layer}")  # fmt: skip
             x = conv(x)
             if batch_norm:

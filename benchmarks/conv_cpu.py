@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, ".")
 from alexnet_jax import models
+from alexnet_jax.layers import kernel_gradient_by_products
 
 config_flags.DEFINE_config_file("config", "configs/cifar10_cpu.py", "The config whose model is measured.")
 BATCH = flags.DEFINE_integer("batch", 0, "Images per step (0: the config's batch_size).")
@@ -56,24 +57,6 @@ def _equations(jaxpr):
                     yield from _equations(inner)
 
 
-def weight_gradient_by_matmuls(x, dy, kernel_shape, strides, padding, groups):
-    """dL/dW of an NHWC x HWIO convolution: for each kernel position (i, j), the strided slice of the
-    padded input it saw, against the output gradient, as one matrix product per group."""
-    kh, kw, cin, cout = kernel_shape
-    n, ho, wo, _ = dy.shape
-    (sh, sw), padded = strides, jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    dy = dy.reshape(n, ho, wo, groups, cout // groups)
-    rows = []
-    for i in range(kh):
-        row = []
-        for j in range(kw):
-            end = (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, padded.shape[3])
-            seen = lax.slice(padded, (0, i, j, 0), end, (1, sh, sw, 1)).reshape(n, ho, wo, groups, cin)
-            row.append(jnp.einsum("nhwgc,nhwgo->cgo", seen, dy).reshape(cin, cout))
-        rows.append(jnp.stack(row))
-    return jnp.stack(rows)
-
-
 def _median_ms(fn, *args) -> float:
     fn = jax.jit(fn)
     jax.block_until_ready(fn(*args))
@@ -94,8 +77,8 @@ def measure(conv: dict) -> dict:
     forward = lambda x, w: lax.conv_general_dilated(x, w, **spec)
     dy = jnp.asarray(rng.standard_normal(jax.eval_shape(forward, x, w).shape), jnp.float32)
     pulled = lambda x, w, dy: jax.vjp(forward, x, w)[1](dy)  # the output gradient an argument, not a constant
-    layout = (conv["strides"], conv["padding"], conv["groups"])
-    by_matmuls = lambda x, w, dy: weight_gradient_by_matmuls(x, dy, w.shape, *layout)
+    layout = (conv["padding"], conv["groups"], conv["strides"])
+    by_matmuls = lambda x, w, dy: kernel_gradient_by_products(x, dy, w.shape, *layout)
     xla_weights, matmul_weights = jax.jit(pulled)(x, w, dy)[1], jax.jit(by_matmuls)(x, w, dy)
     difference = float(jnp.linalg.norm(matmul_weights - xla_weights) / jnp.linalg.norm(xla_weights))
     return {

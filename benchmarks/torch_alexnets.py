@@ -97,13 +97,19 @@ class AlexNetCIFAR(nn.Module):
 
 
 def create(model: str, width: float = 1.0) -> nn.Module:
-    """The network; ``width`` scales alexnet_cifar's layers as ``alexnet_jax.models`` does."""
+    """The network; ``width`` scales alexnet_cifar's layers as ``alexnet_jax.models`` does;
+    ``cifar10_cpu``: alexnet_cifar as ``configs/cifar10_cpu.py`` shapes it."""
     if model == "alexnet_owt":
         import torchvision  # here: the other two networks need PyTorch alone
 
         return torchvision.models.alexnet(weights=None)
     if model == "alexnet2012":
         return AlexNet2012()
+    if model == "cifar10_cpu":
+        from configs import cifar10_cpu  # ml_collections: the benchmark's environment has the project's
+
+        shaped = cifar10_cpu.get_config().model
+        return AlexNetCIFAR(channels=tuple(shaped.channels), hidden=shaped.fc_features)
     scaled = lambda n: max(1, round(n * width))
     return AlexNetCIFAR(channels=tuple(scaled(c) for c in (64, 192, 384, 256, 256)), hidden=scaled(2048))
 
@@ -117,8 +123,9 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def matmul_tflops(size: int, repeats: int = 20) -> float:
-    a, b = (torch.randn(size, size, device=_device(), dtype=torch.bfloat16) for _ in range(2))
+def matmul_tflops(size: int, bfloat16: bool = True, repeats: int = 20) -> float:
+    dtype = torch.bfloat16 if bfloat16 else torch.float32
+    a, b = (torch.randn(size, size, device=_device(), dtype=dtype) for _ in range(2))
 
     def product():
         torch.mm(a, b)
@@ -143,7 +150,7 @@ def time_row(model, images, labels, dtype, compile_mode, warmup, steps, sgd, wid
     torch.manual_seed(0)
     net = create(model, width).to(device, memory_format=torch.channels_last)
     opt = _optimizer(net, *sgd)
-    stats = "cifar10" if model == "alexnet_cifar" else "imagenet"
+    stats = "cifar10" if model in ("alexnet_cifar", "cifar10_cpu") else "imagenet"
     mean = torch.tensor(MEANS[stats], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(STDS[stats], device=device).view(1, 3, 1, 1) * 255
     x_u8 = torch.from_numpy(images).to(device).permute(0, 3, 1, 2)  # NHWC memory: channels_last NCHW view
@@ -172,8 +179,12 @@ def time_row(model, images, labels, dtype, compile_mode, warmup, steps, sgd, wid
     return {"compile_s": compile_s, "times": times, "peak_bytes": peak, "step": step}
 
 
+def threads() -> str:
+    return f"torch {torch.get_num_threads()} intra-op threads, {torch.get_num_interop_threads()} inter-op"
+
+
 def kernel_table(step, steps: int = 10, rows: int = 15) -> str:
-    """GPU kernel time per kernel over ``steps`` steps, from PyTorch's profiler."""
+    """Time per kernel (GPU) or per operator (CPU) over ``steps`` steps, from PyTorch's profiler."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)

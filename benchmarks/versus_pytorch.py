@@ -2,6 +2,14 @@
 
   python benchmarks/versus_pytorch.py                                   # GPU: the full grid
   python benchmarks/versus_pytorch.py --models=alexnet_cifar --batches=8 --dtypes=float32 --steps=3 --warmup=1
+  python benchmarks/versus_pytorch.py --models=cifar10_cpu,alexnet_cifar,alexnet_owt --width=0.5 \
+      --batches=32 --cifar_batches=256 --dtypes=float32 --repeats=5 --steps=5 --warmup=2   # a CPU
+
+PyTorch runs in each mode of ``--torch_compile`` (eager: ``none``; ``torch.compile``'s modes), each
+a row. With ``--repeats`` above 1 every row is measured that many times, interleaved (repeat 1 of
+every row, then repeat 2, ...), each framework and mode in a process of its own, and the table
+shows the median of the repeats' medians and their spread: noise on a shared or throttled CPU moves
+single runs by 20%. ``cifar10_cpu`` is ``alexnet_cifar`` shaped as ``configs/cifar10_cpu.py``.
 
 For each network, batch and dtype it times one training step (uint8 images normalised on the
 device, forward, cross-entropy, backward, SGD with momentum 0.9 and weight decay 5e-4 on the
@@ -27,8 +35,11 @@ for JAX, XLA's memory analysis of the compiled step (arguments + outputs + tempo
 import contextlib
 import gzip
 import json
+import os
 import pathlib
+import re
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -42,6 +53,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import configs.cifar10
+import configs.cifar10_cpu
 from alexnet_jax import models
 from alexnet_jax.experiment import create_state
 from alexnet_jax.parallel import DataParallel
@@ -55,7 +67,13 @@ _DTYPES = flags.DEFINE_list("dtypes", ["bfloat16", "float32"], "Compute dtypes."
 _FRAMEWORKS = flags.DEFINE_list("frameworks", ["jax", "torch"], "jax, torch (torch is skipped if not installed).")
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed steps per row.")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps after compilation.")
-_TORCH_COMPILE = flags.DEFINE_string("torch_compile", "default", "torch.compile mode, or 'none' for eager.")
+_TORCH_COMPILE = flags.DEFINE_list(
+    "torch_compile", ["none", "default"], "PyTorch's modes, a row each: 'none' (eager) or a torch.compile mode."
+)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 1, "Measurements of each row, interleaved, each in a process of its own when above 1; the median shown."
+)
+_ONE = flags.DEFINE_string("one", None, "Internal: only the row 'model:batch:dtype:runner' (a child process).")
 _PROFILE = flags.DEFINE_list(
     "profile",
     [],
@@ -69,8 +87,8 @@ _MATMUL_SIZE = flags.DEFINE_integer(
     "matmul_size", None, "Side of the peak-measuring product; default 8192 (GPU), 2048."
 )
 
-IMAGE_SIZES = {"alexnet_owt": 224, "alexnet2012": 224, "alexnet_cifar": 32}
-CLASSES = {"alexnet_owt": 1000, "alexnet2012": 1000, "alexnet_cifar": 10}
+IMAGE_SIZES = {"alexnet_owt": 224, "alexnet2012": 224, "alexnet_cifar": 32, "cifar10_cpu": 32}
+CLASSES = {"alexnet_owt": 1000, "alexnet2012": 1000, "alexnet_cifar": 10, "cifar10_cpu": 10}
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 
 
@@ -78,9 +96,12 @@ def jax_config(model: str, batch: int, dtype: str, width: float = 1.0):
     """``configs/cifar10.py`` switched to ``model``: no augmentation, no batch norm, dropout 0.5 (as the
     PyTorch networks), the benchmark's SGD."""
     config = configs.cifar10.get_config()
+    config.model.width = width  # alexnet_cifar only
+    if model == "cifar10_cpu":  # alexnet_cifar as the CPU config shapes it
+        shaped, config.model.width = configs.cifar10_cpu.get_config().model, 1.0
+        model, config.model.channels, config.model.fc_features = "alexnet_cifar", shaped.channels, shaped.fc_features
     config.model.name, config.model.dtype, config.batch_size = model, dtype, batch
     config.model.norm, config.model.dropout_rate = "none", 0.5  # as the PyTorch networks
-    config.model.width = width  # alexnet_cifar only
     config.augment.crop_padding, config.augment.flip = 0, False
     config.dataset.normalization = "cifar10" if model == "alexnet_cifar" else "imagenet"
     opt = config.optimizer
@@ -129,9 +150,9 @@ def train_flops_per_image(layers: list[tuple[str, float]]) -> float:
     return 3 * forward - layers[0][1]  # no input gradient for the first layer
 
 
-def jax_matmul_tflops(size: int, repeats: int = 20) -> float:
+def jax_matmul_tflops(size: int, dtype=jnp.bfloat16, repeats: int = 20) -> float:
     keys = jax.random.split(jax.random.key(1), 2)
-    a, b = (jax.random.normal(k, (size, size), jnp.bfloat16) for k in keys)
+    a, b = (jax.random.normal(k, (size, size), dtype) for k in keys)
     matmul = jax.jit(lambda a, b: a @ b)
     times = time_steps(lambda: matmul(a, b).block_until_ready(), 3, repeats)
     return 2 * size**3 / statistics.median(times) / 1e12
@@ -164,20 +185,27 @@ def jax_row(model: str, batch: int, dtype: str, warmup: int, steps: int, width: 
         jax.block_until_ready((holder["state"], metrics))
 
     times = time_steps(step, warmup, steps)
-    return {"compile_s": compile_s, "times": times, "peak_bytes": peak, "step": step}
+    return {"compile_s": compile_s, "times": times, "peak_bytes": peak, "step": step, "hlo": compiled.as_text()}
 
 
-def jax_kernel_table(step, out_dir: pathlib.Path, steps: int = 10, rows: int = 15) -> str:
-    """Runs ``steps`` steps under the JAX profiler; GPU kernel time per kernel name, as a table."""
+def jax_kernel_table(result: dict, out_dir: pathlib.Path, steps: int = 10, rows: int = 15) -> str:
+    """Runs ``steps`` steps under the JAX profiler; device time per GPU kernel, or on a CPU per
+    operation of the compiled step, named by the layer and the part of the step it computes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with jax.profiler.trace(str(out_dir), create_perfetto_trace=True):
         for _ in range(steps):
-            step()
+            result["step"]()
     trace_files = sorted(out_dir.rglob("perfetto_trace.json.gz"))
     if not trace_files:
         return "no perfetto trace written"
     events = json.load(gzip.open(trace_files[-1]))
     events = events["traceEvents"] if isinstance(events, dict) else events
+    on_cpu = jax.devices()[0].platform == "cpu"
+    totals = (_cpu_op_totals if on_cpu else _gpu_kernel_totals)(events, result.get("hlo", ""))
+    return _time_table(totals, steps, rows, "CPU operation" if on_cpu else "GPU kernel")
+
+
+def _gpu_kernel_totals(events: list[dict], hlo: str) -> dict[str, float]:
     threads = {
         (e.get("pid"), e.get("tid")): e.get("args", {}).get("name", "")
         for e in events
@@ -197,25 +225,44 @@ def jax_kernel_table(step, out_dir: pathlib.Path, steps: int = 10, rows: int = 1
         args = e.get("args", {})
         key = f"{e['name'][:60]} [{args.get('hlo_op', '')}]" if args.get("hlo_op") else e["name"][:80]
         totals[key] = totals.get(key, 0.0) + e.get("dur", 0.0)
-    return _time_table(totals, steps, rows)
+    return totals
 
 
-def _time_table(totals: dict[str, float], steps: int, rows: int) -> str:
+def _cpu_op_totals(events: list[dict], hlo: str) -> dict[str, float]:
+    """Time per (layer, part of the step, kind of operation): the thunks XLA's CPU client ran, named
+    by their HLO metadata (``conv2 backward: convolution``); the dots of a layer's kernel gradient
+    that carry no metadata, as ``matrix products without a name``."""
+    named = dict(re.findall(r"%([\w.-]+) = .*?op_name=\"([^\"]+)\"", hlo))
+    totals: dict[str, float] = {}
+    for e in events:
+        op = e.get("args", {}).get("hlo_op")
+        if e.get("ph") != "X" or not op:
+            continue
+        name = named.get(op, "")
+        layer = re.search(r"/(conv\d|fc\d|bn\d|lrn\d|Dense_\d|Conv_\d)/", name)
+        part = "backward" if "transpose(" in name else "forward"
+        kind = op.split(".")[0].replace("wrapped_", "").replace("ynn_fusion", "matrix product or convolution")
+        key = f"{layer[1]} {part}: {kind}" if layer else (f"{part}: {kind}" if name else f"{kind} without a name")
+        totals[key] = totals.get(key, 0.0) + e.get("dur", 0.0)
+    return totals
+
+
+def _time_table(totals: dict[str, float], steps: int, rows: int, what: str = "GPU kernel") -> str:
     whole = sum(totals.values())
     if not whole:
-        return "no GPU kernels in the trace"
-    lines = [f"GPU kernel time per step: {whole / steps / 1e3:.2f} ms", "| kernel | ms/step | share |", "|---|---|---|"]
+        return f"no {what}s in the trace"
+    lines = [f"{what} time per step: {whole / steps / 1e3:.2f} ms", f"| {what} | ms/step | share |", "|---|---|---|"]
     for name, micros in sorted(totals.items(), key=lambda kv: -kv[1])[:rows]:
         lines.append(f"| `{name}` | {micros / steps / 1e3:.3f} | {100 * micros / whole:.1f}% |")
     return "\n".join(lines)
 
 
-def print_profile(framework: str, cell: tuple, step, out: pathlib.Path, torch_bench):
+def print_profile(framework: str, cell: tuple, result: dict, out: pathlib.Path, torch_bench):
     try:
         if framework == "jax":
-            table = jax_kernel_table(step, out / f"jax_{cell[0]}_{cell[1]}_{cell[2]}")
+            table = jax_kernel_table(result, out / f"jax_{cell[0]}_{cell[1]}_{cell[2]}")
         else:
-            table = torch_bench.kernel_table(step)
+            table = torch_bench.kernel_table(result["step"])
     except Exception:
         table = f"profile failed:\n{traceback.format_exc()}"
     print(f"\n{framework} {' '.join(map(str, cell))}:\n{table}\n", flush=True)
@@ -233,7 +280,7 @@ def summarise(framework: str, model: str, batch: int, dtype: str, result: dict, 
         "step_ms": 1e3 * median,
         "spread_ms": 1e3 * (max(result["times"]) - min(result["times"])),
         "tflops": achieved / 1e12,
-        "mfu": achieved / peak,
+        "mfu": None if peak is None else achieved / peak,
         "peak_gib": None if result["peak_bytes"] is None else result["peak_bytes"] / 2**30,
         "compile_s": result["compile_s"],
         "steps": len(result["times"]),
@@ -241,6 +288,7 @@ def summarise(framework: str, model: str, batch: int, dtype: str, result: dict, 
 
 
 def print_table(rows: list[dict]):
+    """One line per row; JAX's lines end with its speed over each PyTorch mode's (same model, batch, dtype)."""
     print(
         "\n| model | batch | dtype | framework | images/s | step (ms) | spread (ms) | TFLOP/s | MFU | "
         "peak mem (GiB) | compile (s) | JAX / PyTorch |"
@@ -248,16 +296,16 @@ def print_table(rows: list[dict]):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     speeds = {(r["model"], r["batch"], r["dtype"], r["framework"]): r["images_per_s"] for r in rows}
     for r in rows:
-        torch_speed = speeds.get((r["model"], r["batch"], r["dtype"], "torch"))
+        cell = (r["model"], r["batch"], r["dtype"])
+        others = {f: v for (*c, f), v in speeds.items() if tuple(c) == cell and f.startswith("torch")}
         ratio = (
-            f"{speeds[r['model'], r['batch'], r['dtype'], 'jax'] / torch_speed:.2f}x"
-            if (r["framework"] == "jax" and torch_speed)
-            else ""
+            ", ".join(f"{r['images_per_s'] / v:.2f}x {f}" for f, v in others.items()) if r["framework"] == "jax" else ""
         )
         memory = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         print(
             f"| {r['model']} | {r['batch']} | {r['dtype']} | {r['framework']} | {r['images_per_s']:,.0f} | "
-            f"{r['step_ms']:.2f} | {r['spread_ms']:.2f} | {r['tflops']:.1f} | {100 * r['mfu']:.1f}% | {memory} | "
+            f"{r['step_ms']:.2f} | {r['spread_ms']:.2f} | {r['tflops']:.2f} | {mfu} | {memory} | "
             f"{r['compile_s']:.1f} | {ratio} |"
         )
 
@@ -265,67 +313,138 @@ def print_table(rows: list[dict]):
 def grid() -> list[tuple[str, int, str]]:
     cells = []
     for model in _MODELS.value:
-        batches = _CIFAR_BATCHES.value if model == "alexnet_cifar" and _CIFAR_BATCHES.value else _BATCHES.value
+        batches = _CIFAR_BATCHES.value if "cifar" in model and _CIFAR_BATCHES.value else _BATCHES.value
         cells += [(model, int(batch), dtype) for batch in batches for dtype in _DTYPES.value]
     return cells
+
+
+def runners(torch_bench) -> list[str]:
+    """``jax``, then PyTorch in each mode: ``torch`` (eager), ``torch.compile`` (its default mode) or
+    ``torch.compile:<mode>``."""
+    modes = [] if torch_bench is None else _TORCH_COMPILE.value
+    names = {"none": "torch", "default": "torch.compile"}
+    return ["jax", *(names.get(mode, f"torch.compile:{mode}") for mode in modes)]
+
+
+def measure(cell: tuple, runner: str, torch_bench) -> dict:
+    """One row: ``cell`` = (model, batch, dtype) timed by ``runner``."""
+    model, batch, dtype = cell
+    if runner == "jax":
+        return jax_row(model, batch, dtype, _WARMUP.value, _STEPS.value, _WIDTH.value)
+    mode = {"torch": "none", "torch.compile": "default"}.get(runner, runner.split(":")[-1])
+    images, labels = random_batch(model, batch)
+    sgd = (LEARNING_RATE, MOMENTUM, WEIGHT_DECAY)
+    return torch_bench.time_row(model, images, labels, dtype, mode, _WARMUP.value, _STEPS.value, sgd, _WIDTH.value)
+
+
+def in_own_processes(cells: list[tuple], names: list[str], out_dir: pathlib.Path) -> list[dict]:
+    """Every (cell, runner) ``--repeats`` times, interleaved, each in a process of its own; the rows
+    they wrote, each with its repeat's index."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    passed = [flags.FLAGS[name].serialize() for name in ("steps", "warmup", "width")]
+    for repeat in range(_REPEATS.value):
+        for model, batch, dtype in cells:
+            for runner in names:
+                out = out_dir / f"{repeat}_{model}_{batch}_{dtype}_{runner}.json"
+                one = f"--one={model}:{batch}:{dtype}:{runner}"
+                command = [sys.executable, __file__, one, *passed, f"--json={out}"]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode or not out.exists():
+                    print(f"{runner} {model} batch {batch} {dtype} failed:\n{done.stderr[-3000:]}", flush=True)
+                    continue
+                for row in json.loads(out.read_text())["rows"]:
+                    rows.append({**row, "repeat": repeat})
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def median_of_repeats(rows: list[dict]) -> list[dict]:
+    """One row per (model, batch, dtype, framework): the median step of its repeats, and their spread."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["batch"], row["dtype"], row["framework"]), []).append(row)
+    merged = []
+    for repeats in groups.values():
+        steps = sorted(r["step_ms"] for r in repeats)
+        median = statistics.median(steps)
+        middle = min(repeats, key=lambda r: abs(r["step_ms"] - median))  # its compile time and memory shown
+        per_second = 1e3 * middle["batch"] / median
+        merged.append({**middle, "step_ms": median, "spread_ms": steps[-1] - steps[0], "images_per_s": per_second,
+                       "tflops": middle["tflops"] * middle["step_ms"] / median, "repeats": len(steps)})  # fmt: skip
+    return merged
+
+
+def header(torch_bench, peaks: dict, size: int) -> None:
+    device = jax.devices()[0]
+    versions = f"jax {jax.__version__}" + (
+        f", torch {torch_bench.version()}" if torch_bench else ", torch not installed"
+    )
+    print(f"device: {device.device_kind} ({device.platform}); {versions}")
+    if device.platform == "cpu":
+        cores = len(os.sched_getaffinity(0))
+        torch_threads = f"; {torch_bench.threads()}" if torch_bench else ""
+        print(f"threads: XLA's CPU client uses the {cores} cores this process may run on{torch_threads}")
+    peak_dtype = "float32" if device.platform == "cpu" else "bf16"
+    print(f"{peak_dtype} {size}^3 matmul peak (TFLOP/s): " + ", ".join(f"{k} {v:.2f}" for k, v in peaks.items()))
 
 
 def main(argv):
     del argv
     torch_bench = None
-    if "torch" in _FRAMEWORKS.value:
+    runner = _ONE.value.split(":", 3)[-1] if _ONE.value else None
+    if (runner or "torch").startswith("torch") and "torch" in _FRAMEWORKS.value:
         with contextlib.suppress(ImportError):
             from benchmarks import torch_alexnets as torch_bench
+    if runner:  # a child: one row, no peak
+        model, batch, dtype, _ = _ONE.value.split(":", 3)
+        result = measure((model, int(batch), dtype), runner, torch_bench)
+        row = summarise(
+            runner, model, int(batch), dtype, result, train_flops_per_image(count_flops(model, _WIDTH.value)), None
+        )
+        pathlib.Path(_JSON.value).write_text(json.dumps({"rows": [row]}))
+        return
     on_gpu = jax.devices()[0].platform == "gpu"
     size = _MATMUL_SIZE.value or (8192 if on_gpu else 2048)
-    peaks = {"jax": jax_matmul_tflops(size)}
+    dtype = jnp.bfloat16 if on_gpu else jnp.float32  # a CPU's fast products are float32's
+    peaks = {"jax": jax_matmul_tflops(size, dtype)}
     if torch_bench is not None:
-        peaks["torch"] = torch_bench.matmul_tflops(size)
+        peaks["torch"] = torch_bench.matmul_tflops(size, on_gpu)
     peak = max(peaks.values()) * 1e12
-    versions = f"jax {jax.__version__}" + (
-        f", torch {torch_bench.version()}" if torch_bench else ", torch not installed"
-    )
-    print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}); {versions}")
-    print(f"bf16 {size}^3 matmul peak (TFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()))
+    header(torch_bench, peaks, size)
     flops = {model: count_flops(model, _WIDTH.value) for model in _MODELS.value}
     for model, layers in flops.items():
         per_layer = ", ".join(f"{name.split('/')[-1]} {f / 1e6:.0f}" for name, f in layers)
         print(f"{model}: forward MFLOP/image {per_layer}; train GFLOP/image {train_flops_per_image(layers) / 1e9:.3f}")
-    rows = []
-    for model, batch, dtype in grid():
-        train_flops = train_flops_per_image(flops[model])
-        for framework in _FRAMEWORKS.value:
-            if framework == "torch" and torch_bench is None:
-                continue
-            try:
-                if framework == "jax":
-                    result = jax_row(model, batch, dtype, _WARMUP.value, _STEPS.value, _WIDTH.value)
-                else:
-                    images, labels = random_batch(model, batch)
-                    result = torch_bench.time_row(
-                        model,
-                        images,
-                        labels,
-                        dtype,
-                        _TORCH_COMPILE.value,
-                        _WARMUP.value,
-                        _STEPS.value,
-                        (LEARNING_RATE, MOMENTUM, WEIGHT_DECAY),
-                        _WIDTH.value,
-                    )
-            except Exception:  # one failing row must not cost the others
-                print(f"{framework} {model} batch {batch} {dtype} failed:\n{traceback.format_exc()}", flush=True)
-                continue
-            row = summarise(framework, model, batch, dtype, result, train_flops, peak)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if f"{model}:{batch}:{dtype}" in _PROFILE.value:
-                print_profile(
-                    framework, (model, batch, dtype), result["step"], pathlib.Path(_PROFILE_DIR.value), torch_bench
-                )
+    names = runners(torch_bench) if "torch" in _FRAMEWORKS.value else ["jax"]
+    names = [n for n in names if n != "jax" or "jax" in _FRAMEWORKS.value]
+    if _REPEATS.value > 1:
+        rows = median_of_repeats(in_own_processes(grid(), names, pathlib.Path(_PROFILE_DIR.value) / "rows"))
+        for row in rows:
+            model = row["model"]
+            row["mfu"] = train_flops_per_image(flops[model]) * row["images_per_s"] / peak
+    else:
+        rows = in_this_process(grid(), names, flops, peak, torch_bench)
     if _JSON.value:
         pathlib.Path(_JSON.value).write_text(json.dumps({"peaks": peaks, "rows": rows}, indent=1))
     print_table(rows)
+
+
+def in_this_process(cells, names, flops, peak, torch_bench) -> list[dict]:
+    rows = []
+    for model, batch, dtype in cells:
+        for runner in names:
+            try:
+                result = measure((model, batch, dtype), runner, torch_bench)
+            except Exception:  # one failing row must not cost the others
+                print(f"{runner} {model} batch {batch} {dtype} failed:\n{traceback.format_exc()}", flush=True)
+                continue
+            rows.append(summarise(runner, model, batch, dtype, result, train_flops_per_image(flops[model]), peak))
+            print(json.dumps(rows[-1]), flush=True)
+            if f"{model}:{batch}:{dtype}" in _PROFILE.value:
+                framework = "jax" if runner == "jax" else "torch"
+                print_profile(framework, (model, batch, dtype), result, pathlib.Path(_PROFILE_DIR.value), torch_bench)
+    return rows
 
 
 if __name__ == "__main__":

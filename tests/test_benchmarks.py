@@ -35,6 +35,25 @@ def test_flops_are_counted_per_layer_from_the_network(model, want):
     assert versus_pytorch.train_flops_per_image(layers) == 3 * sum(want) - want[0]  # no input gradient for conv1
 
 
+def test_the_cpu_configs_network_is_the_one_it_trains():
+    """``cifar10_cpu``: alexnet_cifar with configs/cifar10_cpu.py's channels and hidden units."""
+    from configs import cifar10_cpu
+
+    c1, c2, c3, c4, c5 = cifar10_cpu.get_config().model.channels
+    hidden = cifar10_cpu.get_config().model.fc_features
+    want = [conv(32, c1, 3, 3), conv(16, c2, 3, c1), conv(8, c3, 3, c2), conv(8, c4, 3, c3), conv(8, c5, 3, c4)]
+    want += [2 * 4 * 4 * c5 * hidden, 2 * hidden * hidden, 2 * hidden * 10]
+    assert [flops for _, flops in versus_pytorch.count_flops("cifar10_cpu")] == want
+
+
+def test_repeats_are_summarised_by_their_median_and_spread():
+    row = {"model": "m", "batch": 10, "dtype": "float32", "framework": "jax", "tflops": 1.0, "compile_s": 0}
+    repeats = [{**row, "step_ms": ms, "tflops": 2.0 / ms} for ms in (300.0, 100.0, 200.0)]
+    (merged,) = versus_pytorch.median_of_repeats(repeats)
+    assert merged["step_ms"] == 200.0 and merged["spread_ms"] == 200.0 and merged["repeats"] == 3
+    assert merged["images_per_s"] == 50.0 and merged["tflops"] == 2.0 / 200.0
+
+
 SMALL_ROW = ["--models=alexnet_cifar", "--batches=4", "--dtypes=float32", "--steps=2", "--warmup=1"]
 SMALL_ROW += ["--matmul_size=256", "--width=0.125"]
 
@@ -69,7 +88,23 @@ def test_pytorchs_side_runs_in_a_process_of_its_own(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {row["framework"]: row for row in json.loads(out.read_text())["rows"]}
     assert rows.keys() == {"jax", "torch"} and all(row["images_per_s"] > 0 for row in rows.values()), rows
-    assert "| alexnet_cifar | 4 | float32 | torch |" in done.stdout
+    assert "| alexnet_cifar | 4 | float32 | torch |" in done.stdout and "x torch |" in done.stdout
+    assert "intra-op threads" in done.stdout  # the threads each framework ran on
+
+
+@pytest.mark.tier2  # the first tier: the script in this process, and the median of repeats (above)
+def test_repeats_run_interleaved_each_in_a_process_of_its_own(tmp_path):
+    out = tmp_path / "rows.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "versus_pytorch.py"), *SMALL_ROW, f"--json={out}"]
+    command += ["--frameworks=jax", "--repeats=2", f"--profile_dir={tmp_path}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["repeats"] == 2 and row["images_per_s"] > 0 and row["mfu"] > 0
+    assert sorted(p.name for p in (tmp_path / "rows").iterdir()) == [
+        f"{repeat}_alexnet_cifar_4_float32_jax.json" for repeat in (0, 1)
+    ]
+    assert "threads: XLA's CPU client uses the" in done.stdout
 
 
 def test_the_time_to_accuracy_script_reads_the_line_the_loop_prints():

@@ -1,0 +1,187 @@
+"""Layers whose gradients a CPU computes faster than XLA's own: ``Conv`` and ``max_pool``.
+
+Convolution. XLA's CPU backend computes a convolution's kernel gradient as another convolution, several times
+slower than the same sums taken as one matrix product per kernel position: the input's slice at
+that position against the output's gradient (BENCHMARKS.md, "Where a CPU step's convolutions go").
+``Conv`` is ``nn.Conv`` with ``conv_general_dilated`` below: the forward pass and the input's
+gradient are ``lax.conv_general_dilated``'s own; the kernel's gradient is the matrix products where
+the program runs on a CPU, and XLA's convolution everywhere else (cuDNN, the TPU's MXU). The choice
+is made inside the compiled program (``lax.platform_dependent``): a step traced once lowers to
+``lax.conv``'s gradients for a GPU or a TPU. Parameters keep ``nn.Conv``'s names and shapes.
+Strided convolutions (AlexNet's 11x11 at stride 4: its slices are sparse gathers, slower than
+XLA's), dilated ones and other layouts keep XLA's gradient everywhere.
+
+Max-pooling. XLA's CPU backend computes the gradient of a max-pool (``select_and_scatter``) with
+an index tensor per dimension, a variadic reduce-window and a scatter: a third of a CPU step of
+``alexnet_cifar``. ``max_pool``'s gradient on a CPU is elementwise instead: for each window
+position, the output's gradient goes where the input equals the window's maximum (the first such
+position in row-major order, as ``select_and_scatter`` chooses), placed back by padding.
+"""
+
+import functools
+import itertools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+LAYOUT = ("NHWC", "HWIO", "NHWC")  # Flax's, the one the products handle
+
+
+def kernel_gradient_by_products(x, g, kernel_shape, padding, groups: int, strides=(1, 1)) -> jax.Array:
+    """d loss / d kernel of an NHWC x HWIO convolution from its input ``x`` and its output's gradient
+    ``g``: for each kernel position, the (strided) input slice it sees times ``g``, summed over the
+    batch and the output's pixels (one matrix product per position, batched over the groups)."""
+    *window, in_per_group, out_features = kernel_shape
+    x = _pad_pixels(x, 0, [(low, high, 0) for low, high in padding])
+    batch, *out_size, _ = g.shape
+    x = x.reshape(*x.shape[:-1], groups, in_per_group)
+    g = g.reshape(*g.shape[:-1], groups, out_features // groups)
+    accumulate = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 inputs: sums in float32
+    per_position = []
+    for position in itertools.product(*map(range, window)):
+        ends = (p + s * (size - 1) + 1 for p, s, size in zip(position, strides, out_size, strict=True))
+        seen = lax.slice(x, (0, *position, 0, 0), (batch, *ends, groups, in_per_group), (1, *strides, 1, 1))
+        per_position.append(jnp.einsum("nhwgc,nhwgo->cgo", seen, g, preferred_element_type=accumulate))
+    return jnp.stack(per_position).reshape(*window, in_per_group, out_features).astype(x.dtype)
+
+
+def _pad_pixels(x, value, pixels) -> jax.Array:
+    """``x`` (NHWC) padded on its pixel axes only, by ``pixels``: (low, high, interior) per axis."""
+    return lax.pad(x, jnp.array(value, x.dtype), [(0, 0, 0), *pixels, (0, 0, 0)])
+
+
+def _xla_conv(x, kernel, padding, groups, precision):
+    return lax.conv_general_dilated(
+        x, kernel, (1, 1), padding, dimension_numbers=LAYOUT, feature_group_count=groups, precision=precision
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, padding, groups, precision):
+    return _xla_conv(x, kernel, padding, groups, precision)
+
+
+def _conv_forward(x, kernel, padding, groups, precision):
+    return _xla_conv(x, kernel, padding, groups, precision), (x, kernel)
+
+
+def _conv_backward(padding, groups, precision, saved, g):
+    conv = functools.partial(_xla_conv, padding=padding, groups=groups, precision=precision)
+
+    def on_cpu(x, kernel, g):
+        (input_gradient,) = jax.vjp(lambda x: conv(x, kernel), x)[1](g)
+        return input_gradient, kernel_gradient_by_products(x, g, kernel.shape, padding, groups)
+
+    def elsewhere(x, kernel, g):
+        return jax.vjp(conv, x, kernel)[1](g)
+
+    return lax.platform_dependent(*saved, g, cpu=on_cpu, default=elsewhere)
+
+
+_conv.defvjp(_conv_forward, _conv_backward)
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+) -> jax.Array:
+    """``lax.conv_general_dilated``, with the kernel's gradient by matrix products on CPUs where the
+    convolution is a 2-D one in Flax's layout, at stride 1, undilated (see the module's docstring)."""
+    plain = functools.partial(
+        lax.conv_general_dilated,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        precision,
+        preferred_element_type,
+    )
+    undilated = all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    in_layout = lhs.ndim == 4 and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == (
+        lax.conv_dimension_numbers(lhs.shape, rhs.shape, LAYOUT)
+    )
+    if not (in_layout and undilated and tuple(window_strides) == (1, 1)) or batch_group_count != 1:
+        return plain()  # XLA's gradients everywhere
+    if preferred_element_type is not None:
+        return plain()
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    return _conv(lhs, rhs, tuple(map(tuple, padding)), feature_group_count, precision)
+
+
+def _pool(x, window, strides, padding):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *padding, (0, 0)))
+
+
+def pool_gradient_by_masks(x, pooled, g, window, strides, padding) -> jax.Array:
+    """d loss / d x of an NHWC max-pool from its input ``x``, its output ``pooled`` and the output's
+    gradient ``g``: each output's gradient goes to the first input of its window (row-major) that
+    equals the window's maximum."""
+    zero = jnp.zeros((), g.dtype)
+    padded = _pad_pixels(x, -jnp.inf, [(low, high, 0) for low, high in padding])
+    batch, *out_size, channels = pooled.shape
+    taken, total = jnp.zeros(pooled.shape, bool), None
+    for position in itertools.product(*map(range, window)):
+        ends = [p + s * (size - 1) + 1 for p, s, size in zip(position, strides, out_size, strict=True)]
+        seen = lax.slice(padded, (0, *position, 0), (batch, *ends, channels), (1, *strides, 1))
+        first = (seen == pooled) & ~taken
+        taken = taken | first
+        back = zip(position, ends, strides, padded.shape[1:-1], strict=True)  # strided, back where it was read
+        placed = _pad_pixels(jnp.where(first, g, zero), 0, [(p, n - e, s - 1) for p, e, s, n in back])
+        total = placed if total is None else total + placed
+    return _pad_pixels(total, 0, [(-low, -high, 0) for low, high in padding])  # the padding cut off
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+    return _pool(x, window, strides, padding)
+
+
+def _max_pool_forward(x, window, strides, padding):
+    pooled = _pool(x, window, strides, padding)
+    return pooled, (x, pooled)
+
+
+def _max_pool_backward(window, strides, padding, saved, g):
+    def on_cpu(x, pooled, g):
+        return (pool_gradient_by_masks(x, pooled, g, window, strides, padding),)
+
+    def elsewhere(x, pooled, g):
+        return jax.vjp(lambda x: _pool(x, window, strides, padding), x)[1](g)
+
+    return lax.platform_dependent(*saved, g, cpu=on_cpu, default=elsewhere)
+
+
+_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding="VALID") -> jax.Array:
+    """``nn.max_pool`` of an NHWC batch (``padding``: "VALID", "SAME" or pairs), its gradient computed
+    elementwise on a CPU (see the module's docstring)."""
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(x.shape[1:-1], window, strides, padding)
+    return _max_pool(x, tuple(window), tuple(strides), tuple(map(tuple, padding)))
+
+
+class Conv(nn.Conv):
+    """``nn.Conv`` (same fields, parameters and names) with ``conv_general_dilated`` above: what every
+    model of this project, and a researcher's own, uses for a convolution."""
+
+    conv_general_dilated: Callable | None = conv_general_dilated
