@@ -125,8 +125,8 @@ def count_flops(model: str, width: float = 1.0) -> list[tuple[str, float]]:
     variables = jax.eval_shape(net.init, jax.random.key(0), x)
     jaxpr = jax.make_jaxpr(lambda v, x: net.apply(v, x))(variables, x)
     layers = []
-    for eqn in _equations(jaxpr.jaxpr):
-        name = str(eqn.source_info.name_stack) or eqn.primitive.name
+    for name, eqn in _equations(jaxpr.jaxpr):
+        name = name or eqn.primitive.name
         out = eqn.outvars[0].aval.shape
         if eqn.primitive.name == "conv_general_dilated":
             kernel = eqn.invars[1].aval.shape  # HWIO: every output element takes H*W*I multiply-adds
@@ -138,11 +138,14 @@ def count_flops(model: str, width: float = 1.0) -> list[tuple[str, float]]:
     return layers
 
 
-def _equations(jaxpr):
+def _equations(jaxpr, outer: str = ""):
+    """(name, equation) of every equation, inside calls too (a layer's custom gradient), each named
+    by the modules it sits in."""
     for eqn in jaxpr.eqns:
-        yield eqn
+        name = "/".join(filter(None, (outer, str(eqn.source_info.name_stack))))
+        yield name, eqn
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            yield from _equations(sub)
+            yield from _equations(sub, name)
 
 
 def train_flops_per_image(layers: list[tuple[str, float]]) -> float:
