@@ -73,7 +73,7 @@ _TORCH_COMPILE = flags.DEFINE_list(
 _REPEATS = flags.DEFINE_integer(
     "repeats", 1, "Measurements of each row, interleaved, each in a process of its own when above 1; the median shown."
 )
-_ONE = flags.DEFINE_string("one", None, "Internal: only the row 'model:batch:dtype:runner' (a child process).")
+_ONE = flags.DEFINE_string("child_row", None, "Internal: only the row 'model:batch:dtype:runner' (a child process).")
 _PROFILE = flags.DEFINE_list(
     "profile",
     [],
@@ -350,7 +350,7 @@ def in_own_processes(cells: list[tuple], names: list[str], out_dir: pathlib.Path
         for model, batch, dtype in cells:
             for runner in names:
                 out = out_dir / f"{repeat}_{model}_{batch}_{dtype}_{runner}.json"
-                one = f"--one={model}:{batch}:{dtype}:{runner}"
+                one = f"--child_row={model}:{batch}:{dtype}:{runner}"
                 command = [sys.executable, __file__, one, *passed, f"--json={out}"]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode or not out.exists():
