@@ -1,8 +1,9 @@
 """Layers whose gradients a CPU computes faster than XLA's own: ``Conv`` and ``max_pool``.
 
-Convolution. XLA's CPU backend computes a convolution's kernel gradient as another convolution, several times
-slower than the same sums taken as one matrix product per kernel position: the input's slice at
-that position against the output's gradient (BENCHMARKS.md, "Where a CPU step's convolutions go").
+Convolution. XLA's CPU backend computes a convolution's kernel gradient as another convolution, up
+to several times slower (3.8x on ``configs/cifar10_cpu.py``'s conv2) than the same sums taken as one matrix
+product per kernel position: the input's slice at that position against the output's gradient
+(BENCHMARKS.md, "Where a CPU step's convolutions go").
 ``Conv`` is ``nn.Conv`` with ``conv_general_dilated`` below: the forward pass and the input's
 gradient are ``lax.conv_general_dilated``'s own; the kernel's gradient is the matrix products where
 the program runs on a CPU, and XLA's convolution everywhere else (cuDNN, the TPU's MXU). The choice
@@ -12,8 +13,9 @@ Strided convolutions (AlexNet's 11x11 at stride 4: its slices are sparse gathers
 XLA's), dilated ones and other layouts keep XLA's gradient everywhere.
 
 Max-pooling. XLA's CPU backend computes the gradient of a max-pool (``select_and_scatter``) with
-an index tensor per dimension, a variadic reduce-window and a scatter: a third of a CPU step of
-``alexnet_cifar``. ``max_pool``'s gradient on a CPU is elementwise instead: for each window
+an index tensor per dimension, a variadic reduce-window and a scatter: about a quarter of the
+operations' time in a CPU step of ``configs/cifar10_cpu.py``'s network (BENCHMARKS.md, "Where the
+CPU step goes now, and PyTorch's"). ``max_pool``'s gradient on a CPU is elementwise instead: for each window
 position, the output's gradient goes where the input equals the window's maximum (the first such
 position in row-major order, as ``select_and_scatter`` chooses), placed back by padding.
 """
