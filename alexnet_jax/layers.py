@@ -101,28 +101,16 @@ def conv_general_dilated(
 ) -> jax.Array:
     """``lax.conv_general_dilated``, with the kernel's gradient by matrix products on CPUs where the
     convolution is a 2-D one in Flax's layout, at stride 1, undilated (see the module's docstring)."""
-    plain = functools.partial(
-        lax.conv_general_dilated,
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        batch_group_count,
-        precision,
-        preferred_element_type,
-    )
     undilated = all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
     in_layout = lhs.ndim == 4 and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == (
         lax.conv_dimension_numbers(lhs.shape, rhs.shape, LAYOUT)
     )
-    if not (in_layout and undilated and tuple(window_strides) == (1, 1)) or batch_group_count != 1:
-        return plain()  # XLA's gradients everywhere
-    if preferred_element_type is not None:
-        return plain()
+    handled = in_layout and undilated and tuple(window_strides) == (1, 1) and batch_group_count == 1
+    if not handled or preferred_element_type is not None:  # XLA's gradients everywhere
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type,
+        )  # fmt: skip
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
     return _conv(lhs, rhs, tuple(map(tuple, padding)), feature_group_count, precision)
