@@ -10,7 +10,8 @@ the program runs on a CPU, and XLA's convolution everywhere else (cuDNN, the TPU
 is made inside the compiled program (``lax.platform_dependent``): a step traced once lowers to
 ``lax.conv``'s gradients for a GPU or a TPU. Parameters keep ``nn.Conv``'s names and shapes.
 Strided convolutions (AlexNet's 11x11 at stride 4: its slices are sparse gathers, slower than
-XLA's), dilated ones and other layouts keep XLA's gradient everywhere.
+XLA's), dilated ones, other layouts and small ones (below ``PRODUCTS_FROM_FLOPS`` of kernel-gradient
+work per device, as in the test suite's tiny models) keep XLA's gradient everywhere.
 
 Max-pooling. XLA's CPU backend computes the gradient of a max-pool (``select_and_scatter``) with
 an index tensor per dimension, a variadic reduce-window and a scatter: about a quarter of the
@@ -30,6 +31,9 @@ import jax.numpy as jnp
 from jax import lax
 
 LAYOUT = ("NHWC", "HWIO", "NHWC")  # Flax's, the one the products handle
+# Below this much kernel-gradient work (floating-point operations per device) XLA's own gradient is
+# as fast, and compiles in a third of the time (BENCHMARKS.md, "Where a CPU step's convolutions go").
+PRODUCTS_FROM_FLOPS = 100e6
 
 
 def kernel_gradient_by_products(x, g, kernel_shape, padding, groups: int, strides=(1, 1)) -> jax.Array:
@@ -106,7 +110,7 @@ def conv_general_dilated(
         lax.conv_dimension_numbers(lhs.shape, rhs.shape, LAYOUT)
     )
     handled = in_layout and undilated and tuple(window_strides) == (1, 1) and batch_group_count == 1
-    if not handled or preferred_element_type is not None:  # XLA's gradients everywhere
+    if not handled or preferred_element_type is not None or _kernel_gradient_flops(lhs, rhs) < PRODUCTS_FROM_FLOPS:
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type,
@@ -114,6 +118,11 @@ def conv_general_dilated(
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
     return _conv(lhs, rhs, tuple(map(tuple, padding)), feature_group_count, precision)
+
+
+def _kernel_gradient_flops(x, kernel) -> float:
+    """Multiplies and adds of a stride-1 NHWC x HWIO convolution's kernel gradient (about the output's pixels)."""
+    return 2.0 * x.shape[0] * x.shape[1] * x.shape[2] * kernel.size
 
 
 def _pool(x, window, strides, padding):

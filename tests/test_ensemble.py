@@ -72,10 +72,13 @@ def train(config, split, parallel, vectorize=None):
     return start, jax.device_get(parallel.unreplicate(state)), np.stack(losses)
 
 
-@pytest.mark.parametrize("pipeline, vectorize", [("streaming", True), ("resident", False)])
+@pytest.mark.parametrize(
+    # the first tier: the members one after another, and vmap equal to that (the next test)
+    "pipeline, vectorize", [pytest.param("streaming", True, marks=pytest.mark.tier2), ("resident", False)]
+)
 def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparameters(pipeline, vectorize):
     """On the streaming path with the members vmap-ed, as on accelerators, and on the resident
-    path with the members one after another, as on CPUs; the first also checks the evaluation."""
+    path with the members one after another, as on CPUs; both check the evaluation."""
     split = datasets.load_split(tiny_config().dataset, "train")
     parallel = DataParallel("shard_map", jax.devices()[:1])
     config = sweep_config(pipeline, "shared")
@@ -84,8 +87,7 @@ def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparamete
     with jax.enable_x64(True):
         _, single, single_losses = train(single_config, split, parallel)
         start, trained, losses = train(config, split, parallel, vectorize)
-        if vectorize:
-            assert_scored_as_the_mean_of_the_members_softmax(config, trained, parallel)
+        assert_scored_as_the_mean_of_the_members_softmax(config, trained, parallel)
     assert losses.shape == (STEPS, 2) and int(trained.step) == STEPS
     got, want = ensemble.member(state_variables(trained), 1), state_variables(single)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):

@@ -27,6 +27,13 @@ CASES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def products_at_every_size(monkeypatch):
+    """The tests' convolutions are far below the size where the layers take over from XLA's
+    gradient: here they take the products whatever the size (the rule itself: the last test)."""
+    monkeypatch.setattr(layers, "PRODUCTS_FROM_FLOPS", 0)
+
+
 def loss_of(convolution, strides, padding, groups):
     """A loss whose output gradient is not a constant (sin), so every sum of the gradients shows."""
     spec = dict(dimension_numbers=LAYOUT, feature_group_count=groups)
@@ -129,3 +136,14 @@ def test_a_step_exported_for_gpus_keeps_xlas_gradients_and_for_cpus_takes_the_la
     cuda, cpu = exported_train_step("cuda"), exported_train_step("cpu")
     assert cuda.count("stablehlo.convolution") == 5 + 4 + 5 and cuda.count("stablehlo.select_and_scatter") == 3
     assert cpu.count("stablehlo.convolution") == 5 + 4 and cpu.count("stablehlo.select_and_scatter") == 0
+
+
+@pytest.mark.parametrize("x_shape, kernel_gradient", [((8, 32, 32, 96), "products"), ((8, 8, 8, 96), "convolution")])
+def test_small_kernel_gradients_stay_xlas(monkeypatch, x_shape, kernel_gradient):
+    """3x3, 96 -> 96 channels: 1.36 GFLOP of kernel-gradient work at 8 x 32 x 32 (products), 85
+    MFLOP at 8 x 8 x 8, below ``PRODUCTS_FROM_FLOPS`` (XLA's convolution)."""
+    monkeypatch.setattr(layers, "PRODUCTS_FROM_FLOPS", 100e6)
+    x, k = jax.ShapeDtypeStruct(x_shape, np.float32), jax.ShapeDtypeStruct((3, 3, 96, 96), np.float32)
+    step = jax.grad(loss_of(layers.conv_general_dilated, (1, 1), "SAME", 1), (0, 1))
+    exported = jax.export.export(jax.jit(step), platforms=("cpu",))(x, k).mlir_module()
+    assert exported.count("stablehlo.convolution") == {"products": 2, "convolution": 3}[kernel_gradient]
