@@ -74,7 +74,8 @@ def train(config, split, parallel, vectorize=None):
 
 @pytest.mark.parametrize(
     # the first tier: the members one after another, and vmap equal to that (the next test)
-    "pipeline, vectorize", [pytest.param("streaming", True, marks=pytest.mark.tier2), ("resident", False)]
+    "pipeline, vectorize",
+    [pytest.param("streaming", True, marks=pytest.mark.tier2), ("resident", False)],
 )
 def test_member_k_of_an_ensemble_is_the_single_run_of_its_seed_and_hyperparameters(pipeline, vectorize):
     """On the streaming path with the members vmap-ed, as on accelerators, and on the resident
