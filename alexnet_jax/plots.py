@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import files
+from alexnet_jax import files, report
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
@@ -87,14 +87,6 @@ def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path) -> pa
     return _save(fig, path)
 
 
-def most_confused(confusion: np.ndarray, count: int) -> list[tuple[int, int, int]]:
-    """The ``count`` largest off-diagonal cells as (true, predicted, examples), largest first."""
-    off_diagonal = confusion * (1 - np.eye(len(confusion), dtype=confusion.dtype))
-    flat = np.argsort(-off_diagonal, axis=None, kind="stable")[:count]
-    cells = zip(*np.unravel_index(flat, confusion.shape), strict=True)
-    return [(int(t), int(p), int(off_diagonal[t, p])) for t, p in cells if off_diagonal[t, p] > 0]
-
-
 def _blocks(confusion: np.ndarray, most: int) -> tuple[np.ndarray, int]:
     """The confusion matrix summed over blocks of consecutive classes, at most ``most`` blocks a
     side; returns (block sums, classes per block)."""
@@ -118,7 +110,7 @@ def _confusion_summary(confusion: np.ndarray, class_names):
     heat.set_ylabel("true class (index)")
     heat.set_title(f"{len(class_names)} classes in blocks of {size}, rows normalised")
     fig.colorbar(image, ax=heat, fraction=0.046)
-    pairs = most_confused(confusion, 2 * SUMMARY_ROWS)
+    pairs = report.most_confused(confusion, 2 * SUMMARY_ROWS)
     totals = confusion.sum(1)
     labels = [f"{_short(class_names[t])} -> {_short(class_names[p])}" for t, p, _ in pairs]
     bars.barh(np.arange(len(pairs)), [n / max(totals[t], 1) for t, _, n in pairs], color="tab:red")

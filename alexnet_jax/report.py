@@ -46,19 +46,16 @@ def write_report(
     labels: np.ndarray,
     metrics: dict,
     grid: int = 32,
+    figures: bool = True,
 ) -> dict:
-    """Writes ``<name>_confusion.png``, ``<name>_per_class.png``, ``<name>_predictions.png`` (the
-    split's first ``grid`` images) and ``<name>_report.json``; returns the report."""
-    from alexnet_jax import plots  # matplotlib: imported when the first figure is drawn
-
+    """Writes ``<name>_report.json`` and (``figures``) ``<name>_confusion.png``,
+    ``<name>_per_class.png``, ``<name>_predictions.png`` (the split's first ``grid`` images);
+    returns the report."""
     names = list(split.class_names)
-    shown_names = readable_class_names(names)
     confusion = confusion_matrix(labels, predictions, len(names))
     per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
-    plots.plot_confusion(confusion, shown_names, out_dir / f"{name}_confusion.png")
-    plots.plot_per_class(confusion, shown_names, out_dir / f"{name}_per_class.png")
-    shown = split.read(np.arange(min(grid, len(split))))["image"]
-    plots.plot_predictions(shown, labels[:grid], predictions[:grid], shown_names, out_dir / f"{name}_predictions.png")
+    if figures:
+        _draw(out_dir, name, split, confusion, readable_class_names(names), labels[:grid], predictions[:grid])
     true, predicted = np.nonzero(confusion)
     report = {
         **metrics,
@@ -66,10 +63,28 @@ def write_report(
         "per_class_accuracy": dict(zip(names, per_class.round(4).tolist(), strict=True)),
         "most_confused": [
             {"true": names[t], "predicted": names[p], "examples": n}
-            for t, p, n in plots.most_confused(confusion, MOST_CONFUSED)
+            for t, p, n in most_confused(confusion, MOST_CONFUSED)
         ],
         # [true, predicted, examples] per non-zero cell; indices in per_class_accuracy's order.
         "confusion_cells": np.stack([true, predicted, confusion[true, predicted]], 1).tolist(),
     }
     files.write_text(out_dir / f"{name}_report.json", _json_lines(report))
     return report
+
+
+def _draw(out_dir: pathlib.Path, name: str, split, confusion, shown_names, labels, predictions):
+    """The report's three figures; the predictions' grid shows the split's first ``len(labels)`` images."""
+    from alexnet_jax import plots  # matplotlib: imported when the first figure is drawn
+
+    plots.plot_confusion(confusion, shown_names, out_dir / f"{name}_confusion.png")
+    plots.plot_per_class(confusion, shown_names, out_dir / f"{name}_per_class.png")
+    shown = split.read(np.arange(len(labels)))["image"]
+    plots.plot_predictions(shown, labels, predictions, shown_names, out_dir / f"{name}_predictions.png")
+
+
+def most_confused(confusion: np.ndarray, count: int) -> list[tuple[int, int, int]]:
+    """The ``count`` largest off-diagonal cells as (true, predicted, examples), largest first."""
+    off_diagonal = confusion * (1 - np.eye(len(confusion), dtype=confusion.dtype))
+    flat = np.argsort(-off_diagonal, axis=None, kind="stable")[:count]
+    cells = zip(*np.unravel_index(flat, confusion.shape), strict=True)
+    return [(int(t), int(p), int(off_diagonal[t, p])) for t, p in cells if off_diagonal[t, p] > 0]

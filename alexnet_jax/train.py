@@ -381,12 +381,14 @@ def _finish(trainer: _Trainer, last_eval: tuple | None):
     from alexnet_jax import plots  # matplotlib: imported when the first figure is drawn
 
     metrics, predictions, labels = last_eval
-    plots.plot_curves(metrics_log.read_metrics(run.workdir), run.workdir / "curves.png")
+    if run.config.figures:
+        plots.plot_curves(metrics_log.read_metrics(run.workdir), run.workdir / "curves.png")
     plots.plot_first_layer(kernel, run.workdir / FILTERS, models.towers(run.config.model.name))
     weights = "loss, top1, top5 and the figures: the trained weights" + ema.note(run.config)
     header = {"step": run.total_steps, "weights": weights + ensemble.note(run.config)}
     header.update(ensemble.report_fields(run.config, metrics))
-    write_report(run.workdir, REPORT, run.val_split, predictions, labels, {**header, **metrics})
+    figures = run.config.figures
+    write_report(run.workdir, REPORT, run.val_split, predictions, labels, {**header, **metrics}, figures=figures)
 
 
 def _summary(run: Run) -> dict:

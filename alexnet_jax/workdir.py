@@ -137,10 +137,10 @@ def _check_resumable(run, checkpoints: Checkpoints):
 
 
 def finished(run) -> bool:
-    """Whether the final report and curves were written (the last thing a run does), for the run's
-    last step; a damaged report counts as not written, and is written again."""
+    """Whether the final report was written (the last thing a run does, after its figures), for the
+    run's last step; a damaged report counts as not written, and is written again."""
     report = run.workdir / f"{REPORT}_report.json"
-    if not (report.exists() and (run.workdir / "curves.png").exists()):
+    if not report.exists():
         return False
     try:
         return json.loads(report.read_text()).get("step") == run.total_steps

@@ -109,6 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
     # (start, count): a JAX profiler trace of the train steps after step `start`, `count` of them,
     # written to <workdir>/profile (TensorBoard's profile plugin or Perfetto read it). None: off.
     config.profile_steps = config_dict.placeholder(tuple)
+    # The run's last figures: curves.png and the validation report's confusion, per-class and
+    # prediction figures (matplotlib, ~1 s). False: validation_report.json and conv1_filters.png
+    # only, e.g. for many short runs; --mode=evaluate draws the report's figures from the checkpoint.
+    config.figures = True
 
     # N models trained together by one vmap-ed step (member k: seed + k), saved as one checkpoint,
     # evaluated one by one and as an ensemble (softmax averaged). shared: every member sees the same

@@ -105,7 +105,8 @@ def built_once(name: str):
 
 
 def tiny_config():
-    """The smoke config shrunk further: 512 synthetic images, 8 steps per epoch, 2 epochs."""
+    """The smoke config shrunk further: 512 synthetic images, 8 steps per epoch, 2 epochs; no
+    matplotlib figures."""
     config = smoke.get_config()
     config.dataset.synthetic_examples = 512
     config.model.width = 0.125
@@ -114,6 +115,7 @@ def tiny_config():
     config.eval_batch_size = 64
     config.log_every_steps = 2
     config.checkpoint_every_steps = 4
+    config.figures = False
     return config
 
 
@@ -147,6 +149,7 @@ TINY = [
     "--config.checkpoint_every_steps=2",
     "--config.model.dropout_rate=0.1",  # so that resumes must restore the dropout keys too
     "--config.optimizer.learning_rate=0.01",
+    "--config.figures=False",  # matplotlib's figures: drawn where a test reads them (straight_run)
 ]
 
 
@@ -192,7 +195,8 @@ def _train_counting_evaluations(workdir):
     evaluation.Evaluator.__call__ = lambda self, params: calls.append(1) or original(self, params)
     try:
         # Traced steps 2 and 3 (the profiler changes no number; test_loop_details.py reads the trace).
-        summary = train_and_evaluate(tiny_run_config("--config.profile_steps=(1, 2)"), str(workdir))
+        figures = "--config.figures=True"  # test_run.py reads them
+        summary = train_and_evaluate(tiny_run_config("--config.profile_steps=(1, 2)", figures), str(workdir))
     finally:
         evaluation.Evaluator.__call__ = original
     return summary, len(calls)

@@ -13,6 +13,7 @@ from alexnet_jax import metrics_log, plots
 from alexnet_jax.train import train_and_evaluate
 
 OUTPUTS = ("curves.png", "validation_confusion.png", "validation_per_class.png", "validation_predictions.png")
+FIGURES = "--config.figures=True"  # TINY leaves them out
 
 
 def saved_steps(workdir):
@@ -74,13 +75,16 @@ def test_sigkills_at_random_moments_then_restarts_end_as_an_uninterrupted_run(mo
     plan = [moment for moment in kill_plan(0, list(saves), list(evaluations), TOTAL_STEPS) if moment[0] in moments]
     runs = kill_and_restart(plan, tmp_path / "run", TINY)
     assert_survived_the_kills(runs, tmp_path / "run", straight_run[0], TOTAL_STEPS)
+    # TINY's --config.figures=False: the report and the filters, no matplotlib figure.
+    assert not any((tmp_path / "run" / name).exists() for name in OUTPUTS)
+    assert (tmp_path / "run" / "conv1_filters.png").exists()
 
 
 def test_stops_and_a_death_during_the_report_then_resumes_end_as_an_uninterrupted_run(
     straight_run, tmp_path, monkeypatch
 ):
     # A stop at an epoch's end evaluates that epoch first.
-    summary = train_and_evaluate(tiny_run_config(), str(tmp_path), stop_after=STEPS_PER_EPOCH)
+    summary = train_and_evaluate(tiny_run_config(FIGURES), str(tmp_path), stop_after=STEPS_PER_EPOCH)
     assert summary["stopped"] and summary["step"] == STEPS_PER_EPOCH
     assert [r["step"] for r in records(tmp_path, "eval")] == [STEPS_PER_EPOCH]
 
@@ -91,11 +95,11 @@ def test_stops_and_a_death_during_the_report_then_resumes_end_as_an_uninterrupte
     with monkeypatch.context() as patch:
         patch.setattr(plots, "plot_curves", die)
         with pytest.raises(RuntimeError, match="killed while plotting"):
-            train_and_evaluate(tiny_run_config(), str(tmp_path), stop_after=TOTAL_STEPS)
+            train_and_evaluate(tiny_run_config(FIGURES), str(tmp_path), stop_after=TOTAL_STEPS)
     assert saved_steps(tmp_path)[-1] == TOTAL_STEPS and not (tmp_path / "validation_report.json").exists()
 
     # Running again completes the report, logging the final evaluation once, not again.
-    summary = train_and_evaluate(tiny_run_config(), str(tmp_path))
+    summary = train_and_evaluate(tiny_run_config(FIGURES), str(tmp_path))
     assert not summary.get("stopped") and summary["step"] == TOTAL_STEPS
     assert_complete(tmp_path)
     assert_same_final_state(tmp_path, straight_run[0])
@@ -107,7 +111,7 @@ def test_stops_and_a_death_during_the_report_then_resumes_end_as_an_uninterrupte
     (tmp_path / "config.json").write_text('{"seed": ')
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"kind": "train", "st')
-    assert train_and_evaluate(tiny_run_config(), str(tmp_path))["step"] == TOTAL_STEPS
+    assert train_and_evaluate(tiny_run_config(FIGURES), str(tmp_path))["step"] == TOTAL_STEPS
     assert (tmp_path / "validation_report.json").read_text() == report
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
     assert_complete(tmp_path)
