@@ -26,6 +26,13 @@ Writes OUTDIR/run<i>.out and .err, and OUTDIR/runs.json: for each run, its exit 
 the signal) and the entries of its workdir's checkpoint directory right after it ended (one after
 another) or once all ended (together). All children are in this process's group: killing the
 group ends them all.
+
+    python tests/forked_main.py --serve
+
+is the same driver as a server for one pytest worker (``harness.run_forked``): it imports
+everything once, then for each request on stdin (a JSON line: spec, outdir and environment) forks
+a driver of its own session, answers its pid, and once it ends its exit status; it exits when
+stdin closes (its worker has ended).
 """
 
 import atexit
@@ -207,6 +214,39 @@ def run_all(spec: dict, outdir: pathlib.Path) -> list[dict]:
     return [_ended(run, os.waitpid(_start(run, outdir, i), 0)[1]) for i, run in enumerate(runs)]
 
 
-if __name__ == "__main__":
-    spec, outdir = json.loads(sys.argv[1]), pathlib.Path(sys.argv[2])
+def drive(spec: dict, outdir: pathlib.Path):
     (outdir / "runs.json").write_text(json.dumps(run_all(spec, outdir), indent=1))
+
+
+def serve():
+    """Answers requests on stdin until it closes (see the module's docstring)."""
+    importlib.import_module("alexnet_jax.train")
+    importlib.import_module("alexnet_jax.plots")
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:  # the driver: a session of its own, killed with its children as one group
+            os.setsid()
+            outdir = pathlib.Path(request["outdir"])
+            os.dup2(os.open(os.devnull, os.O_RDWR), 0)  # the requests and answers are the server's
+            os.dup2(os.open(outdir / "driver.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+            os.dup2(os.open(outdir / "driver.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+            code = 1
+            try:
+                drive(request["spec"], outdir)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        print(pid, flush=True)
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--serve":
+        serve()
+    else:
+        drive(json.loads(sys.argv[1]), pathlib.Path(sys.argv[2]))

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -72,22 +73,71 @@ def run_forked(
     """Runs main.py once per entry of ``runs`` with ``tests/forked_main.py`` (see there), one after
     another or ``together``; returns per run what the driver reports, plus its stdout and stderr.
     The driver's command line starts with ``prefix``; a driver that outlives ``timeout`` is killed
-    with all its children."""
+    with all its children. Without a prefix, the driver is forked by this worker's driver server
+    (its imports made once)."""
     outdir.mkdir(parents=True)
-    spec = json.dumps({"together": together, "preload": preload, "runs": runs})
-    command = [*prefix, sys.executable, os.path.join(ROOT, "tests", "forked_main.py"), spec, str(outdir)]
+    spec = {"together": together, "preload": preload, "runs": runs}
+    if prefix:
+        status, err = _run_driver(prefix, spec, outdir, timeout)
+    else:
+        status, err = _DriverServer.running().drive(spec, outdir, timeout)
+    assert status == 0, err[-3000:]
+    ended = json.loads((outdir / "runs.json").read_text())
+    for i, run in enumerate(ended):
+        run["out"] = (outdir / f"run{i}.out").read_text()
+        run["err"] = (outdir / f"run{i}.err").read_text()
+    return ended
+
+
+def _run_driver(prefix, spec: dict, outdir: pathlib.Path, timeout: int) -> tuple[int, str]:
+    """``forked_main.py`` in a process of its own: (exit status, stderr)."""
+    command = [*prefix, sys.executable, os.path.join(ROOT, "tests", "forked_main.py"), json.dumps(spec), str(outdir)]
     driver = subprocess.Popen(command, cwd=ROOT, text=True, stdout=-1, stderr=-1, start_new_session=True)
     try:
         _, err = driver.communicate(timeout=timeout)
     finally:  # the children are in the driver's process group
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 0, err[-3000:]
-    ended = json.loads((outdir / "runs.json").read_text())
-    for i, run in enumerate(ended):
-        run["out"] = (outdir / f"run{i}.out").read_text()
-        run["err"] = (outdir / f"run{i}.err").read_text()
-    return ended
+    return driver.returncode, err
+
+
+class _DriverServer:
+    """``forked_main.py --serve``, one per pytest worker, started by its first request: it imports
+    JAX and the training code once (seconds) for every driver it forks. It ends with its worker
+    (its stdin closes)."""
+
+    _running = None
+
+    def __init__(self):
+        command = [sys.executable, os.path.join(ROOT, "tests", "forked_main.py"), "--serve"]
+        self.env = dict(os.environ)  # what its imports saw
+        self.process = subprocess.Popen(command, cwd=ROOT, text=True, stdin=-1, stdout=-1, start_new_session=True)
+
+    @classmethod
+    def running(cls) -> "_DriverServer":
+        """This worker's server, started anew if it died or the environment changed since."""
+        server = cls._running
+        if server is None or server.process.poll() is not None or server.env != os.environ:
+            if server is not None:
+                server.process.kill()
+            cls._running = server = cls()
+        return server
+
+    def drive(self, spec: dict, outdir: pathlib.Path, timeout: int) -> tuple[int, str]:
+        """A driver forked for ``spec``, killed with its children after ``timeout`` seconds:
+        (exit status, stderr)."""
+        request = {"spec": spec, "outdir": str(outdir)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        pid = int(self.process.stdout.readline())
+        try:
+            ended, _, _ = select.select([self.process.stdout], [], [], timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # its children, or all of it after the timeout
+        status = int(self.process.stdout.readline())
+        err = (outdir / "driver.err").read_text()
+        return status, err if ended else f"the driver outlived {timeout} s and was killed\n{err}"
 
 
 def kill_and_restart(plan, workdir: pathlib.Path, flags) -> list[dict]:
