@@ -15,7 +15,6 @@ import urllib.parse
 import zlib
 
 import numpy as np
-import tensorflow_datasets as tfds
 import tqdm
 
 from alexnet_jax import cpus
@@ -24,7 +23,18 @@ from alexnet_jax.images import decode_image, decode_into, example_rng
 
 SYNTHETIC = "synthetic"
 _READ_CHUNK = 1024
-_ENCODED = {"image": tfds.decode.SkipDecoding()}  # images stay encoded; decode_into decodes them
+
+
+def _tfds():
+    """TFDS, imported when a TFDS dataset is first read: synthetic data needs none (a bare GPU machine
+    may lack it)."""
+    import tensorflow_datasets
+
+    return tensorflow_datasets
+
+
+def _encoded() -> dict:
+    return {"image": _tfds().decode.SkipDecoding()}  # images stay encoded; decode_into decodes them
 
 
 class DatasetError(UserError):
@@ -102,8 +112,8 @@ class StreamSplit:
 def is_catalog_name(name: str) -> bool:
     """Whether ``name`` is a dataset in the TFDS catalog (whose builder would shadow a local one)."""
     try:
-        tfds.builder_cls(name)
-    except tfds.core.registered.DatasetNotFoundError:
+        _tfds().builder_cls(name)
+    except _tfds().core.registered.DatasetNotFoundError:
         return False
     return True
 
@@ -142,8 +152,8 @@ def load_split(
         return synthetic_split(dataset_config, split)
     description = f"{dataset_config.name} {split}"
     if not stream:
-        return read_all(tfds_source(dataset_config, split, decoders=_ENCODED), description, workers)
-    source = tfds_source(dataset_config, split, decoders=_ENCODED)
+        return read_all(tfds_source(dataset_config, split, decoders=_encoded()), description, workers)
+    source = tfds_source(dataset_config, split, decoders=_encoded())
     _check_not_empty(source, description)
     image_shape = source.dataset_info.features["image"].shape
     if view is not None:
@@ -169,7 +179,7 @@ def real_labels(dataset_config, split: str) -> list[np.ndarray] | None:
     labels accepts, possibly none), in order; None if the dataset has no such feature."""
     if dataset_config.name == SYNTHETIC:
         return None
-    source = tfds_source(dataset_config, split, decoders=_ENCODED)
+    source = tfds_source(dataset_config, split, decoders=_encoded())
     if "real_label" not in source.dataset_info.features:
         return None
     labels = []
@@ -189,8 +199,8 @@ def tfds_source(dataset_config, split: str, decoders=None, manual_dir: str | Non
     building it from the files in ``manual_dir`` (ImageNet's tars)."""
     name, data_dir = dataset_config.name, dataset_config.data_dir or None
     try:
-        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    except tfds.core.registered.DatasetNotFoundError:
+        builder = _tfds().builder(name, data_dir=data_dir, file_format="array_record")
+    except _tfds().core.registered.DatasetNotFoundError:
         raise DatasetError(f"no TFDS dataset {name!r} under data_dir={data_dir}; {prepare_hint(name)}") from None
     if not builder.is_prepared():
         if manual_dir is not None:
@@ -224,7 +234,7 @@ def _download(builder, allowed: bool):
 
 def _build_from_manual_dir(builder, manual_dir: str):
     """TFDS builds the dataset from ``manual_dir``; on failure, the folders it made are removed."""
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    config = _tfds().download.DownloadConfig(manual_dir=manual_dir)
     root = pathlib.Path(builder.data_dir_root)
     made = [p for p in (root, root / builder.name, root / "downloads") if not p.exists()]
     try:

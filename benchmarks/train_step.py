@@ -25,6 +25,7 @@ from alexnet_jax.experiment import create_state
 from alexnet_jax.feeds import ResidentFeed
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.train import compose_train_step
+from benchmarks.timing import peak_bytes
 
 FLAGS = flags.FLAGS
 
@@ -73,8 +74,9 @@ def measure(config, mode: str, steps: int, warmup: int, flops_per_img: float) ->
     parallel = DataParallel(mode)
     train_fn, (device_state, batch, rng) = setup(config, parallel, steps + warmup)
     started = time.perf_counter()
-    train_fn.lower(device_state, batch, rng).compile()
+    compiled = train_fn.lower(device_state, batch, rng).compile()
     compile_s = time.perf_counter() - started
+    peak = peak_bytes(compiled)
 
     times = []
     for i in range(warmup + steps):
@@ -93,6 +95,7 @@ def measure(config, mode: str, steps: int, warmup: int, flops_per_img: float) ->
         "images_per_s": config.batch_size / median,
         "gflop_per_image": flops_per_img / 1e9,
         "gflop_per_s": flops_per_img * config.batch_size / median / 1e9,
+        "peak_gib": float("nan") if peak is None else peak / 2**30,
     }
 
 
@@ -108,12 +111,15 @@ def main(argv):
     rows = [
         measure(config.copy_and_resolve_references(), mode, FLAGS.steps, FLAGS.warmup, flops) for mode in FLAGS.modes
     ]
-    print("\n| wrapper | devices | compile (s) | step median (ms) | spread (ms) | images/s | GFLOP/image | GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| wrapper | devices | compile (s) | step median (ms) | spread (ms) | images/s | GFLOP/image | GFLOP/s "
+        "| peak memory (GiB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['mode']} | {r['devices']} | {r['compile_s']:.1f} | {r['step_ms']:.1f} | {r['spread_ms']:.1f} "
-            f"| {r['images_per_s']:.0f} | {r['gflop_per_image']:.3f} | {r['gflop_per_s']:.0f} |"
+            f"| {r['images_per_s']:.0f} | {r['gflop_per_image']:.3f} | {r['gflop_per_s']:.0f} | {r['peak_gib']:.2f} |"
         )
 
 

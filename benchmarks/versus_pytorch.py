@@ -58,7 +58,7 @@ from alexnet_jax import models
 from alexnet_jax.experiment import create_state
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.train import compose_train_step
-from benchmarks.timing import time_steps
+from benchmarks.timing import peak_bytes, time_steps
 
 _MODELS = flags.DEFINE_list("models", ["alexnet_owt", "alexnet2012", "alexnet_cifar"], "Networks to time.")
 _BATCHES = flags.DEFINE_list("batches", ["128", "256", "512"], "Batch sizes for the 224x224 networks.")
@@ -172,15 +172,7 @@ def jax_row(model: str, batch: int, dtype: str, warmup: int, steps: int, width: 
     started = time.perf_counter()
     compiled = step_fn.lower(state, data, rng).compile()
     compile_s = time.perf_counter() - started
-    memory = compiled.memory_analysis()
-    peak = None
-    if memory is not None:
-        peak = (
-            memory.argument_size_in_bytes
-            + memory.output_size_in_bytes
-            - memory.alias_size_in_bytes
-            + memory.temp_size_in_bytes
-        )
+    peak = peak_bytes(compiled)
     holder = {"state": state}
 
     def step():

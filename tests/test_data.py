@@ -196,7 +196,7 @@ def test_bad_split_is_a_clear_error(prepared):
 def test_worker_processes_read_the_same_arrays(prepared):
     """The resident path's parallel read (Grain workers, a chunk of examples each) gives what one
     process reads; 27 chunks of one image: 2 workers."""
-    source = datasets.tfds_source(datasets_config("tiny_folder", prepared), "train", decoders=datasets._ENCODED)
+    source = datasets.tfds_source(datasets_config("tiny_folder", prepared), "train", decoders=datasets._encoded())
     alone = datasets.read_all(source, "tiny_folder train", workers=0, chunk=1)
     together = datasets.read_all(source, "tiny_folder train", workers=2, chunk=1)
     np.testing.assert_array_equal(together.images, alone.images)
