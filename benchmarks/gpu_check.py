@@ -21,7 +21,8 @@ report and the next one goes on.
 6. ``cifar10_cold`` and ``cifar10_warm``: configs/cifar10.py end to end to 91% validation top-1,
    twice with one fresh compilation cache (cold, then warm); skipped without ``--cifar10_data_dir``
    (CIFAR-10 prepared with ``--mode=prepare``).
-7. ``loop_overhead``: the bare step against the step fed by the loop's resident feed.
+7. ``loop`` and ``bare_step``: the training loop's images/s (``main.py`` on synthetic data of the
+   CIFAR-10 config, compilation excluded) against its bare step's (end_to_end.py).
 
 The orchestration imports nothing beyond the standard library and never starts a JAX backend itself
 (JAX takes most of a GPU's memory in the first process that uses it). ``--rehearse`` runs every
@@ -35,6 +36,8 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -70,6 +73,7 @@ VERSUS = [*VERSUS, "--steps=20", "--warmup=3"]
 VERSUS_TINY = ["--models=alexnet_cifar", "--cifar_batches=8", "--dtypes=float32", "--width=0.125", "--steps=2"]
 VERSUS_TINY = [*VERSUS_TINY, "--warmup=1"]
 ENSEMBLES = ["--ways=vmap"]
+LOOP_STEPS = ["--config.max_steps=300", "--config.log_every_steps=50"]
 IMAGENET_STEP = ["--config=configs/imagenet_torchvision.py", "--config.batch_size=256", "--steps=10", "--warmup=3"]
 
 
@@ -119,7 +123,8 @@ def sections(args, devices: int) -> list[Section]:
             for k in (1, 4)
         ],  # fmt: skip
         *cifar10_sections(args),
-        Section("loop_overhead", "The loop's overhead", 45, _script("end_to_end.py", *loop_overhead(args))),
+        Section("loop", "The training loop on synthetic data", 60, ["main.py", *loop_run(args)]),
+        Section("bare_step", "The bare step and the resident feed", 45, _script("end_to_end.py", *bare_step(args))),
     ]
 
 
@@ -152,12 +157,41 @@ def cifar10_sections(args) -> list[Section]:
     ]
 
 
-def loop_overhead(args) -> list:
-    """The bare step and the resident feed's (no worker processes: the loop's own overhead)."""
+def _synthetic(args) -> list:
+    """The config of the loop's overhead: the CIFAR-10 GPU config (the smoke one in a rehearsal) on
+    synthetic images of CIFAR-10's size."""
     if args.rehearse:
-        return ["--config=configs/smoke.py", "--steps=3", "--warmup=1", "--workers=0"]
+        return ["--config=configs/smoke.py"]
     synthetic = ["--config.dataset.name=synthetic", "--config.dataset.synthetic_examples=16384"]
-    return ["--config=configs/cifar10.py", *synthetic, "--workers=0"]
+    return ["--config=configs/cifar10.py", *synthetic]
+
+
+def loop_run(args) -> list:
+    """``main.py`` training for a few hundred steps, its throughput logged per window (compilation excluded)."""
+    steps = ["--config.max_steps=8", "--config.log_every_steps=2"] if args.rehearse else LOOP_STEPS
+    workdir = pathlib.Path(args.out) / SCRATCH / "loop"
+    return [*_synthetic(args), *steps, "--config.figures=False", f"--workdir={workdir}"]
+
+
+def bare_step(args) -> list:
+    """end_to_end.py's bare step (one batch on the devices) and resident feed, on the loop's config."""
+    steps = ["--steps=3", "--warmup=1"] if args.rehearse else ["--steps=20", "--warmup=3"]
+    return [*_synthetic(args), *steps, "--workers=0"]
+
+
+def loop_against_bare_step(out: pathlib.Path, records: list[dict]) -> list[str]:
+    """The loop's images/s (the median of its logged windows but the first) against the bare
+    step's, from the two sections' outputs; nothing if either did not run."""
+    outputs = {r["name"]: r.get("output", "") for r in records if r["status"] == "ok"}
+    bare = re.search(r"^\| bare step[^|]*\| ([\d,]+) \|", outputs.get("bare_step", ""), re.M)
+    metrics = out / SCRATCH / "loop" / "metrics.jsonl"
+    if "loop" not in outputs or bare is None or not metrics.exists():
+        return []
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    windows = [r["images_per_s"] for r in records if r["kind"] == "train"][1:]
+    loop, step = statistics.median(windows), float(bare.group(1).replace(",", ""))
+    return ["| the loop (images/s) | the bare step (images/s) | loop / bare step |", "|---:|---:|---:|",
+            f"| {loop:,.0f} | {step:,.0f} | {loop / step:.0%} |"]  # fmt: skip
 
 
 def as_on_a_gpu_image(folder: pathlib.Path) -> dict:
@@ -202,11 +236,13 @@ def run_section(section: Section, out: pathlib.Path, env: dict, seconds_left: fl
     return {**record, "status": status, "seconds": round(time.perf_counter() - started, 1), "output": output}
 
 
-def markdown(records: list[dict], started: str, total: float) -> str:
-    """The report: a summary table, then each section's tables (or its output's tail)."""
+def markdown(records: list[dict], started: str, total: float, loop: list[str]) -> str:
+    """The report: a summary table, the loop against the bare step, then each section's tables (or
+    its output's tail)."""
     lines = [f"# GPU check, {started}", "", f"Whole run: {total:.0f} s.", ""]
     lines += ["| section | status | seconds |", "|---|---|---:|"]
     lines += [f"| {r['title']} | {r['status']} {r.get('why', '')} | {r['seconds']} |" for r in records]
+    lines += ["", "## The loop's overhead", "", *(loop or ["Not measured: the loop or the bare step did not run."])]
     for r in records:
         lines += ["", f"## {r['title']}", "", f"`{r['command']}`", ""]
         output = r.get("output", r.get("why", ""))
@@ -238,6 +274,7 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=450, help="Seconds for all sections together.")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
+    shutil.rmtree(out / SCRATCH, ignore_errors=True)  # a fresh compilation cache, fresh workdirs
     out.mkdir(parents=True, exist_ok=True)
     started, clock = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
     env = as_on_a_gpu_image(out / SCRATCH / "absent") if args.rehearse else dict(os.environ)
@@ -251,7 +288,7 @@ def main(argv=None):
             print(f"{section.name}: {records[-1]['status']} ({records[-1]['seconds']} s)", flush=True)
     total = time.perf_counter() - clock
     (out / "results.json").write_text(json.dumps({"started": started, "seconds": total, "sections": records}, indent=1))
-    (out / "report.md").write_text(markdown(records, started, total))
+    (out / "report.md").write_text(markdown(records, started, total, loop_against_bare_step(out, records)))
     print(f"{out / 'report.md'}: {sum(r['status'] == 'ok' for r in records)} of {len(records)} sections ok")
 
 

@@ -51,6 +51,18 @@ def test_the_runs_budget_skips_what_it_cannot_fit(tmp_path, monkeypatch):
     assert "left of the run's --budget" in records[1]["why"]
 
 
+def test_the_loop_is_compared_with_the_bare_step_from_both_sections_outputs(tmp_path):
+    (tmp_path / "scratch" / "loop").mkdir(parents=True)
+    speeds = [100.0, 300.0, 280.0, 320.0]  # the first window left out: the median of the rest, 300
+    lines = [json.dumps({"kind": "train", "images_per_s": v}) for v in speeds] + ['{"kind": "eval"}']
+    (tmp_path / "scratch" / "loop" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    bare = "| input | images/s |\n|---|---:|\n| bare step (one batch on the devices) | 1,200 | 5.0 | 100% |\n"
+    records = [{"name": "loop", "status": "ok", "output": ""}, {"name": "bare_step", "status": "ok", "output": bare}]
+    assert gpu_check.loop_against_bare_step(tmp_path, records)[-1] == "| 300 | 1,200 | 25% |"
+    records[1]["status"] = "failed (1)"
+    assert gpu_check.loop_against_bare_step(tmp_path, records) == []
+
+
 def test_a_section_on_synthetic_data_needs_no_tfds(tmp_path):
     """The step's script on synthetic data, with TFDS and what else a GPU image lacks unimportable
     (the second tier's rehearsal runs every section so)."""
@@ -71,7 +83,8 @@ def test_the_rehearsal_runs_every_section_on_a_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads((tmp_path / "results.json").read_text())["sections"]
     assert {r["name"]: r["status"] for r in records} == {r["name"]: "ok" for r in records}, done.stdout
-    assert len(records) == 9
+    assert len(records) == 10
     report = (tmp_path / "report.md").read_text()
     assert all(f"## {r['title']}" in report for r in records)
     assert json.loads((tmp_path / "versus_pytorch.json").read_text())["rows"]
+    assert "| the loop (images/s) | the bare step (images/s) | loop / bare step |" in report
