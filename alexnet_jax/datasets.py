@@ -111,9 +111,10 @@ class StreamSplit:
 
 def is_catalog_name(name: str) -> bool:
     """Whether ``name`` is a dataset in the TFDS catalog (whose builder would shadow a local one)."""
+    tfds = _tfds()
     try:
-        _tfds().builder_cls(name)
-    except _tfds().core.registered.DatasetNotFoundError:
+        tfds.builder_cls(name)
+    except tfds.core.registered.DatasetNotFoundError:
         return False
     return True
 
@@ -198,9 +199,10 @@ def tfds_source(dataset_config, split: str, decoders=None, manual_dir: str | Non
     """Opens a TFDS split as a random-access data source, downloading only where allowed, or
     building it from the files in ``manual_dir`` (ImageNet's tars)."""
     name, data_dir = dataset_config.name, dataset_config.data_dir or None
+    tfds = _tfds()
     try:
-        builder = _tfds().builder(name, data_dir=data_dir, file_format="array_record")
-    except _tfds().core.registered.DatasetNotFoundError:
+        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    except tfds.core.registered.DatasetNotFoundError:
         raise DatasetError(f"no TFDS dataset {name!r} under data_dir={data_dir}; {prepare_hint(name)}") from None
     if not builder.is_prepared():
         if manual_dir is not None:

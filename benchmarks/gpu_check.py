@@ -43,6 +43,10 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from alexnet_jax import files  # noqa: E402  (the standard library only: no JAX)
+
 MIN_SECONDS = 10  # a section given less is skipped
 SCRATCH = "scratch"  # under --out: the runs' workdirs and compilation cache, not results
 SHOWN = re.compile(r"model=|threads:|.*peak \(TFLOP/s\)|\{\"modules\"")  # lines of a section's output the report keeps
@@ -232,7 +236,7 @@ def run_section(section: Section, out: pathlib.Path, env: dict, seconds_left: fl
         parts = (timeout.stdout, timeout.stderr)
         output = "".join(part.decode() if isinstance(part, bytes) else part or "" for part in parts)
     (out / "logs").mkdir(exist_ok=True)
-    (out / "logs" / f"{section.name}.log").write_text(output)
+    files.write_text(out / "logs" / f"{section.name}.log", output)
     return {**record, "status": status, "seconds": round(time.perf_counter() - started, 1), "output": output}
 
 
@@ -287,8 +291,9 @@ def main(argv=None):
             records.append(run_section(section, out, env, seconds_left))
             print(f"{section.name}: {records[-1]['status']} ({records[-1]['seconds']} s)", flush=True)
     total = time.perf_counter() - clock
-    (out / "results.json").write_text(json.dumps({"started": started, "seconds": total, "sections": records}, indent=1))
-    (out / "report.md").write_text(markdown(records, started, total, loop_against_bare_step(out, records)))
+    results = {"started": started, "seconds": total, "sections": records}
+    files.write_text(out / "results.json", json.dumps(results, indent=1))
+    files.write_text(out / "report.md", markdown(records, started, total, loop_against_bare_step(out, records)))
     print(f"{out / 'report.md'}: {sum(r['status'] == 'ok' for r in records)} of {len(records)} sections ok")
 
 

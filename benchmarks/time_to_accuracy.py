@@ -27,6 +27,10 @@ _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", "/tmp/time_to_accuracy", "Wh
 _JSON = flags.DEFINE_string("records_json", None, "Also write all records to this JSON file.")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from alexnet_jax import files  # noqa: E402  (no JAX: this process only starts main.py)
+
 VALIDATION = re.compile(r"epoch ([0-9.]+)/(\d+) step (\d+): validation top-1 ([0-9.]+)")
 
 
@@ -94,7 +98,7 @@ def main(argv):
         print(json.dumps({k: run[k] for k in ("seed", "seconds", "evaluations")}), flush=True)
         runs.append(run)
     if _JSON.value:
-        pathlib.Path(_JSON.value).write_text(json.dumps({"args": main_args, "runs": runs}, indent=1))
+        files.write_text(_JSON.value, json.dumps({"args": main_args, "runs": runs}, indent=1))
     print_tables(runs, _TARGET.value)
 
 

@@ -54,7 +54,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import configs.cifar10
 import configs.cifar10_cpu
-from alexnet_jax import models
+from alexnet_jax import files, models
 from alexnet_jax.experiment import create_state
 from alexnet_jax.parallel import DataParallel
 from alexnet_jax.train import compose_train_step
@@ -397,7 +397,7 @@ def main(argv):
         row = summarise(
             runner, model, int(batch), dtype, result, train_flops_per_image(count_flops(model, _WIDTH.value)), None
         )
-        pathlib.Path(_JSON.value).write_text(json.dumps({"rows": [row]}))
+        files.write_text(_JSON.value, json.dumps({"rows": [row]}))
         return
     on_gpu = jax.devices()[0].platform == "gpu"
     size = _MATMUL_SIZE.value or (8192 if on_gpu else 2048)
@@ -421,7 +421,7 @@ def main(argv):
     else:
         rows = in_this_process(grid(), names, flops, peak, torch_bench)
     if _JSON.value:
-        pathlib.Path(_JSON.value).write_text(json.dumps({"peaks": peaks, "rows": rows}, indent=1))
+        files.write_text(_JSON.value, json.dumps({"peaks": peaks, "rows": rows}, indent=1))
     print_table(rows)
 
 
