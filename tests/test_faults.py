@@ -7,10 +7,13 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 from conftest import ROOT, TINY
 from harness import MAIN, assert_same_final_state, process_env, run_forked
+
+from alexnet_jax.workdir import _lock as workdir_lock
 
 
 def _start_training(workdir) -> subprocess.Popen:
@@ -24,6 +27,35 @@ def _start_training(workdir) -> subprocess.Popen:
     raise AssertionError(process.communicate(timeout=60)[1][-3000:])
 
 
+# A process that holds a workdir as a run does (its lock, signed), until it is killed.
+HOLD_THE_WORKDIR = """
+import pathlib, sys, time
+from alexnet_jax import workdir
+with workdir._locked(pathlib.Path(sys.argv[1])) as sign:
+    sign()
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+def test_a_second_run_on_a_busy_workdir_refuses_in_one_line_and_touches_nothing(tmp_path, cli):
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-c", HOLD_THE_WORKDIR, str(workdir)]
+    holder = subprocess.Popen(command, env=process_env(1), cwd=ROOT, text=True, stdout=-1)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        lock = (workdir / "lock").read_text()
+        code, out, err = cli(*TINY, f"--workdir={workdir}")
+        assert code == 2 and err.count("\n") == 1, err[-3000:]
+        assert f"{workdir} is in use by another run (process {holder.pid} on " in err
+        assert sorted(p.name for p in workdir.iterdir()) == ["lock"] and (workdir / "lock").read_text() == lock
+    finally:
+        holder.kill()
+        holder.wait()
+    os.close(workdir_lock(workdir))  # a holder killed outright leaves the workdir free
+
+
+@pytest.mark.tier2  # the first tier: the refusal while another process holds the workdir (above)
 def test_a_second_run_on_a_busy_workdir_refuses_and_the_first_goes_on(straight_run, tmp_path, cli):
     workdir = tmp_path / "run"
     first = _start_training(workdir)

@@ -56,7 +56,8 @@ def test_the_guides_research_pieces_run_together_as_written(tmp_path, cli):
     assert len(pieces) == 5
     command = re.search(r"### All of them\n\n```sh\n(.*?)```", guide, re.S).group(1).replace("\\\n", " ")
     argv = [arg.strip("'") for arg in shlex.split(command)[2:] if not arg.startswith("--workdir")]
-    run = [*argv, *SIZES, "--config.num_epochs=1", "--config.max_steps=2", "--config.checkpoint_every_steps=1"]
+    run = [*argv, *SIZES, "--config.num_epochs=1", "--config.max_steps=2", "--config.checkpoint_every_steps=1",
+           "--config.figures=False"]  # fmt: skip
     with added_to_their_files(pieces):
         from alexnet_jax import augment, train_step
 

@@ -3,6 +3,7 @@ requests, stops at epoch ends and at the final step, a death during the final re
 per evaluated epoch. A real SIGTERM (stop at a step boundary, exit 130, resume) is sent in test_multihost.py."""
 
 import json
+import shutil
 import statistics
 
 import pytest
@@ -80,6 +81,7 @@ def test_sigkills_at_random_moments_then_restarts_end_as_an_uninterrupted_run(mo
     assert (tmp_path / "run" / "conv1_filters.png").exists()
 
 
+@pytest.mark.tier2  # the first tier: a kill inside a checkpoint write, derived files cut short (below)
 def test_stops_and_a_death_during_the_report_then_resumes_end_as_an_uninterrupted_run(
     straight_run, tmp_path, monkeypatch
 ):
@@ -104,17 +106,23 @@ def test_stops_and_a_death_during_the_report_then_resumes_end_as_an_uninterrupte
     assert_complete(tmp_path)
     assert_same_final_state(tmp_path, straight_run[0])
 
-    # Files cut short by a kill (written elsewhere than here, say, or by an older version): the
-    # report and config.json are written again, a metrics line cut short is left out, not fatal.
-    report = (tmp_path / "validation_report.json").read_text()
-    (tmp_path / "validation_report.json").write_text(report[: len(report) // 2])
-    (tmp_path / "config.json").write_text('{"seed": ')
-    with (tmp_path / "metrics.jsonl").open("a") as f:
+
+def test_derived_files_cut_short_are_written_again_and_a_cut_metrics_line_is_left_out(straight_run, tmp_path, cli):
+    """Files cut short by a kill (written elsewhere than here, say, or by an older version) in a
+    finished run: the report and config.json are written again, a metrics line cut short is left
+    out, not fatal."""
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run[0], workdir)
+    report = (workdir / "validation_report.json").read_text()
+    (workdir / "validation_report.json").write_text(report[: len(report) // 2])
+    (workdir / "config.json").write_text('{"seed": ')
+    with (workdir / "metrics.jsonl").open("a") as f:
         f.write('{"kind": "train", "st')
-    assert train_and_evaluate(tiny_run_config(FIGURES), str(tmp_path))["step"] == TOTAL_STEPS
-    assert (tmp_path / "validation_report.json").read_text() == report
-    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
-    assert_complete(tmp_path)
+    code, out, err = cli(*TINY, FIGURES, f"--workdir={workdir}")
+    assert code == 0, err[-3000:]
+    assert (workdir / "validation_report.json").read_text() == report
+    assert json.loads((workdir / "config.json").read_text())["seed"] == 0
+    assert_complete(workdir)
 
 
 def test_the_first_throughput_window_excludes_compilation(straight_run):

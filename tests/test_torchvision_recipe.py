@@ -7,6 +7,7 @@ import math
 import pathlib
 
 import numpy as np
+import pytest
 from conftest import SMALL_IMAGENET_RUN, datasets_config, write_imagenet_style_folder
 from PIL import Image
 
@@ -86,6 +87,9 @@ def test_full_size_prepare_keeps_rgb_jpegs_byte_for_byte(tmp_path):
     assert {(300, 200), (40, 60), (1200, 900), (80, 80)} == sizes
 
 
+# the first tier: its boxes, views and schedule (here and test_optim.py), its step (test_train_step.py),
+# a folder prepared, trained on, evaluated and predicted from the command line (test_data.py)
+@pytest.mark.tier2
 def test_the_torchvision_config_runs_from_the_command_line(tmp_path, cli):
     """prepare (full size) -> host random resized crops -> training with the step schedule -> a ten-crop
     evaluation of centre squares (``--mode=evaluate`` itself: see the paper config's test)."""
