@@ -204,8 +204,9 @@ def run_all(spec: dict, outdir: pathlib.Path) -> list[dict]:
     if preload is True:  # training, and the figures of a run that ends (matplotlib: ~1 s a process)
         importlib.import_module("alexnet_jax.train")
         importlib.import_module("alexnet_jax.plots")
-    elif preload:
-        importlib.import_module(preload)
+    else:  # a module, or a list of them
+        for name in [preload] if isinstance(preload, str) else preload or []:
+            importlib.import_module(name)
     runs = spec["runs"]
     if spec.get("together"):
         pids = [_start(run, outdir, i) for i, run in enumerate(runs)]

@@ -217,6 +217,10 @@ def _records(data_dir) -> dict:
     }
 
 
+# What a prepare imports, TensorFlow included (TFDS imports it to write): once, in the driver.
+PREPARE = ["alexnet_jax.prepare", "tensorflow"]
+
+
 @pytest.mark.parametrize("kills", [1, pytest.param(2, marks=pytest.mark.tier2)])
 def test_a_prepare_killed_at_random_moments_then_run_again_equals_an_uninterrupted_one(kills, prepared, tmp_path):
     """Killed while writing an example (the second tier: then around the final rename too), then
@@ -229,7 +233,7 @@ def test_a_prepare_killed_at_random_moments_then_run_again_equals_an_uninterrupt
     argv = ["--mode=prepare", f"--image_folder={prepared.parent / 'images'}", "--dataset_name=tiny_folder"]
     argv += [f"--data_dir={data_dir}", "--workers=1"]
     runs = [{"argv": argv, "signal": [moment, number, signal.SIGKILL]} for moment, number in plan]
-    ended = run_forked([*runs, {"argv": argv}], tmp_path / "outputs", preload="alexnet_jax.prepare")
+    ended = run_forked([*runs, {"argv": argv}], tmp_path / "outputs", preload=PREPARE)
     for run in ended[:-1]:
         assert run["status"] == -signal.SIGKILL, (run["signal"], run["err"][-3000:])
     assert ended[-1]["status"] == 0, ended[-1]["err"][-3000:]
