@@ -3,10 +3,13 @@ as over the paper's two GPUs, composed with data parallelism, computes what the 
 one device per batch shard computes, in float64 (test_train_step.py's bound), dropout included."""
 
 import jax
+import numpy as np
+import pytest
 from conftest import TINY, float64_state, tiny_config
 from test_train_step import agreement_config, assert_agree, host_batch_steps
 
-from alexnet_jax import config_checks, datasets
+from alexnet_jax import config_checks, datasets, models
+from alexnet_jax.experiment import create_state
 from alexnet_jax.parallel import DataParallel, TowerParallel
 
 
@@ -33,6 +36,24 @@ def test_two_towers_by_two_batch_shards_equal_the_grouped_model_in_float64():
     assert_agree(grouped_start, grouped, {"2 batch shards x 2 towers": towers})
 
 
+def test_a_towers_states_first_kernel_is_fetched_whole_as_the_runs_filter_figure_draws_it():
+    """What the run's filter figure draws (``parallel.fetch``): the kernel split between the towers'
+    devices, whole; any one device holds only its tower's filters."""
+    config = paper_config()
+    config.parallel = "towers"
+    split = datasets.load_split(config.dataset, "train")
+    towers = TowerParallel("towers", jax.devices()[:4])
+    with jax.enable_x64(True):  # the config's float64 (float32 would do as well)
+        state = jax.device_get(create_state(config, len(split.class_names), split.image_shape, 1))
+        kernel = models.first_layer_kernel(towers.place_model(state).params)
+        got = towers.fetch(kernel)
+    want = models.first_layer_kernel(state.params)
+    assert kernel.addressable_data(0).shape != want.shape  # split: one device's share is not all of it
+    np.testing.assert_array_equal(got, want)
+
+
+# the first tier: the kernel fetched whole (above), a run's figure and --mode=filters (test_loop_details.py)
+@pytest.mark.tier2
 def test_a_towers_run_draws_both_towers_filters(tmp_path, cli):
     """The run's filter figure shows both towers' filters, whole, as --mode=filters draws them from
     its checkpoint (a process of one device evaluating a towers run: test_multihost.py, second tier)."""
