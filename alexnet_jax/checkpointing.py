@@ -158,7 +158,7 @@ class Checkpoints:
 
     def read_data(self, step: int) -> dict:
         """The JSON item of checkpoint ``step`` alone (position and signature), without the arrays."""
-        return dict(self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"])
+        return read_data(pathlib.Path(self.manager.directory) / str(step))
 
     def save(self, state, rng, data_position: dict, metrics: dict | None = None, force: bool = False) -> bool:
         """Starts saving ``state`` at its step (in the background); returns whether it saves.
@@ -315,6 +315,19 @@ def damage(folder: pathlib.Path) -> str | None:
         if path.stat().st_size != size:
             return f"{name} holds {path.stat().st_size:,} of its {size:,} bytes"
     return None
+
+
+def read_data(folder: pathlib.Path) -> dict:
+    """The JSON item (position and signature) of the checkpoint in ``folder``, without its arrays."""
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+        return dict(checkpointer.restore(folder / "data"))
+
+
+def newest_intact(directory: pathlib.Path) -> pathlib.Path | None:
+    """The folder of the newest intact committed checkpoint under ``directory`` (Orbax names them by
+    their step once committed), or None; read-only."""
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
+    return next((directory / str(step) for step in steps if damage(directory / str(step)) is None), None)
 
 
 def raise_if_damaged(directory: pathlib.Path, step: int, saved: list[int]):

@@ -39,7 +39,15 @@ from alexnet_jax.experiment import Run, create_state, load_run, say
 from alexnet_jax.feeds import create_feed
 from alexnet_jax.report import write_report
 from alexnet_jax.train_step import Training, state_variables, train_step
-from alexnet_jax.workdir import FILTERS, REPORT, finished, has_checkpoints, held, write_config
+from alexnet_jax.workdir import (
+    FILTERS,
+    REPORT,
+    finished,
+    has_checkpoints,
+    held,
+    refuse_another_runs_checkpoints,
+    write_config,
+)
 
 
 def train_and_evaluate(config, workdir: str, stop_after: int | None = None) -> dict:
@@ -47,6 +55,7 @@ def train_and_evaluate(config, workdir: str, stop_after: int | None = None) -> d
     results. A SIGINT or SIGTERM, or reaching step ``stop_after``, stops it at a step boundary
     with a checkpoint (the same call resumes it). Refuses a workdir another run is training in."""
     run = load_run(config, pathlib.Path(workdir))
+    refuse_another_runs_checkpoints(run)  # before a state is built for nothing
     state, loaded = _starting_state(run)  # pretrained weights are read before anything is written
     with held(run) as checkpoints:
         if is_main_process():

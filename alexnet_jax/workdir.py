@@ -11,7 +11,14 @@ import pathlib
 import socket
 
 from alexnet_jax import distributed, files
-from alexnet_jax.checkpointing import CheckpointError, Checkpoints, check_signature, saved_parts
+from alexnet_jax.checkpointing import (
+    CheckpointError,
+    Checkpoints,
+    check_signature,
+    newest_intact,
+    read_data,
+    saved_parts,
+)
 from alexnet_jax.distributed import is_main_process
 from alexnet_jax.errors import ConfigError, UserError
 from alexnet_jax.experiment import say
@@ -43,7 +50,8 @@ def held(run):
             run.workdir / "checkpoints", run.config.keep_checkpoints, run.config.async_checkpointing
         )
         _set_aside_damaged(checkpoints)
-        _check_resumable(run, checkpoints)
+        latest = checkpoints.latest_step()
+        _check_resumable(run, None if latest is None else run.workdir / "checkpoints" / str(latest))
         sign()
         yield checkpoints
 
@@ -113,25 +121,39 @@ def _set_aside_damaged(checkpoints: Checkpoints):
         checkpoints.manager.reload()
 
 
-def _check_resumable(run, checkpoints: Checkpoints):
-    """Refuses, before anything is built or written, a workdir holding another run's checkpoints
-    (another signature, or a moving average where this run keeps none, or the reverse), or more
-    steps than this run has (its report would name a step its parameters are not from)."""
-    latest = checkpoints.latest_step()
+def refuse_another_runs_checkpoints(run):
+    """``held``'s refusal of another run's checkpoints, made early: before the run builds anything (a
+    state initialised only to be refused takes seconds at ImageNet's size), read-only, by process 0
+    on the newest intact checkpoint. ``held`` checks again, under the lock."""
+    error = None
+    if is_main_process() and has_checkpoints(run.workdir):
+        try:
+            _check_resumable(run, newest_intact(run.workdir / "checkpoints"))
+        except ConfigError as e:
+            error = e
+    if distributed.agree(error is not None):
+        raise error or ConfigError(f"{run.workdir} holds another run's checkpoints (refused by process 0)")
+
+
+def _check_resumable(run, latest: pathlib.Path | None):
+    """Refuses, before anything is built or written, a workdir whose latest checkpoint (in the
+    folder ``latest``, if any) is another run's (another signature, or a moving average where this
+    run keeps none, or the reverse), or has more steps than this run (its report would name a step
+    its parameters are not from)."""
     if latest is None:
         return
     remedy = "resume with the config it was trained with, or use a new --workdir"
-    check_signature(checkpoints.read_data(latest), run.signature(), run.workdir, remedy)
-    averaged = "ema" in saved_parts(pathlib.Path(checkpoints.manager.directory) / str(latest))
+    check_signature(read_data(latest), run.signature(), run.workdir, remedy)
+    averaged = "ema" in saved_parts(latest)
     if averaged != (run.config.get("ema_decay", 0.0) > 0):
         raise ConfigError(
             f"{run.workdir} was trained {'with' if averaged else 'without'} a moving average of the weights "
             f"(--config.ema_decay={run.config.get('ema_decay', 0.0)} now); resume with the ema_decay it was "
             "trained with, or use a new --workdir"
         )
-    if latest > run.total_steps:
+    if int(latest.name) > run.total_steps:
         raise ConfigError(
-            f"{run.workdir} has trained {latest} steps, more than this config's {run.total_steps} "
+            f"{run.workdir} has trained {latest.name} steps, more than this config's {run.total_steps} "
             "(num_epochs, max_steps); --mode=evaluate scores it, a larger value goes on training it"
         )
 

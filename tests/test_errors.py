@@ -313,3 +313,15 @@ def test_the_command_line_gives_one_line_in_a_real_process(tmp_path):
     )
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: --config=configs/does")
     assert "Traceback" not in done.stderr
+
+
+def test_another_runs_checkpoints_are_refused_before_a_state_is_built(straight_run, cli, monkeypatch):
+    """The refusal comes before any work: no train state is initialised (seconds at ImageNet's size)."""
+    from alexnet_jax import train
+
+    def built(*args, **kwargs):
+        raise AssertionError("a train state was built before the refusal")
+
+    monkeypatch.setattr(train, "create_state", built)
+    code, out, err = cli(*TINY, f"--workdir={straight_run[0]}", "--config.seed=1")
+    assert code == 2 and "(seed: 0 there, 1 now)" in err.strip().splitlines()[-1], err[-3000:]
