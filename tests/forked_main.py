@@ -3,9 +3,9 @@ backend is started by each child, not here).
 
     python tests/forked_main.py SPEC OUTDIR
 
-SPEC is JSON: ``{"together": bool, "preload": bool or module, "runs": [{"argv": [...], "devices": int,
+SPEC is JSON: ``{"together": bool, "preload": bool, module or modules, "runs": [{"argv": [...], "devices": int,
 "x64": bool, "signal": [moment, step, signum] or null}, ...]}`` (``preload``, default true: import
-the training code, or the module named, here, before forking). Runs start one after another (each waits
+the training code, or the modules named, here, before forking). Runs start one after another (each waits
 for the one before), or all at once with ``together`` (the processes of one distributed run).
 Each child gets ``devices`` fake CPU devices, JAX's x64 mode if asked, and sends itself
 ``signum`` at ``moment`` of ``step``:
