@@ -66,7 +66,12 @@ def test_the_loop_is_compared_with_the_bare_step_from_both_sections_outputs(tmp_
 def test_a_section_on_synthetic_data_needs_no_tfds(tmp_path):
     """The step's script on synthetic data, with TFDS and what else a GPU image lacks unimportable
     (the second tier's rehearsal runs every section so)."""
-    script = ["benchmarks/train_step.py", "--config=configs/smoke.py", "--config.model.width=0.125"]
+    script = [
+        "benchmarks/train_step.py",
+        "--config=configs/smoke.py",
+        "--config.model.width=0.125",
+        "--config.batch_size=16",
+    ]
     command = [sys.executable, *script, "--steps=1", "--warmup=0", "--modes=shard_map"]
     env = gpu_check.as_on_a_gpu_image(tmp_path / "absent")
     absent = subprocess.run([sys.executable, "-c", "import tensorflow_datasets"], env=env, capture_output=True)
