@@ -18,7 +18,7 @@ an index tensor per dimension, a variadic reduce-window and a scatter: about a q
 operations' time in a CPU step of ``configs/cifar10_cpu.py``'s network (BENCHMARKS.md, "Where the
 CPU step goes now, and PyTorch's"). ``max_pool``'s gradient on a CPU is elementwise instead: for each window
 position, the output's gradient goes where the input equals the window's maximum (the first such
-position in row-major order, as ``select_and_scatter`` chooses), placed back by padding.
+position in row-major order, as ``select_and_scatter`` chooses), placed back by shifts.
 """
 
 import functools
@@ -139,20 +139,43 @@ def _pool(x, window, strides, padding):
 def pool_gradient_by_masks(x, pooled, g, window, strides, padding) -> jax.Array:
     """d loss / d x of an NHWC max-pool from its input ``x``, its output ``pooled`` and the output's
     gradient ``g``: each output's gradient goes to the first input of its window (row-major) that
-    equals the window's maximum."""
-    zero = jnp.zeros((), g.dtype)
+    equals the window's maximum.
+
+    That first position is found once per output, as an index (a reduction: computed once, not
+    again inside each position's placement, as a chain of masks is in XLA's fused loops), and the
+    gradients are placed back without strided padding (``_placed_back``)."""
     padded = _pad_pixels(x, -jnp.inf, [(low, high, 0) for low, high in padding])
     batch, *out_size, channels = pooled.shape
-    taken, total = jnp.zeros(pooled.shape, bool), None
-    for position in itertools.product(*map(range, window)):
+    positions = list(itertools.product(*map(range, window)))
+    indices = []
+    for k, position in enumerate(positions):
         ends = [p + s * (size - 1) + 1 for p, s, size in zip(position, strides, out_size, strict=True)]
         seen = lax.slice(padded, (0, *position, 0), (batch, *ends, channels), (1, *strides, 1))
-        first = (seen == pooled) & ~taken
-        taken = taken | first
-        back = zip(position, ends, strides, padded.shape[1:-1], strict=True)  # strided, back where it was read
-        placed = _pad_pixels(jnp.where(first, g, zero), 0, [(p, n - e, s - 1) for p, e, s, n in back])
-        total = placed if total is None else total + placed
+        indices.append(jnp.where(seen == pooled, k, len(positions)))  # len(positions): none (a NaN window)
+    first = jnp.min(jnp.stack(indices, axis=-1), axis=-1)
+    masked = {position: jnp.where(first == k, g, jnp.zeros((), g.dtype)) for k, position in enumerate(positions)}
+    total = _placed_back(masked, strides, padded.shape)
     return _pad_pixels(total, 0, [(-low, -high, 0) for low, high in padding])  # the padding cut off
+
+
+def _placed_back(masked: dict, strides, shape) -> jax.Array:
+    """The sum of each window position's gradients placed where that position read them, in a
+    batch of ``shape``: the pixels split into strides[0] x strides[1] phases (rows r, r + stride,
+    ...), each phase a sum of shifted gradients, then interleaved (no strided padding, whose index
+    arithmetic XLA's CPU loops pay for every position at every pixel)."""
+    batch, *size, channels = shape
+    rows, columns = (-(-n // s) for n, s in zip(size, strides, strict=True))  # each phase's, rounded up
+    phases = {}
+    for (row, column), gradient in masked.items():
+        (shift_r, phase_r), (shift_c, phase_c) = divmod(row, strides[0]), divmod(column, strides[1])
+        out_rows, out_columns = gradient.shape[1:3]
+        shifts = [(shift_r, rows - shift_r - out_rows, 0), (shift_c, columns - shift_c - out_columns, 0)]
+        shifted = _pad_pixels(gradient, 0, shifts)
+        phases[phase_r, phase_c] = shifted + phases[phase_r, phase_c] if (phase_r, phase_c) in phases else shifted
+    zeros = jnp.zeros((batch, rows, columns, channels), shifted.dtype)  # a phase no position reads
+    row_phases = [jnp.stack([phases.get((r, c), zeros) for c in range(strides[1])], axis=3) for r in range(strides[0])]
+    grid = jnp.stack(row_phases, axis=2)  # batch, rows, row phase, columns, column phase, channels
+    return grid.reshape(batch, rows * strides[0], columns * strides[1], channels)[:, : size[0], : size[1]]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))

@@ -75,20 +75,32 @@ def test_ensemble_members_and_per_example_gradients_equal_lax_convs_in_float64()
                 assert relative(g, w) <= 1e-12
 
 
-@pytest.mark.parametrize("shape, padding", [((3, 9, 9, 4), "VALID"), ((3, 8, 8, 4), "SAME"), ((3, 7, 6, 2), "SAME")])
-def test_max_pool_gradients_equal_flaxs_in_float64_ties_included(shape, padding):
+POOLS = [  # shape, window, strides, padding: the models' 3x3 at stride 2, then other windows and strides
+    ((3, 9, 9, 4), (3, 3), (2, 2), "VALID"),
+    ((3, 8, 8, 4), (3, 3), (2, 2), "SAME"),
+    ((3, 7, 6, 2), (3, 3), (2, 2), "SAME"),
+    ((3, 8, 8, 2), (2, 2), (2, 2), "VALID"),
+    ((3, 7, 7, 2), (3, 3), (1, 1), "SAME"),
+    ((3, 9, 8, 2), (2, 3), (3, 2), "SAME"),
+    ((3, 7, 7, 2), (1, 1), (2, 2), "VALID"),  # pixels no window reads
+]
+
+
+@pytest.mark.parametrize("shape, window, strides, padding", POOLS)
+def test_max_pool_gradients_equal_flaxs_in_float64_ties_included(shape, window, strides, padding):
     """After a ReLU many windows hold several equal maxima (zeros): the gradient must go to the one
     XLA's select_and_scatter chooses, or the difference is of the gradient's own size."""
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         x = np.round(np.maximum(rng.standard_normal((2, *shape)), 0), 1)  # zeros and equal values
-        gradient = lambda pool: jax.jit(jax.vmap(jax.grad(pooled_loss(pool, padding))))(x)
+        loss = lambda pool: pooled_loss(pool, window, strides, padding)
+        gradient = lambda pool: jax.jit(jax.vmap(jax.grad(loss(pool))))(x)
         want, got = gradient(nn.max_pool), gradient(layers.max_pool)
     assert relative(got, want) <= 1e-12  # vmap-ed, as ensemble members take it
 
 
-def pooled_loss(pool, padding):
-    return lambda x: jnp.sum(jnp.sin(pool(x, (3, 3), (2, 2), padding)) * jnp.arange(1.0, 1 + x.shape[-1]))
+def pooled_loss(pool, window, strides, padding):
+    return lambda x: jnp.sum(jnp.sin(pool(x, window, strides, padding)) * jnp.arange(1.0, 1 + x.shape[-1]))
 
 
 @pytest.mark.parametrize("case", ["3x3", "5x5 grouped"])
