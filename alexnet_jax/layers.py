@@ -141,9 +141,10 @@ def pool_gradient_by_masks(x, pooled, g, window, strides, padding) -> jax.Array:
     gradient ``g``: each output's gradient goes to the first input of its window (row-major) that
     equals the window's maximum.
 
-    That first position is found once per output, as an index (a reduction: computed once, not
-    again inside each position's placement, as a chain of masks is in XLA's fused loops), and the
-    gradients are placed back without strided padding (``_placed_back``)."""
+    That first position is an index per output (the least window position that matches), and the
+    gradients are placed back without strided padding (``_placed_back``): in the loop XLA's CPU
+    backend fuses them into, the padding's index arithmetic was paid at every pixel for every
+    position (BENCHMARKS.md, "The max-pool's gradient placed back by phases")."""
     padded = _pad_pixels(x, -jnp.inf, [(low, high, 0) for low, high in padding])
     batch, *out_size, channels = pooled.shape
     positions = list(itertools.product(*map(range, window)))
@@ -170,8 +171,8 @@ def _placed_back(masked: dict, strides, shape) -> jax.Array:
         (shift_r, phase_r), (shift_c, phase_c) = divmod(row, strides[0]), divmod(column, strides[1])
         out_rows, out_columns = gradient.shape[1:3]
         shifts = [(shift_r, rows - shift_r - out_rows, 0), (shift_c, columns - shift_c - out_columns, 0)]
-        shifted = _pad_pixels(gradient, 0, shifts)
-        phases[phase_r, phase_c] = shifted + phases[phase_r, phase_c] if (phase_r, phase_c) in phases else shifted
+        shifted, phase = _pad_pixels(gradient, 0, shifts), (phase_r, phase_c)
+        phases[phase] = phases[phase] + shifted if phase in phases else shifted
     zeros = jnp.zeros((batch, rows, columns, channels), shifted.dtype)  # a phase no position reads
     row_phases = [jnp.stack([phases.get((r, c), zeros) for c in range(strides[1])], axis=3) for r in range(strides[0])]
     grid = jnp.stack(row_phases, axis=2)  # batch, rows, row phase, columns, column phase, channels
