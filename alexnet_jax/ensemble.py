@@ -133,14 +133,15 @@ def over_members(step, config, vectorize: bool | None = None):
     is every member's, or each member's own on axis 1 (``own`` data order).
 
     ``vectorize``: the members by ``jax.vmap`` (their convolutions become grouped ones), or one
-    after another in the same program; None: vmap on accelerators, one after another on CPUs,
-    where the vmap-ed step runs 2.9x slower (BENCHMARKS.md, "Ensembles")."""
+    after another in the same program (the step traced once for all); None: vmap on accelerators,
+    one after another on CPUs, where the vmap-ed step runs 2.9x slower (BENCHMARKS.md, "Ensembles")."""
     hyper = [train_step.hyperparameters(member_config(config, k)) for k in range(size(config))]
     if size(config) == 1:
         return lambda state, batch, rng: step(state, batch, rng, hyper[0])
     batch_axis = 1 if own_order(config) else None
+    dtype = models.param_dtype(config.model)
     if vectorize if vectorize is not None else jax.default_backend() != "cpu":
-        stacked = jax.tree.map(lambda *values: np.asarray(values, models.param_dtype(config.model)), *hyper)
+        stacked = jax.tree.map(lambda *values: np.asarray(values, dtype), *hyper)
 
         def vectorized(state, batch, rng):
             axes = state_axes(state)
@@ -148,9 +149,12 @@ def over_members(step, config, vectorize: bool | None = None):
 
         return vectorized
 
+    member_step = jax.jit(step)  # traced once for all members: their hyperparameters are inputs
+    member_hyper = [jax.tree.map(lambda value: np.asarray(value, dtype), h) for h in hyper]
+
     def one_after_another(state, batch, rng):
         own = lambda k: batch if batch_axis is None else jax.tree.map(lambda x: x[:, k], batch)
-        results = [step(member_state(state, k), own(k), rng[k], h) for k, h in enumerate(hyper)]
+        results = [member_step(member_state(state, k), own(k), rng[k], h) for k, h in enumerate(member_hyper)]
         return stack_states([r[0] for r in results]), stack([r[1] for r in results])
 
     return one_after_another

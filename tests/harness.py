@@ -101,6 +101,12 @@ def _run_driver(prefix, spec: dict, outdir: pathlib.Path, timeout: int) -> tuple
     return driver.returncode, err
 
 
+def _environment() -> dict:
+    """The environment a driver server's children run in, but for the name of the test that pytest
+    keeps there (which changes with every test, and changes nothing a run does)."""
+    return {name: value for name, value in os.environ.items() if name != "PYTEST_CURRENT_TEST"}
+
+
 class _DriverServer:
     """``forked_main.py --serve``, one per pytest worker, started by its first request: it imports
     JAX and the training code once (seconds) for every driver it forks. It ends with its worker
@@ -110,14 +116,14 @@ class _DriverServer:
 
     def __init__(self):
         command = [sys.executable, os.path.join(ROOT, "tests", "forked_main.py"), "--serve"]
-        self.env = dict(os.environ)  # what its imports saw
+        self.env = _environment()  # what its imports saw
         self.process = subprocess.Popen(command, cwd=ROOT, text=True, stdin=-1, stdout=-1, start_new_session=True)
 
     @classmethod
     def running(cls) -> "_DriverServer":
         """This worker's server, started anew if it died or the environment changed since."""
         server = cls._running
-        if server is None or server.process.poll() is not None or server.env != os.environ:
+        if server is None or server.process.poll() is not None or server.env != _environment():
             if server is not None:
                 server.process.kill()
             cls._running = server = cls()

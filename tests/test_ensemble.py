@@ -106,9 +106,12 @@ def test_members_one_after_another_compute_what_vmap_computes():
     """``ensemble.over_members`` both ways on a step of the train step's form (a state with a shared
     step count, a batch per member, a key and hyperparameters per member): the same states and
     metrics, in float64 to a few units of rounding (two programs may fuse a multiply-add in one and
-    round twice in the other)."""
+    round twice in the other). One after another, the members share one trace of the step (its cost
+    grows with the model, not with the members)."""
+    traced = []
 
     def step(state, batch, key, hyper):
+        traced.append(1)
         noise = jax.random.normal(key, (3,)) * hyper["dropout_rate"]
         params = {"w": state.params["w"] * hyper["label_smoothing"] + batch["x"][0] + noise}
         return state.replace(step=state.step + 1, params=params), {"loss": params["w"].sum()}
@@ -126,7 +129,9 @@ def test_members_one_after_another_compute_what_vmap_computes():
     results = []
     with jax.enable_x64(True):
         for vectorized in (True, False):
+            traced.clear()
             results.append(jax.device_get(jax.jit(ensemble.over_members(step, config, vectorized))(state, *inputs)))
+            assert len(traced) == 1, vectorized
     (vmapped, vmapped_metrics), (unrolled, unrolled_metrics) = results
     assert int(unrolled.step) == 6 and unrolled.params["w"].shape == (2, 3) and unrolled.opt_state["m"].shape == (2,)
     assert unrolled.params["w"].dtype == np.float64

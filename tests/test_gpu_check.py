@@ -74,6 +74,7 @@ def test_a_section_on_synthetic_data_needs_no_tfds(tmp_path):
     ]
     command = [sys.executable, *script, "--steps=1", "--warmup=0", "--modes=shard_map"]
     env = gpu_check.as_on_a_gpu_image(tmp_path / "absent")
+    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=1"  # one GPU's: one program for both measures
     absent = subprocess.run([sys.executable, "-c", "import tensorflow_datasets"], env=env, capture_output=True)
     assert b"absent on GPU images" in absent.stderr
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
