@@ -135,3 +135,19 @@ def test_the_train_step_benchmark_feeds_every_shipped_config_images_it_can_take(
     size = step_benchmark.synthetic_image_size(config)
     config_checks.check_crop(config, (size, size, 3))  # raises if the crops do not fit
     assert size == (224 if config.input.get("random_resized_crop") else 256 if config.augment.crop_size else 32)
+
+
+def test_the_suite_profile_sums_samples_by_category_and_by_test(tmp_path):
+    import suite_profile
+
+    lines = [
+        'process 1:"pytest";test_a (test_one.py:3);trace_to_jaxpr (pe.py:9);lower_jaxpr_to_module (m.py:1) 3',
+        'process 1:"pytest";test_a (test_one.py:3);lower_jaxpr_to_module (m.py:1) 2',
+        'process 2:"python -c x";<module> (x.py:1);_find_and_load (<frozen>:1);<module> (tensorflow/__init__.py:4) 5',
+        "a line cut short by py-spy",
+    ]
+    (tmp_path / "suite.raw").write_text("\n".join(lines) + "\n")
+    categories, tests, total = suite_profile.summarise(suite_profile.read_samples(str(tmp_path / "suite.raw")))
+    assert total == 10
+    assert categories == {"JAX tracing": 3, "JAX lowering to StableHLO": 2, "importing TensorFlow": 5}
+    assert tests == {"test_one.py::test_a": 5, "(outside a test's function)": 5}
